@@ -1,0 +1,252 @@
+//! The validated configuration. These types carry no `Deserialize`: the only way to get one is
+//! through [`crate::load`] / [`crate::parse`], so every value in them has been checked.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use registry_edge_rewrite::{Engine, RuleSpec, StatusRange};
+
+use crate::values::{Authority, CountryCode};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the configuration came from, as given (for messages).
+    pub source: String,
+    pub server: Server,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub registry: Registry,
+    pub local_region: Option<String>,
+    pub regions: Vec<RegionRule>,
+    pub geoip: Option<GeoIp>,
+    pub clients: Clients,
+    pub access: Access,
+    /// The user rules as written (validated); the compiled engine also holds the derived rules.
+    pub rewrites: Vec<RuleSpec>,
+    pub engine: Arc<Engine>,
+    pub logging: Logging,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTls>,
+    pub public_scheme: Scheme,
+    pub timeouts: Timeouts,
+    pub max_request_header_bytes: usize,
+    pub max_requests_per_connection: u64,
+    pub redirect_to_https: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// In order: the first one also answers clients that send no SNI.
+    pub certificates: Vec<CertificatePair>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificatePair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Total time to read a request's headers.
+    pub header_read: Duration,
+    /// Keepalive idle time between requests.
+    pub idle: Duration,
+    /// How long a write to a stalled reader may block.
+    pub write: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub login: Upstream,
+    /// `registry.public_host`, lower case.
+    pub public_host: String,
+    pub token_server: Option<Upstream>,
+    pub token_paths: Vec<String>,
+    pub regional_endpoints: Vec<RegionalEndpoint>,
+    pub data_endpoints: Vec<DataEndpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegionalEndpoint {
+    pub region: String,
+    pub upstream: Upstream,
+}
+
+#[derive(Debug, Clone)]
+pub struct DataEndpoint {
+    pub region: String,
+    pub upstream: Upstream,
+    /// Lower case.
+    pub public_host: String,
+    /// Several regions share `public_host`: URLs carry `/_r/<region>/`.
+    pub shared_public_host: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub authority: Authority,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    /// Fixed peers; empty means "resolve the authority's host".
+    pub peers: Vec<SocketAddr>,
+    pub health_check: HealthCheck,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthCheckKind {
+    Http {
+        path: String,
+        healthy_statuses: Vec<StatusRange>,
+    },
+    /// A TCP (and TLS, for TLS upstreams) connection probe.
+    Tcp,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegionRule {
+    pub region: String,
+    pub countries: Vec<CountryCode>,
+    pub continents: Vec<Continent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Continent {
+    Africa,
+    Antarctica,
+    Asia,
+    Europe,
+    NorthAmerica,
+    Oceania,
+    SouthAmerica,
+}
+
+impl Continent {
+    pub fn from_code(code: &str) -> Option<Continent> {
+        Some(match code {
+            "AF" => Continent::Africa,
+            "AN" => Continent::Antarctica,
+            "AS" => Continent::Asia,
+            "EU" => Continent::Europe,
+            "NA" => Continent::NorthAmerica,
+            "OC" => Continent::Oceania,
+            "SA" => Continent::SouthAmerica,
+            _ => return None,
+        })
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Continent::Africa => "AF",
+            Continent::Antarctica => "AN",
+            Continent::Asia => "AS",
+            Continent::Europe => "EU",
+            Continent::NorthAmerica => "NA",
+            Continent::Oceania => "OC",
+            Continent::SouthAmerica => "SA",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GeoIp {
+    pub database: PathBuf,
+    pub reload: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Clients {
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessMode {
+    Enforce,
+    Detect,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownCountry {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub mode: AccessMode,
+    pub embargo_countries: Vec<CountryCode>,
+    pub unknown_country: UnknownCountry,
+    pub deny_cidrs: Vec<IpNet>,
+    pub allow_cidrs: Vec<IpNet>,
+    pub read_only: bool,
+    /// Glob patterns of public repositories; `*` matches any run of characters, `/` included.
+    pub repositories_allow: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+    pub exempt_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    pub access_log: AccessLog,
+}

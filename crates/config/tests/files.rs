@@ -1,0 +1,131 @@
+//! `check` opens the files a configuration names the way the proxy will: real certificates,
+//! keys and MMDB files built here pass; missing, garbage or expired ones are errors on their key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+
+use registry_edge_config::{parse, Options};
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let p =
+            std::env::temp_dir().join(format!("registry-edge-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cert(dir: &Dir, name: &str, expired: bool) {
+    let mut params = rcgen::CertificateParams::new(vec!["acr.example.com".to_string()]).unwrap();
+    if expired {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    dir.write(&format!("{name}.pem"), cert.pem());
+    dir.write(&format!("{name}.key"), key.serialize_pem());
+}
+
+#[derive(serde::Serialize)]
+struct Country {
+    iso_code: String,
+}
+#[derive(serde::Serialize)]
+struct Record {
+    country: Country,
+}
+
+fn mmdb(dir: &Dir) {
+    let mut w = mmdb_writer::Writer::new("GeoLite2-Country");
+    let rec = Record {
+        country: Country {
+            iso_code: "CU".into(),
+        },
+    };
+    w.insert("192.0.2.0/24".parse::<ipnet::IpNet>().unwrap(), &rec)
+        .unwrap();
+    dir.write("geo.mmdb", w.to_bytes().unwrap());
+}
+
+fn config(dir: &Path) -> String {
+    format!(
+        "version: 1\n\
+         listeners:\n  - address: \"127.0.0.1:8443\"\n    tls:\n      certificates:\n        - {{ cert: tls.pem, key: tls.key }}\n\
+         registry:\n  login_server: reg.azurecr.io\n  public_host: acr.example.com\n  ca_file: ca.pem\n\
+         geoip:\n  database: geo.mmdb\n\
+         access:\n  embargo: {{ countries: [CU] }}\n\
+         logging:\n  access_log: {}/logs/access.log\n",
+        dir.display()
+    )
+}
+
+fn check(dir: &Dir) -> Result<(), String> {
+    parse(
+        &config(&dir.0),
+        "edge.yaml",
+        &dir.0,
+        Options { check_files: true },
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn real_files_pass() {
+    let dir = Dir::new("ok");
+    cert(&dir, "tls", false);
+    cert(&dir, "ca", false);
+    mmdb(&dir);
+    std::fs::create_dir_all(dir.0.join("logs")).unwrap();
+    check(&dir).unwrap();
+}
+
+#[test]
+fn missing_garbage_and_expired_files_are_reported_each_on_its_key() {
+    let dir = Dir::new("bad");
+    cert(&dir, "tls", true);
+    dir.write("tls.key", "not a key");
+    dir.write("geo.mmdb", "not a database");
+    let err = check(&dir).unwrap_err();
+    for want in [
+        "edge.yaml:6:19: listeners[0].tls.certificates[0].cert:",
+        "expired on",
+        "edge.yaml:6:33: listeners[0].tls.certificates[0].key:",
+        "no usable PEM private key",
+        "registry.ca_file:",
+        "ca.pem: cannot read",
+        "geoip.database:",
+        "not a readable MMDB database",
+        "logging.access_log: the directory of",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert_eq!(err.lines().count(), 5, "{err}");
+}
+
+#[test]
+fn no_files_skips_them() {
+    let dir = Dir::new("skip");
+    parse(
+        &config(&dir.0),
+        "edge.yaml",
+        &dir.0,
+        Options { check_files: false },
+    )
+    .unwrap();
+}

@@ -1,0 +1,137 @@
+//! The request the upstream sees: its own authority in Host and an origin-form URI, the
+//! forwarding headers set by the edge (never passed through from an untrusted client), and no
+//! `Authorization` towards a data endpoint (Azure Storage refuses any request that carries one).
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+
+pub struct Forwarding<'a> {
+    pub host_header: &'a str,
+    /// Bytes of `/_r/<region>` to remove from the path.
+    pub strip_prefix: usize,
+    pub client_ip: Option<IpAddr>,
+    /// The socket peer is a trusted proxy: its X-Forwarded-For is kept and extended.
+    pub peer_trusted: bool,
+    /// The Host the client sent.
+    pub public_host: &'a str,
+    pub public_scheme: &'a str,
+    pub strip_authorization: bool,
+}
+
+pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<()> {
+    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let pq = if f.strip_prefix > 0 {
+        pq.get(f.strip_prefix..).unwrap_or("/")
+    } else {
+        pq
+    };
+    let uri: http::Uri = pq
+        .parse()
+        .or_err(InvalidHTTPHeader, "request target is not a valid path")?;
+    req.set_uri(uri);
+    req.insert_header(http::header::HOST, f.host_header)?;
+
+    let peer = f.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let xff = if f.peer_trusted {
+        let prior: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if prior.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer
+    };
+    req.remove_header("x-forwarded-for");
+    req.remove_header("forwarded");
+    req.remove_header("x-real-ip");
+    if !xff.is_empty() {
+        req.insert_header("X-Forwarded-For", xff)?;
+    }
+    req.insert_header("X-Forwarded-Proto", f.public_scheme)?;
+    if f.public_host.is_empty() {
+        req.remove_header("x-forwarded-host");
+    } else {
+        req.insert_header("X-Forwarded-Host", f.public_host)?;
+    }
+    if f.strip_authorization {
+        req.remove_header(&http::header::AUTHORIZATION);
+        req.remove_header(&http::header::COOKIE);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(path: &str, headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            r.append_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    fn fwd(strip: usize, trusted: bool, data: bool) -> Forwarding<'static> {
+        Forwarding {
+            host_header: "reg.eastus.data.azurecr.io",
+            strip_prefix: strip,
+            client_ip: Some("192.0.2.7".parse().unwrap()),
+            peer_trusted: trusted,
+            public_host: "data.contoso.com:8443",
+            public_scheme: "https",
+            strip_authorization: data,
+        }
+    }
+
+    #[test]
+    fn data_request_loses_prefix_and_authorization_keeps_query() {
+        let mut r = req(
+            "/_r/eastus/a/b/data?sv=1&sig=abc%2B%3D",
+            &[
+                ("Authorization", "Bearer x"),
+                ("Host", "data.contoso.com:8443"),
+            ],
+        );
+        upstream_request(&mut r, &fwd("/_r/eastus".len(), false, true)).unwrap();
+        assert_eq!(r.uri.to_string(), "/a/b/data?sv=1&sig=abc%2B%3D");
+        assert!(r.headers.get("authorization").is_none());
+        assert_eq!(r.headers["host"], "reg.eastus.data.azurecr.io");
+        assert_eq!(r.headers["x-forwarded-proto"], "https");
+        assert_eq!(r.headers["x-forwarded-host"], "data.contoso.com:8443");
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_inject_forwarded_for() {
+        let mut r = req(
+            "/v2/",
+            &[("X-Forwarded-For", "1.2.3.4"), ("X-Real-IP", "1.2.3.4")],
+        );
+        upstream_request(&mut r, &fwd(0, false, false)).unwrap();
+        assert_eq!(r.headers["x-forwarded-for"], "192.0.2.7");
+        assert!(r.headers.get("x-real-ip").is_none());
+    }
+
+    #[test]
+    fn trusted_peer_chain_is_extended() {
+        let mut r = req(
+            "/v2/",
+            &[
+                ("X-Forwarded-For", "1.2.3.4"),
+                ("X-Forwarded-For", "10.0.0.1"),
+                ("Authorization", "Basic eA=="),
+            ],
+        );
+        upstream_request(&mut r, &fwd(0, true, false)).unwrap();
+        assert_eq!(r.headers["x-forwarded-for"], "1.2.3.4, 10.0.0.1, 192.0.2.7");
+        assert_eq!(r.headers["authorization"], "Basic eA==");
+    }
+}

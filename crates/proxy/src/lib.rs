@@ -1,0 +1,195 @@
+//! registry-edge's proxy: the Pingora service that publishes a registry under its public names.
+//!
+//! [`build`] turns a validated [`registry_edge_config::Config`] into a pingora `Server` with one
+//! proxy service per listener, the admin app and the upstream resolver; the binary's `run` calls
+//! it and then `run_forever`. The request path is described in [`service`].
+//!
+//! ```no_run
+//! let config = registry_edge_config::load(
+//!     std::path::Path::new("conf/local.yaml"),
+//!     registry_edge_config::Options { check_files: true },
+//! ).unwrap();
+//! let server = registry_edge_proxy::build(config, registry_edge_proxy::RunOptions::default()).unwrap();
+//! server.run_forever();
+//! ```
+
+pub mod access_log;
+pub mod admin;
+pub mod headers;
+pub mod metrics;
+pub mod respond;
+pub mod route;
+pub mod service;
+pub mod tls;
+pub mod upstream;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::ListenerConfig;
+use pingora::prelude::*;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+
+use registry_edge_config::Config;
+
+use crate::service::{Edge, Shared};
+
+/// How often upstream names are re-resolved.
+const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Take the listening sockets over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Upstream(#[from] upstream::UpstreamError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// Builds the server: nothing listens until `run_forever`/`run`.
+pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> {
+    pingora::tls::install_default_crypto_provider();
+    let config = Arc::new(config);
+    let names: Vec<String> = (0..config.engine.rule_count())
+        .map(|i| config.engine.rule_name(i).to_owned())
+        .collect();
+    let metrics = metrics::Metrics::new(&names)?;
+    let dropped = prometheus::IntCounter::new(
+        "registry_edge_access_log_dropped_lines_total",
+        "Access log lines dropped because the writer fell behind.",
+    )?;
+    metrics.registry.register(Box::new(dropped.clone()))?;
+    let access_log = access_log::AccessLog::start(&config.logging.access_log, dropped)
+        .map_err(BuildError::AccessLog)?;
+    let upstreams = upstream::Upstreams::new(&config, &metrics)?;
+    let shared = Arc::new(Shared {
+        router: route::Router::new(&config),
+        engine: config.engine.clone(),
+        upstreams,
+        metrics,
+        access_log,
+        draining: AtomicBool::new(false),
+        config: config.clone(),
+    });
+
+    let s = &config.server;
+    let conf = ServerConf {
+        threads: s.threads,
+        pid_file: s.pid_file.display().to_string(),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs().max(1)),
+        // Attempts are bounded by the service itself (service::MAX_ATTEMPTS).
+        max_retries: 4,
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: options.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let edge = Edge {
+            shared: shared.clone(),
+            listener: listener.clone(),
+        };
+        let mut service = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            edge,
+            &format!("listener {i} {}", listener.address),
+        );
+        if let Some(app) = service.app_logic_mut() {
+            let mut o = pingora::apps::HttpServerOptions::default();
+            o.h2c = listener.tls.is_none();
+            o.keepalive_request_limit = Some(
+                u32::try_from(listener.max_requests_per_connection.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            );
+            o.h2_idle_timeout = Some(listener.timeouts.idle);
+            app.server_options = Some(o);
+        }
+        let mut endpoint = ListenerConfig::tcp(listener.address.to_string());
+        if let Some(tls) = &listener.tls {
+            let resolver = tls::SniResolver::load(&tls.certificates)?;
+            let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| {
+                BuildError::Tls(tls::TlsError::File {
+                    path: listener.address.to_string(),
+                    message: e.to_string(),
+                })
+            })?;
+            settings.set_cert_resolver(Arc::new(resolver));
+            settings.enable_h2();
+            endpoint = endpoint.tls(settings);
+        }
+        service.add_listener(endpoint);
+        server.add_service(service);
+    }
+
+    if let Some(admin) = &config.admin {
+        let mut service = pingora::services::listening::Service::new(
+            "admin".to_string(),
+            admin::Admin {
+                shared: shared.clone(),
+            },
+        );
+        service.add_tcp(&admin.address.to_string());
+        server.add_service(service);
+    }
+    server.add_service(background_service(
+        "upstreams",
+        Maintenance {
+            shared: shared.clone(),
+        },
+    ));
+    Ok(server)
+}
+
+struct NoCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoCallbacks {}
+
+/// Resolves upstream names at start and then periodically; marks the edge as draining when
+/// pingora starts its graceful shutdown, so that `/readyz` takes it out of rotation.
+struct Maintenance {
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl BackgroundService for Maintenance {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            self.shared.upstreams.resolve_all().await;
+            self.shared
+                .metrics
+                .ready
+                .set(i64::from(self.shared.ready()));
+            tokio::select! {
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.shared.draining.store(true, Ordering::Relaxed);
+                        self.shared.metrics.ready.set(0);
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(RESOLVE_EVERY) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Routing by Host: which side of the registry a request is for. Pure and synchronous, so that
+//! `early_request_filter` stays a thin call into it.
+//!
+//! - the login `public_host` → the login side, or the token server for the token paths;
+//! - a data endpoint's `public_host` → that region's data endpoint; where several regions share the
+//!   host, the region travels as a `/_r/<region>/` path prefix, stripped before forwarding;
+//! - anything else → 421 (the edge only ever connects to configured upstreams: never an open proxy).
+
+use std::collections::HashMap;
+
+use registry_edge_config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The registry API and everything else on the login host.
+    Login,
+    /// A token path on the login host, when a separate token server is configured.
+    Token,
+    /// Index into `registry.data_endpoints`.
+    Data(usize),
+}
+
+impl Route {
+    /// A bounded metric / log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Login => "login",
+            Route::Token => "token",
+            Route::Data(_) => "data",
+        }
+    }
+}
+
+/// Why a request cannot be routed; each maps to one answer the edge writes itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Misroute {
+    /// No Host, or a Host this edge does not serve: 421.
+    UnknownHost,
+    /// A shared data host without a known `/_r/<region>/` prefix: 404.
+    UnknownRegion,
+    /// A path with `..`, `//`, encoded separators or control characters: 400.
+    NonCanonicalPath,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub route: Route,
+    /// Bytes to remove from the front of the path before forwarding (the `/_r/<region>` prefix).
+    pub strip_prefix: usize,
+}
+
+#[derive(Debug)]
+enum DataHost {
+    Single(usize),
+    Shared(HashMap<String, usize>),
+}
+
+#[derive(Debug)]
+pub struct Router {
+    login_host: String,
+    token_paths: Vec<String>,
+    token_server: bool,
+    data_hosts: HashMap<String, DataHost>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        let mut data_hosts: HashMap<String, DataHost> = HashMap::new();
+        for (i, d) in config.registry.data_endpoints.iter().enumerate() {
+            if d.shared_public_host {
+                let entry = data_hosts
+                    .entry(d.public_host.clone())
+                    .or_insert_with(|| DataHost::Shared(HashMap::new()));
+                if let DataHost::Shared(regions) = entry {
+                    regions.insert(d.region.clone(), i);
+                }
+            } else {
+                data_hosts.insert(d.public_host.clone(), DataHost::Single(i));
+            }
+        }
+        Router {
+            login_host: config.registry.public_host.clone(),
+            token_paths: config.registry.token_paths.clone(),
+            token_server: config.registry.token_server.is_some(),
+            data_hosts,
+        }
+    }
+
+    /// `host` is the Host header or `:authority` as received; `path` excludes the query.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Result<Routed, Misroute> {
+        let host = host.map(normalise_host).ok_or(Misroute::UnknownHost)?;
+        if host == self.login_host {
+            if !is_canonical(path) {
+                return Err(Misroute::NonCanonicalPath);
+            }
+            let route = if self.token_server && self.token_paths.iter().any(|t| t == path) {
+                Route::Token
+            } else {
+                Route::Login
+            };
+            return Ok(Routed {
+                route,
+                strip_prefix: 0,
+            });
+        }
+        match self.data_hosts.get(host.as_ref()) {
+            None => Err(Misroute::UnknownHost),
+            Some(DataHost::Single(i)) => Ok(Routed {
+                route: Route::Data(*i),
+                strip_prefix: 0,
+            }),
+            Some(DataHost::Shared(regions)) => {
+                let rest = path.strip_prefix("/_r/").ok_or(Misroute::UnknownRegion)?;
+                let (region, _) = rest.split_once('/').ok_or(Misroute::UnknownRegion)?;
+                let i = regions.get(region).ok_or(Misroute::UnknownRegion)?;
+                Ok(Routed {
+                    route: Route::Data(*i),
+                    strip_prefix: "/_r/".len() + region.len(),
+                })
+            }
+        }
+    }
+}
+
+/// Lower case, port and trailing dot removed. An IPv6 literal keeps its brackets (and then
+/// matches no public host).
+pub fn normalise_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let without_port = if host.starts_with('[') {
+        host.split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(trimmed.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(trimmed)
+    }
+}
+
+/// The port the client put in its Host header, for the public URLs the rewrite builds.
+pub fn host_port(host: &str) -> Option<u16> {
+    let after = if host.starts_with('[') {
+        host.split_once(']').map(|(_, rest)| rest)?
+    } else {
+        host
+    };
+    after.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
+
+/// Registry paths never need `.`/`..` segments, empty segments, encoded `/`, `\` or `.`, or
+/// control characters; a path that has them is refused rather than interpreted, so that what the
+/// edge checks is what the registry serves.
+pub fn is_canonical(path: &str) -> bool {
+    if !path.starts_with('/') {
+        return false;
+    }
+    if path.bytes().any(|b| b < 0x21 || b == 0x7f || b == b'\\') {
+        return false;
+    }
+    let lower_has = |needle: &str| {
+        path.as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    };
+    if lower_has("%2f") || lower_has("%5c") || lower_has("%2e") || lower_has("%00") {
+        return false;
+    }
+    // The root "/" is the only path allowed to end in an empty segment pair.
+    let body = &path[1..];
+    if body.is_empty() {
+        return true;
+    }
+    let segments: Vec<&str> = body.split('/').collect();
+    let last = segments.len() - 1;
+    segments
+        .iter()
+        .enumerate()
+        .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(normalise_host("ACR.Contoso.com:8443"), "acr.contoso.com");
+        assert_eq!(normalise_host("acr.contoso.com."), "acr.contoso.com");
+        assert_eq!(normalise_host("[::1]:8080"), "[::1]");
+        assert_eq!(host_port("acr.contoso.com:8443"), Some(8443));
+        assert_eq!(host_port("acr.contoso.com"), None);
+        assert_eq!(host_port("[::1]:8080"), Some(8080));
+        assert_eq!(host_port("[::1]"), None);
+    }
+
+    #[test]
+    fn canonical_paths() {
+        for ok in [
+            "/",
+            "/v2/",
+            "/v2/team/app/manifests/latest",
+            "/v2/a/blobs/sha256:abc",
+            "/oauth2/token",
+        ] {
+            assert!(is_canonical(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "v2/",
+            "/v2//a",
+            "/v2/../admin",
+            "/v2/./a",
+            "/v2/a%2Fb/manifests/x",
+            "/v2/a%2e%2e/x",
+            "/v2/a\\b",
+            "/v2/a\tb",
+            "/v2/a/..",
+        ] {
+            assert!(!is_canonical(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The Pingora `ProxyHttp` implementation. Each phase stays thin and calls a pure function:
+//!
+//! ```text
+//! early_request_filter    downstream timeouts from the listener; route::Router::route (Host, path)
+//! request_filter          redirect listener (308), header size (431), misroutes (421/404/400),
+//!                         an upstream without peers (503): EdgeResponse::write, connection kept
+//! upstream_peer           Upstreams → Pool::peer (round-robin; next peer on each retry)
+//! fail_to_connect         retry GET/HEAD on the next peer, bounded
+//! upstream_request_filter headers::upstream_request: Host, URI, X-Forwarded-*, no Authorization to data
+//! response_filter         rewrite::Engine::apply_response (derived + user rules)
+//! fail_to_proxy           502/504 with an OCI body (EdgeResponse)
+//! logging                 Metrics::request, access_log::AccessLog::write
+//! ```
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::upstreams::peer::HttpPeer;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use registry_edge_config::{Config, Listener};
+use registry_edge_rewrite::{Engine, HeaderStore, RequestContext};
+
+use crate::access_log::{AccessEvent, AccessLog};
+use crate::headers;
+use crate::metrics::{method_index, route_index, Metrics};
+use crate::respond::EdgeResponse;
+use crate::route::{host_port, normalise_host, Misroute, Route, Router};
+use crate::upstream::{Pool, Upstreams};
+
+/// At most this many attempts (first try included) for an idempotent request whose connection
+/// failed before anything was sent.
+const MAX_ATTEMPTS: usize = 3;
+
+/// State shared by every listener's service and the admin app.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub upstreams: Upstreams,
+    pub metrics: Metrics,
+    pub engine: Arc<Engine>,
+    pub access_log: AccessLog,
+    pub draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.upstreams.resolved()
+    }
+
+    fn pool(&self, route: Route) -> &Pool {
+        match route {
+            Route::Login => &self.upstreams.login,
+            Route::Token => self
+                .upstreams
+                .token
+                .as_ref()
+                .unwrap_or(&self.upstreams.login),
+            Route::Data(i) => self.upstreams.data.get(i).unwrap_or(&self.upstreams.login),
+        }
+    }
+}
+
+/// One listener's service.
+pub struct Edge {
+    pub shared: Arc<Shared>,
+    pub listener: Listener,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    start: Option<Instant>,
+    route: Option<Route>,
+    strip_prefix: usize,
+    misroute: Option<Misroute>,
+    client_ip: Option<IpAddr>,
+    host: String,
+    attempt: usize,
+    peer_start: Option<usize>,
+    upstream: Option<&'static str>,
+    edge_reason: Option<&'static str>,
+    rules: Vec<usize>,
+}
+
+/// pingora's response header, rewritten through its own methods so that its case map stays true.
+struct ResponseHeaders<'a>(&'a mut ResponseHeader);
+
+impl HeaderStore for ResponseHeaders<'_> {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.0.headers
+    }
+    fn replace_all(&mut self, name: &http::HeaderName, values: Vec<http::HeaderValue>) {
+        self.0.remove_header(name);
+        for v in values {
+            let _ = self.0.append_header(name.clone(), v);
+        }
+    }
+    fn remove_all(&mut self, name: &http::HeaderName) {
+        self.0.remove_header(name);
+    }
+}
+
+struct RequestHeaders<'a>(&'a mut RequestHeader);
+
+impl HeaderStore for RequestHeaders<'_> {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.0.headers
+    }
+    fn replace_all(&mut self, name: &http::HeaderName, values: Vec<http::HeaderValue>) {
+        self.0.remove_header(name);
+        for v in values {
+            let _ = self.0.append_header(name.clone(), v);
+        }
+    }
+    fn remove_all(&mut self, name: &http::HeaderName) {
+        self.0.remove_header(name);
+    }
+}
+
+/// The Host a request names: the Host header, or the HTTP/2 `:authority`.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Bytes of a request head as a client sent it (request line and header lines).
+fn header_bytes(req: &RequestHeader) -> usize {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + line
+}
+
+impl Edge {
+    fn scheme(&self) -> &'static str {
+        self.listener.public_scheme.as_str()
+    }
+
+    /// Decides whether the edge answers the request itself.
+    fn refusal(&self, session: &Session, ctx: &Ctx) -> Option<EdgeResponse> {
+        let req = session.req_header();
+        if header_bytes(req) > self.listener.max_request_header_bytes {
+            return Some(EdgeResponse::error(
+                431,
+                "UNSUPPORTED",
+                "header_too_large",
+                format!(
+                    "request headers exceed {} bytes",
+                    self.listener.max_request_header_bytes
+                ),
+            ));
+        }
+        if let Some(m) = &ctx.misroute {
+            return Some(match m {
+                Misroute::UnknownHost => EdgeResponse::error(
+                    421,
+                    "UNSUPPORTED",
+                    "unknown_host",
+                    "this edge does not serve the requested host",
+                ),
+                Misroute::UnknownRegion => EdgeResponse::error(
+                    404,
+                    "BLOB_UNKNOWN",
+                    "unknown_region",
+                    "unknown data region in the path",
+                ),
+                Misroute::NonCanonicalPath => EdgeResponse::error(
+                    400,
+                    "NAME_INVALID",
+                    "non_canonical_path",
+                    "the path has empty, `.` or `..` segments or encoded separators",
+                ),
+            });
+        }
+        if self.listener.redirect_to_https {
+            let is_read = req.method == http::Method::GET || req.method == http::Method::HEAD;
+            if !is_read {
+                let mut r = EdgeResponse::error(
+                    405,
+                    "UNSUPPORTED",
+                    "https_required",
+                    "use https: this listener only redirects GET and HEAD",
+                );
+                r.allow = Some("GET, HEAD");
+                return Some(r);
+            }
+            let host = normalise_host(&ctx.host);
+            let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+            return Some(EdgeResponse {
+                status: 308,
+                code: None,
+                message: String::new(),
+                location: Some(format!("https://{host}{pq}")),
+                allow: None,
+                reason: "redirect_https",
+                close: false,
+            });
+        }
+        let route = ctx.route?;
+        if !self.shared.pool(route).has_peers() {
+            return Some(EdgeResponse::error(
+                503,
+                "UNAVAILABLE",
+                "no_upstream_peer",
+                "the registry is not reachable from this edge yet; retry later",
+            ));
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Some(Instant::now()),
+            ..Ctx::default()
+        }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let t = &self.listener.timeouts;
+        session.set_keepalive(Some(t.idle.as_secs().max(1)));
+        session.set_write_timeout(Some(t.write));
+        session.set_read_timeout(Some(t.idle));
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_canonical());
+        let req = session.req_header();
+        ctx.host = request_host(req).unwrap_or_default().to_owned();
+        match self.shared.router.route(request_host(req), req.uri.path()) {
+            Ok(r) => {
+                ctx.route = Some(r.route);
+                ctx.strip_prefix = r.strip_prefix;
+            }
+            Err(m) => ctx.misroute = Some(m),
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.refusal(session, ctx) {
+            None => Ok(false),
+            Some(r) => {
+                ctx.edge_reason = Some(r.reason);
+                self.shared
+                    .metrics
+                    .refused_by_edge
+                    .with_label_values(&[r.reason])
+                    .inc();
+                r.write(session).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .ok_or_else(|| Error::explain(HTTPStatus(421), "request was not routed"))?;
+        let pool = self.shared.pool(route);
+        ctx.upstream = Some(match route {
+            Route::Login => "login",
+            Route::Token => "token",
+            Route::Data(_) => "data",
+        });
+        pool.peer(&mut ctx.peer_start, ctx.attempt).ok_or_else(|| {
+            Error::explain(
+                HTTPStatus(503),
+                format!("upstream {} has no peer", pool.name),
+            )
+        })
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(route) = ctx.route {
+            let pool = self.shared.pool(route);
+            pool.metrics.connect_errors.inc();
+            let method = &session.req_header().method;
+            let idempotent = *method == http::Method::GET || *method == http::Method::HEAD;
+            let peers = pool.peer_addrs().len();
+            if idempotent && ctx.attempt + 1 < MAX_ATTEMPTS.min(peers.max(1) + 1) {
+                ctx.attempt += 1;
+                pool.metrics.retries.inc();
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route else {
+            return Ok(());
+        };
+        let pool = self.shared.pool(route);
+        let trusted = &self.shared.config.clients.trusted_proxies;
+        let peer_trusted = ctx
+            .client_ip
+            .is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)));
+        headers::upstream_request(
+            upstream,
+            &headers::Forwarding {
+                host_header: &pool.host_header,
+                strip_prefix: ctx.strip_prefix,
+                client_ip: ctx.client_ip,
+                peer_trusted,
+                public_host: &ctx.host,
+                public_scheme: self.scheme(),
+                strip_authorization: matches!(route, Route::Data(_)),
+            },
+        )?;
+        let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let uri = session.req_header().uri.to_string();
+        let request_headers = session.req_header().headers.clone();
+        let origin = public_origin(self.scheme(), &ctx.host);
+        let rctx = RequestContext {
+            client_ip: &client_ip,
+            host: &ctx.host,
+            request_uri: &uri,
+            scheme: self.scheme(),
+            public_port: host_port(&ctx.host),
+            public_origin: &origin,
+            request_headers: &request_headers,
+        };
+        let applied = self
+            .shared
+            .engine
+            .apply_request(&mut RequestHeaders(upstream), &rctx);
+        ctx.rules.extend(applied.iter());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let req = session.req_header();
+        let uri = req.uri.to_string();
+        let origin = public_origin(self.scheme(), &ctx.host);
+        let rctx = RequestContext {
+            client_ip: &client_ip,
+            host: &ctx.host,
+            request_uri: &uri,
+            scheme: self.scheme(),
+            public_port: host_port(&ctx.host),
+            public_origin: &origin,
+            request_headers: &req.headers,
+        };
+        let status = upstream_response.status.as_u16();
+        let applied = self.shared.engine.apply_response(
+            status,
+            &mut ResponseHeaders(upstream_response),
+            &rctx,
+        );
+        ctx.rules.extend(applied.iter());
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let upstream = *e.esource() == ErrorSource::Upstream;
+        let (status, reason, message) = match e.etype() {
+            HTTPStatus(c) => (*c, "status", "the request could not be served"),
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout if upstream => (
+                504,
+                "upstream_timeout",
+                "the registry did not answer in time",
+            ),
+            _ if upstream => (502, "upstream_error", "the registry could not be reached"),
+            ReadError | WriteError | ConnectionClosed => (0, "client_gone", ""),
+            _ if *e.esource() == ErrorSource::Downstream => {
+                (400, "bad_request", "malformed request")
+            }
+            _ => (500, "internal", "internal error"),
+        };
+        ctx.edge_reason = Some(reason);
+        if status > 0 && session.response_written().is_none() {
+            let code = if status >= 500 {
+                "UNAVAILABLE"
+            } else {
+                "UNSUPPORTED"
+            };
+            let mut r = EdgeResponse::error(status, code, reason, message);
+            // After a failed upstream exchange the request body may be half read: close.
+            r.close = true;
+            self.shared
+                .metrics
+                .refused_by_edge
+                .with_label_values(&[reason])
+                .inc();
+            let _ = r.write(session).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let req = session.req_header();
+        self.shared.metrics.request(
+            route_index(ctx.route),
+            method_index(&req.method),
+            status,
+            elapsed,
+        );
+        self.shared
+            .metrics
+            .bytes_sent
+            .inc_by(session.body_bytes_sent() as u64);
+        for &i in &ctx.rules {
+            if let Some(c) = self.shared.metrics.rewrites.get(i) {
+                c.inc();
+            }
+        }
+        self.shared.access_log.write(AccessEvent {
+            client_ip: ctx.client_ip,
+            method: req.method.as_str(),
+            host: &ctx.host,
+            path: req.uri.path(),
+            status,
+            bytes_sent: session.body_bytes_sent(),
+            duration_s: elapsed,
+            route: ctx.route.map(Route::label),
+            upstream: ctx.upstream,
+            edge: ctx.edge_reason,
+            rules: ctx
+                .rules
+                .iter()
+                .map(|&i| self.shared.engine.rule_name(i))
+                .collect(),
+            error: e.map(|e| e.etype().as_str()),
+            user_agent: req
+                .headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+        });
+    }
+}
+
+/// `scheme://public host[:port the client used]`.
+pub fn public_origin(scheme: &str, host: &str) -> String {
+    let name = normalise_host(host);
+    match host_port(host) {
+        Some(p) => format!("{scheme}://{name}:{p}"),
+        None => format!("{scheme}://{name}"),
+    }
+}

@@ -1,0 +1,151 @@
+//! Downstream TLS: the certificate is chosen by SNI among the listener's certificates, through a
+//! rustls resolver (the first certificate answers clients without SNI, or with a name no
+//! certificate carries). The set sits behind an atomic swap so that rotation can replace it
+//! without a restart.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use registry_edge_config::CertificatePair;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// One loaded certificate with the names it answers for.
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    names: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+#[derive(Debug)]
+pub struct SniResolver {
+    set: ArcSwap<CertSet>,
+}
+
+impl SniResolver {
+    pub fn load(pairs: &[CertificatePair]) -> Result<SniResolver, TlsError> {
+        Ok(SniResolver {
+            set: ArcSwap::from_pointee(build_set(pairs)?),
+        })
+    }
+
+    /// Replaces the whole set at once; handshakes in progress keep the set they started with.
+    pub fn reload(&self, pairs: &[CertificatePair]) -> Result<(), TlsError> {
+        self.set.store(Arc::new(build_set(pairs)?));
+        Ok(())
+    }
+
+    fn pick(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let set = self.set.load();
+        if let Some(name) = name {
+            let name = name.to_ascii_lowercase();
+            if let Some(k) = set.exact.get(&name) {
+                return Some(k.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.') {
+                if let Some(k) = set.wildcard.get(parent) {
+                    return Some(k.clone());
+                }
+            }
+        }
+        set.default.clone()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(client_hello.server_name())
+    }
+}
+
+fn build_set(pairs: &[CertificatePair]) -> Result<CertSet, TlsError> {
+    let mut set = CertSet::default();
+    for pair in pairs {
+        let loaded = load_pair(&pair.cert, &pair.key)?;
+        if set.default.is_none() {
+            set.default = Some(loaded.key.clone());
+        }
+        for name in loaded.names {
+            // The first certificate naming a host wins, as in the configuration's order.
+            match name.strip_prefix("*.") {
+                Some(parent) => {
+                    set.wildcard
+                        .entry(parent.to_owned())
+                        .or_insert_with(|| loaded.key.clone());
+                }
+                None => {
+                    set.exact.entry(name).or_insert_with(|| loaded.key.clone());
+                }
+            }
+        }
+    }
+    Ok(set)
+}
+
+fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error(cert, format!("cannot read: {e}")))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error(cert, format!("not a PEM certificate file: {e}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(file_error(cert, "holds no certificate"));
+    };
+    let names = certificate_names(leaf).map_err(|e| file_error(cert, e))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| file_error(key, format!("no usable PEM private key: {e}")))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, private, &provider)
+        .map_err(|e| file_error(key, format!("does not match the certificate: {e}")))?;
+    Ok(Loaded {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// DNS names of the leaf (subjectAltName, else the common name), lower case.
+fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}

@@ -1,0 +1,218 @@
+//! Upstream pools: one per configured upstream (login server, token server, each regional and data
+//! endpoint). Peers come from the configuration or from resolving the name in a background task
+//! (never in a request: pingora's `HttpPeer::new` with a name resolves blocking and panics on
+//! failure). A failed resolution keeps the last good set.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::WrappedX509;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use registry_edge_config::{Config, Upstream};
+
+use crate::metrics::{Metrics, UpstreamMetrics};
+
+/// How long a pooled upstream connection may stay idle before it is closed.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+pub struct Pool {
+    /// Bounded label: `login`, `token`, `regional:<region>`, `data:<region>`.
+    pub name: String,
+    pub tls: bool,
+    /// SNI and certificate name: the bare host (an IP literal is checked against IP SANs).
+    sni: String,
+    /// The Host header sent upstream.
+    pub host_header: String,
+    host: String,
+    port: u16,
+    static_peers: bool,
+    peers: ArcSwap<Vec<SocketAddr>>,
+    next: AtomicUsize,
+    ca: Option<Arc<[WrappedX509]>>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    pub metrics: UpstreamMetrics,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("host_header", &self.host_header)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0}: cannot read the CA file: {1}")]
+    Ca(String, String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Pool {
+    fn new(name: String, u: &Upstream, metrics: &Metrics) -> Result<Pool, UpstreamError> {
+        let ca = match &u.ca_file {
+            None => None,
+            Some(path) => {
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| UpstreamError::Ca(path.display().to_string(), e.to_string()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| UpstreamError::Ca(path.display().to_string(), e.to_string()))?;
+                let wrapped: Vec<WrappedX509> = certs
+                    .into_iter()
+                    .map(|c| WrappedX509::new(c.to_vec(), pingora::utils::tls::parse_x509))
+                    .collect();
+                Some(Arc::from(wrapped))
+            }
+        };
+        let metrics = metrics.upstream(&name)?;
+        metrics.peers.set(u.peers.len() as i64);
+        Ok(Pool {
+            name,
+            tls: u.tls,
+            sni: u.authority.host.clone(),
+            host_header: u.authority.host_header(u.tls),
+            host: u.authority.host.clone(),
+            port: u.authority.port,
+            static_peers: !u.peers.is_empty(),
+            peers: ArcSwap::from_pointee(u.peers.clone()),
+            next: AtomicUsize::new(0),
+            ca,
+            connect_timeout: u.connect_timeout,
+            read_timeout: u.read_timeout,
+            metrics,
+        })
+    }
+
+    pub fn has_peers(&self) -> bool {
+        !self.peers.load().is_empty()
+    }
+
+    pub fn peer_addrs(&self) -> Arc<Vec<SocketAddr>> {
+        self.peers.load_full()
+    }
+
+    /// The peer for attempt `attempt` of a request: round-robin across requests, and the next
+    /// peer on each retry of the same request.
+    pub fn peer(&self, start: &mut Option<usize>, attempt: usize) -> Option<Box<HttpPeer>> {
+        let peers = self.peers.load();
+        if peers.is_empty() {
+            return None;
+        }
+        let base = *start.get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
+        let addr = peers[(base + attempt) % peers.len()];
+        let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.total_connection_timeout = Some(self.connect_timeout);
+        // Per read, not per body: layers of tens of GB must not hit a total deadline.
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.read_timeout);
+        o.idle_timeout = Some(POOL_IDLE);
+        o.ca = self.ca.clone();
+        Some(Box::new(peer))
+    }
+
+    /// Re-resolves the name; keeps the last good set when resolution fails or finds nothing.
+    pub async fn resolve(&self) {
+        if self.static_peers {
+            return;
+        }
+        let target = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        match tokio::net::lookup_host(target).await {
+            Ok(addrs) => {
+                let mut found: Vec<SocketAddr> = addrs.collect();
+                found.sort();
+                found.dedup();
+                if found.is_empty() {
+                    self.metrics.resolve_failures.inc();
+                    log::warn!(
+                        "upstream {}: {} resolved to no address; keeping {} peer(s)",
+                        self.name,
+                        self.host,
+                        self.peers.load().len()
+                    );
+                    return;
+                }
+                if **self.peers.load() != found {
+                    log::info!("upstream {}: peers {:?}", self.name, found);
+                    self.metrics.peers.set(found.len() as i64);
+                    self.peers.store(Arc::new(found));
+                }
+            }
+            Err(e) => {
+                self.metrics.resolve_failures.inc();
+                log::warn!(
+                    "upstream {}: cannot resolve {}: {e}; keeping {} peer(s)",
+                    self.name,
+                    self.host,
+                    self.peers.load().len()
+                );
+            }
+        }
+    }
+}
+
+/// Every upstream of a configuration, in fixed positions.
+#[derive(Debug)]
+pub struct Upstreams {
+    pub login: Pool,
+    pub token: Option<Pool>,
+    pub regional: Vec<Pool>,
+    /// Same order as `registry.data_endpoints`.
+    pub data: Vec<Pool>,
+}
+
+impl Upstreams {
+    pub fn new(config: &Config, metrics: &Metrics) -> Result<Upstreams, UpstreamError> {
+        let r = &config.registry;
+        Ok(Upstreams {
+            login: Pool::new("login".into(), &r.login, metrics)?,
+            token: r
+                .token_server
+                .as_ref()
+                .map(|t| Pool::new("token".into(), t, metrics))
+                .transpose()?,
+            regional: r
+                .regional_endpoints
+                .iter()
+                .map(|e| Pool::new(format!("regional:{}", e.region), &e.upstream, metrics))
+                .collect::<Result<_, _>>()?,
+            data: r
+                .data_endpoints
+                .iter()
+                .map(|d| Pool::new(format!("data:{}", d.region), &d.upstream, metrics))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Pool> {
+        std::iter::once(&self.login)
+            .chain(self.token.iter())
+            .chain(self.regional.iter())
+            .chain(self.data.iter())
+    }
+
+    /// Ready once every upstream has at least one peer.
+    pub fn resolved(&self) -> bool {
+        self.all().all(Pool::has_peers)
+    }
+
+    pub async fn resolve_all(&self) {
+        for p in self.all() {
+            p.resolve().await;
+        }
+    }
+}

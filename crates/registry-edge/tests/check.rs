@@ -1,0 +1,168 @@
+//! `registry-edge check` as an operator runs it: every shipped config passes, bad files list
+//! every mistake with `file:line:col` and exit 64, malformed YAML never panics.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Runs the binary from the repository root, so that paths in messages are stable.
+fn check(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .arg("check")
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap()
+}
+
+fn write_temp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("registry-edge-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn every_shipped_config_passes_without_files() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("conf")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        seen += 1;
+        let rel = path
+            .strip_prefix(repo())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let out = check(&["--no-files", "-c", &rel]);
+        assert!(
+            out.status.success(),
+            "{rel} fails check:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("valid"), "{rel}: no summary:\n{stdout}");
+    }
+    assert!(seen >= 3, "conf/ should hold at least three configs");
+}
+
+#[test]
+fn contoso_summary_says_what_the_file_means() {
+    let out = check(&["--no-files", "-c", "conf/registry-edge.yaml"]);
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    for needle in [
+        "acr-secure.contoso.com → contososecurepublicacr.azurecr.io:443 (tls",
+        "data acr-secure-data.contoso.com/_r/eastus → contososecurepublicacr.eastus.data.azurecr.io:443",
+        "embargo CU IR KP SY (unknown country: allow)",
+        "US CA MX NA SA → eastus",
+        "registry:location",
+        "rewrite-location: if Location ~ /https:\\/\\/contososecurepublicacr.azurecr.io(.*)$/i (status 302)",
+        "[not opened: --no-files]",
+    ] {
+        assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
+    }
+    assert!(
+        s.lines().count() <= 30,
+        "summary is more than a screen:\n{s}"
+    );
+}
+
+#[test]
+fn golden_errors_for_a_file_with_many_mistakes() {
+    let out = check(&[
+        "--no-files",
+        "-c",
+        "crates/registry-edge/tests/fixtures/bad.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let golden = repo().join("crates/registry-edge/tests/fixtures/bad.errors");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &stderr).unwrap();
+    }
+    let want = std::fs::read_to_string(&golden).unwrap();
+    assert_eq!(
+        stderr, want,
+        "run with UPDATE_GOLDEN=1 to accept a deliberate change"
+    );
+}
+
+#[test]
+fn three_semantic_mistakes_are_all_reported_with_positions() {
+    let p = write_temp(
+        "three.yaml",
+        "version: 1\n\
+         listeners: [{ address: \"127.0.0.1:8080\" }]\n\
+         registry:\n  \
+           login_server: reg.azurecr.io\n  \
+           public_host: acr.contoso.com\n  \
+           data_endpoints:\n    \
+             - { region: eastus, endpoint: reg.eastus.data.azurecr.io, public_host: data.acr.contoso.com }\n\
+         local_region: westus\n\
+         clients: { trusted_proxies: [\"10.0.0.0/33\"] }\n",
+    );
+    let out = check(&["--no-files", "-c", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let file = p.display().to_string();
+    for want in [
+        format!("{file}:7:76: registry.data_endpoints[0].public_host: `data.acr.contoso.com` must not be the login public host"),
+        format!("{file}:8:15: local_region: no endpoint has region `westus` (known regions: eastus)"),
+        format!("{file}:9:30: clients.trusted_proxies[0]: `10.0.0.0/33` is not an IP address or CIDR"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("3 errors found"), "{stderr}");
+}
+
+#[test]
+fn malformed_yaml_gives_a_line_never_a_panic() {
+    for (name, text, line) in [
+        ("tabs.yaml", "version: 1\nlisteners:\n\t- address: x\n", 3),
+        ("unclosed.yaml", "version: 1\nregistry: { login_server: a\n", 3),
+        ("unknown-key.yaml", "version: 1\nlisteners: []\nregistry:\n  login_server: a\n  public_host: b\n  colour: red\n", 6),
+        ("wrong-type.yaml", "version: one\n", 1),
+    ] {
+        let p = write_temp(name, text);
+        let out = check(&["-c", p.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(64), "{name}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        let prefix = format!("{}:{line}:", p.display());
+        assert!(stderr.starts_with(&prefix), "{name}: want {prefix}…, got:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let out = check(&["-c", "conf/does-not-exist.yaml"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cannot read the file"), "{stderr}");
+}
+
+#[test]
+fn files_are_opened_unless_no_files() {
+    // conf/minimal.yaml names certificates under /etc that this machine does not have.
+    let out = check(&["-c", "conf/minimal.yaml"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("listeners[0].tls.certificates[0].cert: /etc/registry-edge/tls/registry.pem: cannot read"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("listeners[0].tls.certificates[0].key"),
+        "{stderr}"
+    );
+}

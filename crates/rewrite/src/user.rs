@@ -1,0 +1,472 @@
+//! User rules in App Gateway terms: conditions (regex on a header or variable), then set/delete
+//! actions whose values are templates over the conditions' captures.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use regex::bytes::{Captures, Regex, RegexBuilder};
+
+use crate::context::RequestContext;
+use crate::error::{CompileError, ErrorAt};
+use crate::spec::{ActionSpec, ConditionSpec, RuleSpec, Side, StatusRange, Subject, Var};
+use crate::store::HeaderStore;
+use crate::template::{self, Segment, Template};
+
+/// When a rule runs: on the request, or on the response (where it may still read the request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Request,
+    Response,
+}
+
+#[derive(Debug)]
+pub(crate) struct UserRule {
+    pub(crate) phase: Phase,
+    statuses: Box<[StatusRange]>,
+    conditions: Box<[Condition]>,
+    actions: Box<[Action]>,
+}
+
+#[derive(Debug)]
+struct Condition {
+    subject: CompiledSubject,
+    regex: Regex,
+    negate: bool,
+    /// Some template reads this condition's captures outside a per-value rewrite.
+    captured: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CompiledSubject {
+    Header { side: Side, name: HeaderName },
+    Var(Var),
+}
+
+#[derive(Debug)]
+enum Action {
+    Set {
+        name: HeaderName,
+        template: Template,
+        /// The condition on this same header whose matches are rewritten one value at a time.
+        per_value: Option<usize>,
+    },
+    Delete {
+        name: HeaderName,
+    },
+}
+
+enum Mutation {
+    Replace(HeaderName, Vec<HeaderValue>),
+    Remove(HeaderName),
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        self.from <= status && status <= self.to
+    }
+}
+
+pub(crate) fn compile(
+    index: usize,
+    spec: &RuleSpec,
+    errors: &mut Vec<CompileError>,
+) -> Option<UserRule> {
+    let before = errors.len();
+    let mut error = |at: ErrorAt, message: String| {
+        errors.push(CompileError::new(index, at, message));
+    };
+
+    for range in &spec.statuses {
+        if range.from > range.to {
+            error(
+                ErrorAt::Rule,
+                format!("status range {}-{} is empty", range.from, range.to),
+            );
+        }
+    }
+    if spec.actions.is_empty() {
+        error(ErrorAt::Rule, "the rule has no actions".to_owned());
+    }
+
+    let response_side = |side: &Side| *side == Side::Response;
+    let phase = if !spec.statuses.is_empty()
+        || spec
+            .conditions
+            .iter()
+            .any(|c| matches!(&c.subject, Subject::Header { side, .. } if response_side(side)))
+        || spec.actions.iter().any(|a| match a {
+            ActionSpec::Set { side, .. } | ActionSpec::Delete { side, .. } => response_side(side),
+        }) {
+        Phase::Response
+    } else {
+        Phase::Request
+    };
+
+    let mut conditions = Vec::with_capacity(spec.conditions.len());
+    for (i, condition) in spec.conditions.iter().enumerate() {
+        let subject = match &condition.subject {
+            Subject::Header { side, name } => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => Some(CompiledSubject::Header { side: *side, name }),
+                Err(_) => {
+                    error(
+                        ErrorAt::Condition(i),
+                        format!("{name:?} is not a valid header name"),
+                    );
+                    None
+                }
+            },
+            Subject::Var(var) => Some(CompiledSubject::Var(*var)),
+        };
+        let regex = match build_regex(condition) {
+            Ok(regex) => Some(regex),
+            Err(message) => {
+                error(ErrorAt::ConditionPattern(i), message);
+                None
+            }
+        };
+        conditions.push((subject, regex, condition.negate));
+    }
+
+    // Captures come from the first non-negated condition on the referenced header: a negated
+    // condition holds precisely when there is nothing to capture.
+    let capturing = |side: Side, name: &HeaderName| {
+        conditions.iter().position(|(subject, _, negate)| {
+            !negate
+                && matches!(subject, Some(CompiledSubject::Header { side: s, name: n }) if *s == side && n == name)
+        })
+    };
+
+    let mut captured = vec![false; conditions.len()];
+    let mut actions = Vec::with_capacity(spec.actions.len());
+    for (i, action) in spec.actions.iter().enumerate() {
+        let (side, header) = match action {
+            ActionSpec::Set { side, header, .. } | ActionSpec::Delete { side, header } => {
+                (*side, header)
+            }
+        };
+        if phase == Phase::Response && side == Side::Request {
+            error(
+                ErrorAt::Action(i),
+                format!(
+                    "request header {header:?} cannot be changed by this rule: its response-side \
+                     conditions, actions or statuses make it run on the response, after the \
+                     request has left"
+                ),
+            );
+        }
+        let name = match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(name) => Some(name),
+            Err(_) => {
+                error(
+                    ErrorAt::Action(i),
+                    format!("{header:?} is not a valid header name"),
+                );
+                None
+            }
+        };
+        match action {
+            ActionSpec::Delete { .. } => {
+                if let Some(name) = name {
+                    actions.push(Action::Delete { name });
+                }
+            }
+            ActionSpec::Set { value, .. } => {
+                let per_value = name.as_ref().and_then(|name| capturing(side, name));
+                let mut value_errors = Vec::new();
+                let parsed = template::parse(value, |reference| {
+                    let Some(condition) = capturing(reference.side, &reference.name) else {
+                        return Err(format!(
+                            "no condition of this rule matches {} header {:?} (negated conditions \
+                             offer no captures)",
+                            side_word(reference.side),
+                            reference.written
+                        ));
+                    };
+                    if let (_, Some(regex), _) = &conditions[condition] {
+                        let groups = regex.captures_len() - 1;
+                        if reference.group > groups {
+                            return Err(format!(
+                                "the pattern of condition {condition} has {groups} capture \
+                                 group(s), so there is no group {}",
+                                reference.group
+                            ));
+                        }
+                    }
+                    Ok(condition)
+                });
+                match parsed {
+                    Ok(template) => {
+                        for segment in template.segments.iter() {
+                            match segment {
+                                Segment::Capture { condition, .. }
+                                    if Some(*condition) != per_value =>
+                                {
+                                    captured[*condition] = true;
+                                }
+                                Segment::Header {
+                                    side: Side::Response,
+                                    name,
+                                } if phase == Phase::Request => value_errors.push(format!(
+                                    "`{{http_resp_{name}}}` refers to the response, which does not \
+                                     exist yet when this request rule runs"
+                                )),
+                                _ => {}
+                            }
+                        }
+                        if let Some(name) = name {
+                            actions.push(Action::Set {
+                                name,
+                                template,
+                                per_value,
+                            });
+                        }
+                    }
+                    Err(found) => value_errors.extend(found),
+                }
+                for message in value_errors {
+                    error(ErrorAt::ActionValue(i), message);
+                }
+            }
+        }
+    }
+
+    if errors.len() != before {
+        return None;
+    }
+    let conditions = conditions
+        .into_iter()
+        .zip(captured)
+        .filter_map(|((subject, regex, negate), captured)| {
+            Some(Condition {
+                subject: subject?,
+                regex: regex?,
+                negate,
+                captured,
+            })
+        })
+        .collect();
+    Some(UserRule {
+        phase,
+        statuses: spec.statuses.clone().into_boxed_slice(),
+        conditions,
+        actions: actions.into_boxed_slice(),
+    })
+}
+
+fn side_word(side: Side) -> &'static str {
+    match side {
+        Side::Request => "request",
+        Side::Response => "response",
+    }
+}
+
+fn build_regex(condition: &ConditionSpec) -> Result<Regex, String> {
+    // Bytes, not str: header values may carry obs-text that is not UTF-8.
+    RegexBuilder::new(&condition.pattern)
+        .case_insensitive(!condition.case_sensitive)
+        .unicode(false)
+        .build()
+        .map_err(|error| format!("invalid pattern: {error}"))
+}
+
+/// What the templates of a fired rule read.
+struct Env<'a> {
+    own: &'a HeaderMap,
+    ctx: &'a RequestContext<'a>,
+    phase: Phase,
+    captures: Vec<Option<Captures<'a>>>,
+}
+
+impl<'a> Env<'a> {
+    fn source(&self, side: Side) -> &'a HeaderMap {
+        match (self.phase, side) {
+            (Phase::Response, Side::Request) => self.ctx.request_headers,
+            _ => self.own,
+        }
+    }
+}
+
+impl UserRule {
+    /// Runs the rule; `true` when at least one action changed the headers.
+    pub(crate) fn apply<H: HeaderStore + ?Sized>(
+        &self,
+        status: Option<u16>,
+        store: &mut H,
+        ctx: &RequestContext<'_>,
+    ) -> bool {
+        if let Some(status) = status {
+            if !self.statuses.is_empty() && !self.statuses.iter().any(|r| r.contains(status)) {
+                return false;
+            }
+        }
+        let mutations = {
+            let own = store.headers();
+            let mut env = Env {
+                own,
+                ctx,
+                phase: self.phase,
+                captures: Vec::new(),
+            };
+            if !self.conditions.iter().all(|c| self.holds(c, &env)) {
+                return false;
+            }
+            env.captures = self
+                .conditions
+                .iter()
+                .map(|c| {
+                    if c.captured {
+                        first_captures(c, &env)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            self.actions
+                .iter()
+                .filter_map(|action| self.mutation(action, &env))
+                .collect::<Vec<_>>()
+        };
+        let changed = !mutations.is_empty();
+        for mutation in mutations {
+            match mutation {
+                Mutation::Replace(name, values) => store.replace_all(&name, values),
+                Mutation::Remove(name) => store.remove_all(&name),
+            }
+        }
+        changed
+    }
+
+    fn holds(&self, condition: &Condition, env: &Env<'_>) -> bool {
+        let found = match &condition.subject {
+            CompiledSubject::Header { side, name } => env
+                .source(*side)
+                .get_all(name)
+                .iter()
+                .any(|value| condition.regex.is_match(value.as_bytes())),
+            CompiledSubject::Var(var) => condition.regex.is_match(env.ctx.var(*var).as_bytes()),
+        };
+        found != condition.negate
+    }
+
+    fn mutation(&self, action: &Action, env: &Env<'_>) -> Option<Mutation> {
+        match action {
+            Action::Delete { name } => env
+                .own
+                .contains_key(name)
+                .then(|| Mutation::Remove(name.clone())),
+            Action::Set {
+                name,
+                template,
+                per_value: None,
+            } => {
+                let mut out = Vec::new();
+                render(template, env, None, &mut out);
+                let value = HeaderValue::try_from(out).ok()?;
+                Some(Mutation::Replace(name.clone(), vec![value]))
+            }
+            Action::Set {
+                name,
+                template,
+                per_value: Some(index),
+            } => {
+                let condition = self.conditions.get(*index)?;
+                let mut changed = false;
+                let values = env
+                    .own
+                    .get_all(name)
+                    .iter()
+                    .map(|value| {
+                        let rewritten =
+                            condition
+                                .regex
+                                .captures(value.as_bytes())
+                                .and_then(|captures| {
+                                    let mut out = Vec::new();
+                                    let current = Current {
+                                        condition: *index,
+                                        captures: &captures,
+                                        name,
+                                        value: value.as_bytes(),
+                                    };
+                                    render(template, env, Some(&current), &mut out);
+                                    HeaderValue::try_from(out).ok()
+                                });
+                        match rewritten {
+                            Some(new) => {
+                                changed = true;
+                                new
+                            }
+                            None => value.clone(),
+                        }
+                    })
+                    .collect();
+                changed.then(|| Mutation::Replace(name.clone(), values))
+            }
+        }
+    }
+}
+
+fn first_captures<'a>(condition: &Condition, env: &Env<'a>) -> Option<Captures<'a>> {
+    if condition.negate {
+        return None;
+    }
+    match &condition.subject {
+        CompiledSubject::Header { side, name } => env
+            .source(*side)
+            .get_all(name)
+            .iter()
+            .find_map(|value| condition.regex.captures(value.as_bytes())),
+        CompiledSubject::Var(var) => condition.regex.captures(env.ctx.var(*var).as_bytes()),
+    }
+}
+
+/// The value being rewritten by a per-value action.
+struct Current<'c> {
+    condition: usize,
+    captures: &'c Captures<'c>,
+    name: &'c HeaderName,
+    value: &'c [u8],
+}
+
+fn render(template: &Template, env: &Env<'_>, current: Option<&Current<'_>>, out: &mut Vec<u8>) {
+    for segment in template.segments.iter() {
+        match segment {
+            Segment::Literal(text) => out.extend_from_slice(text),
+            Segment::Capture { condition, group } => {
+                let captures = match current {
+                    Some(current) if current.condition == *condition => Some(current.captures),
+                    _ => env.captures.get(*condition).and_then(Option::as_ref),
+                };
+                // An optional group that did not take part in the match renders as nothing,
+                // as an unmatched group does in App Gateway.
+                if let Some(found) = captures.and_then(|c| c.get(*group)) {
+                    out.extend_from_slice(found.as_bytes());
+                }
+            }
+            Segment::Header { side, name } => match current {
+                Some(current) if current.name == name && env.phase_side_is_own(*side) => {
+                    out.extend_from_slice(current.value);
+                }
+                _ => {
+                    // Several values read as one, joined as HTTP folds them.
+                    for (i, value) in env.source(*side).get_all(name).iter().enumerate() {
+                        if i > 0 {
+                            out.extend_from_slice(b", ");
+                        }
+                        out.extend_from_slice(value.as_bytes());
+                    }
+                }
+            },
+            Segment::Var(var) => out.extend_from_slice(env.ctx.var(*var).as_bytes()),
+        }
+    }
+}
+
+impl Env<'_> {
+    /// Whether headers on `side` are the ones being edited (per-value rewrites only ever edit
+    /// the store's own side).
+    fn phase_side_is_own(&self, side: Side) -> bool {
+        matches!(
+            (self.phase, side),
+            (Phase::Request, Side::Request) | (Phase::Response, Side::Response)
+        )
+    }
+}
