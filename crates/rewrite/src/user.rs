@@ -2,13 +2,17 @@
 //! actions whose values are templates over the conditions' captures.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use regex::bytes::{Captures, Regex, RegexBuilder};
+use regex::bytes::{Regex, RegexBuilder};
 
 use crate::context::RequestContext;
 use crate::error::{CompileError, ErrorAt};
 use crate::spec::{ActionSpec, ConditionSpec, RuleSpec, Side, StatusRange, Subject, Var};
 use crate::store::HeaderStore;
 use crate::template::{self, Segment, Template};
+
+mod matcher;
+
+use matcher::{Matcher, Spans};
 
 /// When a rule runs: on the request, or on the response (where it may still read the request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +32,7 @@ pub(crate) struct UserRule {
 #[derive(Debug)]
 struct Condition {
     subject: CompiledSubject,
-    regex: Regex,
+    matcher: Matcher,
     negate: bool,
     /// Some template reads this condition's captures outside a per-value rewrite.
     captured: bool,
@@ -116,7 +120,7 @@ pub(crate) fn compile(
             Subject::Var(var) => Some(CompiledSubject::Var(*var)),
         };
         let regex = match build_regex(condition) {
-            Ok(regex) => Some(regex),
+            Ok(regex) => Some(Matcher::new(regex, condition.case_sensitive)),
             Err(message) => {
                 error(ErrorAt::ConditionPattern(i), message);
                 None
@@ -181,7 +185,7 @@ pub(crate) fn compile(
                         ));
                     };
                     if let (_, Some(regex), _) = &conditions[condition] {
-                        let groups = regex.captures_len() - 1;
+                        let groups = regex.captures_len().saturating_sub(1);
                         if reference.group > groups {
                             return Err(format!(
                                 "the pattern of condition {condition} has {groups} capture \
@@ -237,7 +241,7 @@ pub(crate) fn compile(
         .filter_map(|((subject, regex, negate), captured)| {
             Some(Condition {
                 subject: subject?,
-                regex: regex?,
+                matcher: regex?,
                 negate,
                 captured,
             })
@@ -272,7 +276,9 @@ struct Env<'a> {
     own: &'a HeaderMap,
     ctx: &'a RequestContext<'a>,
     phase: Phase,
-    captures: Vec<Option<Captures<'a>>>,
+    /// By condition: the value its captures come from, and their spans. Empty unless some
+    /// template reads captures outside a per-value rewrite.
+    captures: Vec<Option<(&'a [u8], Spans)>>,
 }
 
 impl<'a> Env<'a> {
@@ -281,6 +287,15 @@ impl<'a> Env<'a> {
             (Phase::Response, Side::Request) => self.ctx.request_headers,
             _ => self.own,
         }
+    }
+
+    /// Whether headers on `side` are the ones being edited (per-value rewrites only ever edit
+    /// the store's own side).
+    fn is_own(&self, side: Side) -> bool {
+        matches!(
+            (self.phase, side),
+            (Phase::Request, Side::Request) | (Phase::Response, Side::Response)
+        )
     }
 }
 
@@ -297,7 +312,8 @@ impl UserRule {
                 return false;
             }
         }
-        let mutations = {
+        // Most rules have one action: it needs no list.
+        let (first, rest) = {
             let own = store.headers();
             let mut env = Env {
                 own,
@@ -308,30 +324,40 @@ impl UserRule {
             if !self.conditions.iter().all(|c| self.holds(c, &env)) {
                 return false;
             }
-            env.captures = self
-                .conditions
+            if self.conditions.iter().any(|c| c.captured) {
+                env.captures = self
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        if c.captured {
+                            first_captures(c, &env)
+                        } else {
+                            None
+                        }
+                    })
+                    .collect();
+            }
+            let mut mutations = self
+                .actions
                 .iter()
-                .map(|c| {
-                    if c.captured {
-                        first_captures(c, &env)
-                    } else {
-                        None
-                    }
-                })
-                .collect();
-            self.actions
-                .iter()
-                .filter_map(|action| self.mutation(action, &env))
-                .collect::<Vec<_>>()
+                .filter_map(|action| self.mutation(action, &env));
+            (mutations.next(), mutations.collect::<Vec<_>>())
         };
-        let changed = !mutations.is_empty();
-        for mutation in mutations {
+        let Some(first) = first else {
+            return false;
+        };
+        for mutation in std::iter::once(first).chain(rest) {
             match mutation {
+                Mutation::Replace(name, mut values) if values.len() == 1 => {
+                    if let Some(value) = values.pop() {
+                        store.replace_one(&name, value);
+                    }
+                }
                 Mutation::Replace(name, values) => store.replace_all(&name, values),
                 Mutation::Remove(name) => store.remove_all(&name),
             }
         }
-        changed
+        true
     }
 
     fn holds(&self, condition: &Condition, env: &Env<'_>) -> bool {
@@ -340,8 +366,8 @@ impl UserRule {
                 .source(*side)
                 .get_all(name)
                 .iter()
-                .any(|value| condition.regex.is_match(value.as_bytes())),
-            CompiledSubject::Var(var) => condition.regex.is_match(env.ctx.var(*var).as_bytes()),
+                .any(|value| condition.matcher.is_match(value.as_bytes())),
+            CompiledSubject::Var(var) => condition.matcher.is_match(env.ctx.var(*var).as_bytes()),
         };
         found != condition.negate
     }
@@ -357,9 +383,7 @@ impl UserRule {
                 template,
                 per_value: None,
             } => {
-                let mut out = Vec::new();
-                render(template, env, None, &mut out);
-                let value = HeaderValue::try_from(out).ok()?;
+                let value = render(template, env, None)?;
                 Some(Mutation::Replace(name.clone(), vec![value]))
             }
             Action::Set {
@@ -374,21 +398,16 @@ impl UserRule {
                     .get_all(name)
                     .iter()
                     .map(|value| {
-                        let rewritten =
-                            condition
-                                .regex
-                                .captures(value.as_bytes())
-                                .and_then(|captures| {
-                                    let mut out = Vec::new();
-                                    let current = Current {
-                                        condition: *index,
-                                        captures: &captures,
-                                        name,
-                                        value: value.as_bytes(),
-                                    };
-                                    render(template, env, Some(&current), &mut out);
-                                    HeaderValue::try_from(out).ok()
-                                });
+                        let haystack = value.as_bytes();
+                        let rewritten = condition.matcher.captures(haystack).and_then(|spans| {
+                            let current = Current {
+                                condition: *index,
+                                spans: &spans,
+                                name,
+                                value: haystack,
+                            };
+                            render(template, env, Some(&current))
+                        });
                         match rewritten {
                             Some(new) => {
                                 changed = true;
@@ -404,69 +423,92 @@ impl UserRule {
     }
 }
 
-fn first_captures<'a>(condition: &Condition, env: &Env<'a>) -> Option<Captures<'a>> {
+fn first_captures<'a>(condition: &Condition, env: &Env<'a>) -> Option<(&'a [u8], Spans)> {
     if condition.negate {
         return None;
     }
+    let search = |value: &'a [u8]| {
+        condition
+            .matcher
+            .captures(value)
+            .map(|spans| (value, spans))
+    };
     match &condition.subject {
         CompiledSubject::Header { side, name } => env
             .source(*side)
             .get_all(name)
             .iter()
-            .find_map(|value| condition.regex.captures(value.as_bytes())),
-        CompiledSubject::Var(var) => condition.regex.captures(env.ctx.var(*var).as_bytes()),
+            .find_map(|value| search(value.as_bytes())),
+        CompiledSubject::Var(var) => search(env.ctx.var(*var).as_bytes()),
     }
 }
 
 /// The value being rewritten by a per-value action.
 struct Current<'c> {
     condition: usize,
-    captures: &'c Captures<'c>,
+    spans: &'c Spans,
     name: &'c HeaderName,
     value: &'c [u8],
 }
 
-fn render(template: &Template, env: &Env<'_>, current: Option<&Current<'_>>, out: &mut Vec<u8>) {
+/// Renders a template into a header value; `None` when the result is not one (a variable or
+/// request header carrying bytes a header may not).
+fn render(
+    template: &Template,
+    env: &Env<'_>,
+    current: Option<&Current<'_>>,
+) -> Option<HeaderValue> {
+    // Measured first so that the buffer is handed to `HeaderValue` without reallocating.
+    let mut len = 0;
+    write(template, env, current, &mut |part: &[u8]| len += part.len());
+    let mut out = Vec::with_capacity(len);
+    write(template, env, current, &mut |part: &[u8]| {
+        out.extend_from_slice(part)
+    });
+    HeaderValue::try_from(out).ok()
+}
+
+fn write(
+    template: &Template,
+    env: &Env<'_>,
+    current: Option<&Current<'_>>,
+    put: &mut dyn FnMut(&[u8]),
+) {
     for segment in template.segments.iter() {
         match segment {
-            Segment::Literal(text) => out.extend_from_slice(text),
+            Segment::Literal(text) => put(text),
             Segment::Capture { condition, group } => {
-                let captures = match current {
-                    Some(current) if current.condition == *condition => Some(current.captures),
-                    _ => env.captures.get(*condition).and_then(Option::as_ref),
+                let source = match current {
+                    Some(current) if current.condition == *condition => {
+                        Some((current.value, current.spans))
+                    }
+                    _ => env
+                        .captures
+                        .get(*condition)
+                        .and_then(Option::as_ref)
+                        .map(|(value, spans)| (*value, spans)),
                 };
                 // An optional group that did not take part in the match renders as nothing,
                 // as an unmatched group does in App Gateway.
-                if let Some(found) = captures.and_then(|c| c.get(*group)) {
-                    out.extend_from_slice(found.as_bytes());
+                if let Some((value, spans)) = source {
+                    if let Some(Some((start, end))) = spans.get(*group) {
+                        put(value.get(*start..*end).unwrap_or_default());
+                    }
                 }
             }
             Segment::Header { side, name } => match current {
-                Some(current) if current.name == name && env.phase_side_is_own(*side) => {
-                    out.extend_from_slice(current.value);
-                }
+                Some(current) if current.name == name && env.is_own(*side) => put(current.value),
                 _ => {
                     // Several values read as one, joined as HTTP folds them.
                     for (i, value) in env.source(*side).get_all(name).iter().enumerate() {
                         if i > 0 {
-                            out.extend_from_slice(b", ");
+                            put(b", ");
                         }
-                        out.extend_from_slice(value.as_bytes());
+                        put(value.as_bytes());
                     }
                 }
             },
-            Segment::Var(var) => out.extend_from_slice(env.ctx.var(*var).as_bytes()),
+            Segment::Var(var) => put(env.ctx.var(*var).as_bytes()),
         }
-    }
-}
-
-impl Env<'_> {
-    /// Whether headers on `side` are the ones being edited (per-value rewrites only ever edit
-    /// the store's own side).
-    fn phase_side_is_own(&self, side: Side) -> bool {
-        matches!(
-            (self.phase, side),
-            (Phase::Request, Side::Request) | (Phase::Response, Side::Response)
-        )
     }
 }

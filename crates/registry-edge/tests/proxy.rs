@@ -1,0 +1,1122 @@
+//! registry-edge as a running process in front of registry-shaped origins started here: a login
+//! origin (401 with a realm on itself, 307 to the data origin, manifests, uploads) and a data origin
+//! that behaves like Azure Storage (400 with `Authorization`, 403 without a signature, Range, large
+//! blobs). Real sockets on loopback; curl where TLS and HTTP/2 matter.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+
+// ---------------------------------------------------------------------------------------------
+// Origins
+
+/// Byte `i` of every generated blob: a pattern a proxy cannot produce by accident.
+fn pattern(i: u64) -> u8 {
+    ((i.wrapping_mul(31).wrapping_add(7)) % 251) as u8
+}
+
+const SAS: &str = "sv=2020-10-02&se=2026-11-23T12%3A00%3A00Z&sr=b&sp=r&sig=AbC%2Bd%2Fe%3D";
+const DIGEST: &str = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+const MANIFEST: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","layers":[]}"#;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Login,
+    Data,
+    /// Accepts connections, reads the request, never answers.
+    Silent,
+}
+
+struct Req {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body_len: u64,
+}
+
+impl Req {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Seen = Arc<Mutex<Vec<Req>>>;
+
+struct Origin {
+    addr: SocketAddr,
+    seen: Seen,
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+fn start_origin(kind: Kind, data_authority: Option<String>) -> Origin {
+    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let seen2 = seen.clone();
+    runtime().spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen2.clone();
+            let data = data_authority.clone();
+            tokio::spawn(async move {
+                let _ = serve_conn(sock, kind, addr, data, seen).await;
+            });
+        }
+    });
+    Origin { addr, seen }
+}
+
+async fn serve_conn(
+    sock: tokio::net::TcpStream,
+    kind: Kind,
+    me: SocketAddr,
+    data: Option<String>,
+    seen: Seen,
+) -> std::io::Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = TokioBufReader::new(r);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let target = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            r.read_line(&mut h).await?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let mut req = Req {
+            method,
+            target,
+            headers,
+            body_len: 0,
+        };
+        // Request body: Content-Length or chunked, counted and checked against the pattern.
+        let mut body_ok = true;
+        if let Some(n) = req
+            .header("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let mut left = n;
+            let mut buf = vec![0u8; 64 * 1024];
+            while left > 0 {
+                let k = r.read(&mut buf[..left.min(65536) as usize]).await?;
+                if k == 0 {
+                    return Ok(());
+                }
+                for (j, b) in buf[..k].iter().enumerate() {
+                    body_ok &= *b == pattern(req.body_len + j as u64);
+                }
+                req.body_len += k as u64;
+                left -= k as u64;
+            }
+        } else if req
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+        {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size).await?;
+                let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
+                if n == 0 {
+                    let mut end = String::new();
+                    r.read_line(&mut end).await?;
+                    break;
+                }
+                let mut chunk = vec![0u8; n as usize];
+                r.read_exact(&mut chunk).await?;
+                for (j, b) in chunk.iter().enumerate() {
+                    body_ok &= *b == pattern(req.body_len + j as u64);
+                }
+                req.body_len += n;
+                let mut crlf = [0u8; 2];
+                r.read_exact(&mut crlf).await?;
+            }
+        }
+        if kind == Kind::Silent {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            return Ok(());
+        }
+        let resp = respond(kind, me, data.as_deref(), &req, body_ok);
+        let head_only = req.method == "HEAD";
+        seen.lock().unwrap().push(req);
+        match resp {
+            Resp::Fixed {
+                status,
+                headers,
+                body,
+            } => {
+                let mut out = format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                w.write_all(out.as_bytes()).await?;
+                if !head_only {
+                    w.write_all(&body).await?;
+                }
+            }
+            Resp::Blob {
+                status,
+                start,
+                len,
+                total,
+            } => {
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\n"
+                );
+                if status == 206 {
+                    out.push_str(&format!(
+                        "Content-Range: bytes {start}-{}/{total}\r\n",
+                        start + len - 1
+                    ));
+                }
+                out.push_str("\r\n");
+                w.write_all(out.as_bytes()).await?;
+                if !head_only {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut pos = start;
+                    let end = start + len;
+                    while pos < end {
+                        let k = (end - pos).min(buf.len() as u64) as usize;
+                        for (j, b) in buf[..k].iter_mut().enumerate() {
+                            *b = pattern(pos + j as u64);
+                        }
+                        w.write_all(&buf[..k]).await?;
+                        pos += k as u64;
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Resp {
+    Fixed {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
+    Blob {
+        status: u16,
+        start: u64,
+        len: u64,
+        total: u64,
+    },
+}
+
+fn fixed(status: u16, headers: &[(&str, String)], body: &[u8]) -> Resp {
+    Resp::Fixed {
+        status,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        body: body.to_vec(),
+    }
+}
+
+fn respond(kind: Kind, me: SocketAddr, data: Option<&str>, req: &Req, body_ok: bool) -> Resp {
+    let path = req.target.split('?').next().unwrap_or_default();
+    let query = req.target.split_once('?').map_or("", |(_, q)| q);
+    let echo = || {
+        let h: HashMap<String, String> = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+            .collect();
+        let j = serde_json::json!({"target": req.target, "headers": h, "body_len": req.body_len, "body_ok": body_ok});
+        fixed(
+            200,
+            &[("Content-Type", "application/json".into())],
+            j.to_string().as_bytes(),
+        )
+    };
+    match kind {
+        Kind::Login => {
+            let api = (
+                "Docker-Distribution-Api-Version",
+                "registry/2.0".to_string(),
+            );
+            if path == "/v2/" {
+                fixed(
+                    401,
+                    &[
+                        api,
+                        (
+                            "WWW-Authenticate",
+                            format!("Bearer realm=\"http://{me}/oauth2/token\",service=\"{me}\""),
+                        ),
+                    ],
+                    b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+                )
+            } else if path.contains("/blobs/uploads/") && req.method == "POST" {
+                fixed(
+                    202,
+                    &[
+                        api,
+                        (
+                            "Location",
+                            format!("http://{me}/v2/team/app/blobs/uploads/u-1?_state=St%2Bate"),
+                        ),
+                        ("Range", "0-0".into()),
+                    ],
+                    b"",
+                )
+            } else if path.contains("/blobs/uploads/") {
+                fixed(
+                    202,
+                    &[
+                        api,
+                        (
+                            "Location",
+                            format!("http://{me}/v2/team/app/blobs/uploads/u-1?_state=next"),
+                        ),
+                        ("Range", format!("0-{}", req.body_len.saturating_sub(1))),
+                        ("X-Body-Ok", body_ok.to_string()),
+                        ("X-Body-Len", req.body_len.to_string()),
+                    ],
+                    b"",
+                )
+            } else if path.contains("/blobs/") {
+                let data = data.unwrap_or_default();
+                fixed(
+                    307,
+                    &[
+                        api,
+                        (
+                            "Location",
+                            format!(
+                                "http://{data}/docker/registry/v2/blobs/sha256/6c/x/data?{SAS}"
+                            ),
+                        ),
+                    ],
+                    b"",
+                )
+            } else if path.contains("/manifests/") {
+                fixed(
+                    200,
+                    &[
+                        api,
+                        (
+                            "Content-Type",
+                            "application/vnd.oci.image.manifest.v1+json".into(),
+                        ),
+                        ("Docker-Content-Digest", DIGEST.into()),
+                    ],
+                    MANIFEST.as_bytes(),
+                )
+            } else if path == "/v2/_catalog" {
+                fixed(
+                    200,
+                    &[
+                        api,
+                        (
+                            "Link",
+                            format!("<http://{me}/v2/_catalog?last=b&n=2>; rel=\"next\""),
+                        ),
+                    ],
+                    b"{\"repositories\":[\"a\",\"b\"]}",
+                )
+            } else {
+                echo()
+            }
+        }
+        Kind::Data => {
+            if req.header("authorization").is_some() {
+                return fixed(
+                    400,
+                    &[],
+                    b"<Error><Code>InvalidAuthenticationInfo</Code></Error>",
+                );
+            }
+            if !query.contains("sig=") {
+                return fixed(
+                    403,
+                    &[],
+                    b"<Error><Code>AuthenticationFailed</Code></Error>",
+                );
+            }
+            if path == "/echo" {
+                return echo();
+            }
+            let total: u64 = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("size="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1 << 20);
+            if let Some(range) = req.header("range").and_then(|r| r.strip_prefix("bytes=")) {
+                let (a, b) = range.split_once('-').unwrap();
+                let a: u64 = a.parse().unwrap();
+                let b: u64 = b.parse::<u64>().unwrap_or(total - 1).min(total - 1);
+                return Resp::Blob {
+                    status: 206,
+                    start: a,
+                    len: b - a + 1,
+                    total,
+                };
+            }
+            Resp::Blob {
+                status: 200,
+                start: 0,
+                len: total,
+                total,
+            }
+        }
+        Kind::Silent => unreachable!(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The edge process
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Certs {
+    ca: PathBuf,
+}
+
+fn make_certs(dir: &Path) -> Certs {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "registry-edge test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    for name in ["registry.test", "data.test"] {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    Certs { ca: ca_path }
+}
+
+struct Edge {
+    child: Child,
+    dir: PathBuf,
+    http: u16,
+    tls: u16,
+    redirect: u16,
+    v6: Option<u16>,
+    admin: u16,
+    certs: Certs,
+    login: Origin,
+    data: Origin,
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ipv6_available() -> bool {
+    TcpListener::bind("[::1]:0").is_ok()
+}
+
+fn start_edge(name: &str, extra_listener: &str) -> Edge {
+    let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = make_certs(&dir);
+    let data = start_origin(Kind::Data, None);
+    let login = start_origin(Kind::Login, Some(data.addr.to_string()));
+    let silent = start_origin(Kind::Silent, None);
+    let refused = free_port();
+    let (http, tls, redirect, admin) = (free_port(), free_port(), free_port(), free_port());
+    let v6 = ipv6_available().then(|| {
+        TcpListener::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    });
+    let v6_listener = v6
+        .map(|p| format!("  - address: \"[::1]:{p}\"\n"))
+        .unwrap_or_default();
+    let yaml = format!(
+        r#"version: 1
+server:
+  threads: 2
+  grace_period: 1s
+  graceful_shutdown_timeout: 1s
+  pid_file: {dir}/edge.pid
+  upgrade_sock: {dir}/upgrade.sock
+listeners:
+  - address: "127.0.0.1:{http}"
+    timeouts: {{ header_read: 5s, idle: 5s, write: 5s }}
+    max_request_header_bytes: 4096
+    max_requests_per_connection: 50
+{extra_listener}  - address: "127.0.0.1:{tls}"
+    tls:
+      certificates:
+        - {{ cert: registry.test.pem, key: registry.test.key }}
+        - {{ cert: data.test.pem, key: data.test.key }}
+  - address: "127.0.0.1:{redirect}"
+    redirect_to_https: true
+{v6_listener}admin:
+  address: "127.0.0.1:{admin}"
+registry:
+  login_server: "{login}"
+  public_host: registry.test
+  tls: false
+  connect_timeout: 1s
+  read_timeout: 2s
+  data_endpoints:
+    - {{ region: eastus, endpoint: "{data}", public_host: data.test }}
+    - {{ region: westus, endpoint: "127.0.0.1:{refused}", public_host: down.test }}
+    - {{ region: centralus, endpoint: "{silent}", public_host: slow.test }}
+logging:
+  access_log: {dir}/access.log
+"#,
+        dir = dir.display(),
+        login = login.addr,
+        data = data.addr,
+        silent = silent.addr,
+    );
+    let config = dir.join("edge.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let edge = Edge {
+        child,
+        dir,
+        http,
+        tls,
+        redirect,
+        v6,
+        admin,
+        certs,
+        login,
+        data,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", edge.admin)) {
+            let r = send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
+            if r.status == 200 && TcpStream::connect(("127.0.0.1", edge.tls)).is_ok() {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "edge did not become ready: {}",
+            std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    edge
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small HTTP/1.1 client: exact bytes, one connection reused on purpose.
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+fn read_response(r: &mut impl BufRead, head: bool) -> Response {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+        .parse()
+        .unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if head {
+        return resp;
+    }
+    if let Some(n) = resp
+        .header("content-length")
+        .map(|v| v.parse::<usize>().unwrap())
+    {
+        let mut body = vec![0u8; n];
+        r.read_exact(&mut body).unwrap();
+        resp.body = body;
+    } else if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            if n == 0 {
+                break;
+            }
+            resp.body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    resp
+}
+
+fn send(stream: &mut TcpStream, raw: &str) -> Response {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(raw.as_bytes()).unwrap();
+    let mut r = BufReader::new(stream.try_clone().unwrap());
+    read_response(&mut r, raw.starts_with("HEAD "))
+}
+
+fn get(port: u16, host: &str, target: &str, extra: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    send(
+        &mut s,
+        &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n"),
+    )
+}
+
+fn assert_oci_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/json"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["errors"][0]["code"], code, "{r:?}");
+    assert!(r.header("server").is_none(), "no Server: Pingora: {r:?}");
+}
+
+fn connection_alive(s: &mut TcpStream, host: &str) -> bool {
+    s.write_all(format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .is_ok()
+        && {
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).is_ok() && line.starts_with("HTTP/1.1 ")
+        }
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests. One edge process serves all of them, in sequence, so that the suite stays quick.
+
+#[test]
+fn edge_core() {
+    let edge = start_edge("core", "");
+    let host = format!("registry.test:{}", edge.http);
+    let data_host = format!("data.test:{}", edge.http);
+
+    // The realm and the blob Location name the client's public origin; the SAS query survives
+    // byte for byte; `service=` stays the registry's own name.
+    let r = get(edge.http, &host, "/v2/", "");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate").unwrap(),
+        format!(
+            "Bearer realm=\"http://{host}/oauth2/token\",service=\"{}\"",
+            edge.login.addr
+        )
+    );
+    let r = get(
+        edge.http,
+        &host,
+        &format!("/v2/team/app/blobs/{DIGEST}"),
+        "",
+    );
+    assert_eq!(r.status, 307);
+    assert_eq!(r.header("content-length"), Some("0"));
+    let location = r.header("location").unwrap().to_string();
+    assert_eq!(
+        location,
+        format!("http://{data_host}/docker/registry/v2/blobs/sha256/6c/x/data?{SAS}")
+    );
+
+    // Following it, with the Authorization a careless client resends, still works: the edge
+    // drops the header towards the data endpoint (which would answer 400 otherwise).
+    let target = location
+        .strip_prefix(&format!("http://{data_host}"))
+        .unwrap();
+    let r = get(
+        edge.http,
+        &data_host,
+        target,
+        "Authorization: Bearer secret\r\n",
+    );
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.body.len(), 1 << 20);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern(i as u64)));
+    let seen = edge.data.seen.lock().unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!(last.target, target, "query kept byte for byte");
+    assert!(last.header("authorization").is_none());
+    assert_eq!(
+        last.header("host"),
+        Some(edge.data.addr.to_string().as_str())
+    );
+    drop(seen);
+
+    // Range → 206 with the exact Content-Range and bytes.
+    let r = get(
+        edge.http,
+        &data_host,
+        &format!("/blob?{SAS}&size=1000000"),
+        "Range: bytes=1000-1999\r\n",
+    );
+    assert_eq!(r.status, 206);
+    assert_eq!(r.header("content-range"), Some("bytes 1000-1999/1000000"));
+    assert_eq!(r.body.len(), 1000);
+    assert!(r
+        .body
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b == pattern(1000 + i as u64)));
+
+    // HEAD on a manifest keeps the digest and type.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    let r = send(
+        &mut s,
+        &format!("HEAD /v2/team/app/manifests/latest HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), Some(DIGEST));
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+    assert_eq!(
+        r.header("content-length"),
+        Some(MANIFEST.len().to_string().as_str())
+    );
+
+    // Link pagination is rewritten.
+    let r = get(edge.http, &host, "/v2/_catalog", "");
+    assert_eq!(
+        r.header("link"),
+        Some(format!("<http://{host}/v2/_catalog?last=b&n=2>; rel=\"next\"").as_str())
+    );
+
+    // Forwarding headers: set by the edge, a client's X-Forwarded-For is not believed.
+    let r = get(
+        edge.http,
+        &host,
+        "/echo",
+        "X-Forwarded-For: 203.0.113.9\r\nAuthorization: Basic dTpw\r\n",
+    );
+    let j = r.json();
+    assert_eq!(j["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(j["headers"]["x-forwarded-host"], host.as_str());
+    assert_eq!(j["headers"]["host"], edge.login.addr.to_string().as_str());
+    assert_eq!(
+        j["headers"]["authorization"], "Basic dTpw",
+        "the login side keeps credentials"
+    );
+
+    // A chunked upload streams through; the absolute upload Location is rewritten.
+    let r = uploads(&edge, &host);
+    assert_eq!(r.status, 202);
+    assert_eq!(r.header("x-body-ok"), Some("true"));
+    assert_eq!(
+        r.header("x-body-len"),
+        Some((3 * 1024 * 1024 + 17).to_string().as_str())
+    );
+    assert_eq!(
+        r.header("location"),
+        Some(format!("http://{host}/v2/team/app/blobs/uploads/u-1?_state=next").as_str())
+    );
+
+    // Misdirected requests: 421 with an OCI body, and the connection stays usable.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    let r = send(&mut s, "GET /v2/ HTTP/1.1\r\nHost: evil.example\r\n\r\n");
+    assert_oci_error(&r, 421, "UNSUPPORTED");
+    assert_eq!(
+        r.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+    let r = send(&mut s, "GET /v2/ HTTP/1.1\r\n\r\n");
+    assert_oci_error(&r, 421, "UNSUPPORTED");
+    let r = send(
+        &mut s,
+        "GET /v2/a/../b/manifests/x HTTP/1.1\r\nHost: registry.test\r\n\r\n",
+    );
+    assert_oci_error(&r, 400, "NAME_INVALID");
+    let r = send(
+        &mut s,
+        "GET /v2/a%2Fb/manifests/x HTTP/1.1\r\nHost: registry.test\r\n\r\n",
+    );
+    assert_oci_error(&r, 400, "NAME_INVALID");
+    assert!(
+        connection_alive(&mut s, &host),
+        "refusals keep the connection"
+    );
+
+    // Headers over the listener's limit: 431, OCI body.
+    let big = "x".repeat(5000);
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    let r = send(
+        &mut s,
+        &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nX-Big: {big}\r\n\r\n"),
+    );
+    assert_oci_error(&r, 431, "UNSUPPORTED");
+
+    // Upstream refuses → 502; upstream never answers → 504 after the read timeout; both with an
+    // OCI body, and other routes unaffected.
+    let t = Instant::now();
+    let r = get(
+        edge.http,
+        &format!("down.test:{}", edge.http),
+        &format!("/x?{SAS}"),
+        "",
+    );
+    assert_oci_error(&r, 502, "UNAVAILABLE");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let t = Instant::now();
+    let r = get(
+        edge.http,
+        &format!("slow.test:{}", edge.http),
+        &format!("/x?{SAS}"),
+        "",
+    );
+    assert_oci_error(&r, 504, "UNAVAILABLE");
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(get(edge.http, &host, "/v2/", "").status, 401);
+
+    // Garbage on the socket: a 400 or a closed connection, and the process lives on.
+    for junk in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"\x00\x00\x00\x00\r\n\r\n",
+        b"GET /v2/ HTTP/1.1\r\nHost registry.test\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(junk).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            buf.is_empty() || text.starts_with("HTTP/1.1 400"),
+            "junk {junk:?} → {text:?}"
+        );
+    }
+    assert_eq!(get(edge.http, &host, "/v2/", "").status, 401);
+
+    // The redirect listener: GET/HEAD → 308 to https, others refused; unknown hosts never
+    // become an open redirect.
+    let r = get(
+        edge.redirect,
+        "registry.test",
+        "/v2/team/app/manifests/1?x=y",
+        "",
+    );
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some("https://registry.test/v2/team/app/manifests/1?x=y")
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", edge.redirect)).unwrap();
+    let r = send(
+        &mut s,
+        "POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: registry.test\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    assert_oci_error(&r, 405, "UNSUPPORTED");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = get(edge.redirect, "evil.example", "/", "");
+    assert_eq!(r.status, 421);
+
+    // TLS: the certificate is chosen by SNI, verified against the test CA; HTTP/2 and HTTP/1.1.
+    let ca = edge.certs.ca.to_str().unwrap();
+    for (name, path) in [("registry.test", "/v2/"), ("data.test", "/echo?sig=1")] {
+        for version in ["--http2", "--http1.1"] {
+            let url = format!("https://{name}:{}{path}", edge.tls);
+            let resolve = format!("{name}:{}:127.0.0.1", edge.tls);
+            let (out, err) = curl(&[
+                version,
+                "--cacert",
+                ca,
+                "--resolve",
+                &resolve,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{http_code}",
+                &url,
+            ]);
+            let want = if name == "registry.test" {
+                "401"
+            } else {
+                "200"
+            };
+            let v = if version == "--http2" { "2" } else { "1.1" };
+            assert_eq!(out, format!("{v} {want}"), "{name} {version}: {err}");
+        }
+    }
+    // Over TLS the public URLs are https and carry the client's port.
+    let resolve = format!("registry.test:{}:127.0.0.1", edge.tls);
+    let (out, err) = curl(&[
+        "--http2",
+        "--cacert",
+        ca,
+        "--resolve",
+        &resolve,
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("https://registry.test:{}/v2/", edge.tls),
+    ]);
+    assert!(
+        out.contains(&format!(
+            "realm=\"https://registry.test:{}/oauth2/token\"",
+            edge.tls
+        )),
+        "{out}{err}"
+    );
+    // HTTP/2 over cleartext (prior knowledge): only `:authority`, no Host, routes the same.
+    let (out, err) = curl(&[
+        "--http2-prior-knowledge",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("http://registry.test:{}/v2/", edge.http),
+        "--resolve",
+        &format!("registry.test:{}:127.0.0.1", edge.http),
+    ]);
+    assert!(out.starts_with("HTTP/2 401"), "{out}{err}");
+
+    // IPv6 listener.
+    if let Some(p) = edge.v6 {
+        let mut s = TcpStream::connect(("::1", p)).unwrap();
+        let r = send(&mut s, "GET /v2/ HTTP/1.1\r\nHost: registry.test\r\n\r\n");
+        assert_eq!(r.status, 401);
+        assert!(r
+            .header("www-authenticate")
+            .unwrap()
+            .contains("realm=\"http://registry.test/oauth2/token\""));
+    }
+
+    // Admin: health, readiness, metrics from the registry the edge created.
+    assert_eq!(get(edge.admin, "a", "/healthz", "").status, 200);
+    assert_eq!(get(edge.admin, "a", "/readyz", "").status, 200);
+    let m = String::from_utf8(get(edge.admin, "a", "/metrics", "").body).unwrap();
+    for needle in [
+        "registry_edge_http_requests_total{method=\"GET\",route=\"login\",status_class=\"4xx\"}",
+        "registry_edge_rewrites_applied_total{rule=\"registry:location\"} ",
+        "registry_edge_upstream_connect_errors_total{upstream=\"data:westus\"} ",
+        "registry_edge_http_edge_responses_total{reason=\"unknown_host\"} ",
+        "registry_edge_ready 1",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}");
+    }
+    assert!(!m.contains("registry_edge_upstream_connect_errors_total{upstream=\"data:westus\"} 0"));
+
+    // The access log has one JSON line per request, without the query (SAS signatures).
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(edge.dir.join("access.log")).unwrap();
+    assert!(log.lines().count() >= 20, "{log}");
+    for line in log.lines() {
+        let j: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(j["status"].is_number());
+    }
+    assert!(!log.contains("sig="), "no SAS signature in the access log");
+    assert!(
+        !log.contains("secret") && !log.contains("dTpw"),
+        "no credentials in the log"
+    );
+}
+
+/// POST then a chunked PATCH of 3 MiB + 17 bytes of the pattern, on one connection.
+fn uploads(edge: &Edge, host: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    let r = send(
+        &mut s,
+        &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
+    );
+    assert_eq!(r.status, 202);
+    let loc = r.header("location").unwrap().to_string();
+    assert_eq!(
+        loc,
+        format!("http://{host}/v2/team/app/blobs/uploads/u-1?_state=St%2Bate")
+    );
+    let target = loc.strip_prefix(&format!("http://{host}")).unwrap();
+    s.write_all(
+        format!("PATCH {target} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let total: u64 = 3 * 1024 * 1024 + 17;
+    let mut pos = 0u64;
+    while pos < total {
+        let n = (total - pos).min(100_000);
+        let chunk: Vec<u8> = (pos..pos + n).map(pattern).collect();
+        s.write_all(format!("{n:x}\r\n").as_bytes()).unwrap();
+        s.write_all(&chunk).unwrap();
+        s.write_all(b"\r\n").unwrap();
+        pos += n;
+    }
+    s.write_all(b"0\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    read_response(&mut r, false)
+}
+
+#[test]
+fn large_blob_to_a_slow_reader_keeps_rss_flat() {
+    let edge = start_edge("rss", "");
+    let data_host = format!("data.test:{}", edge.http);
+    let size: u64 = 2 << 30;
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    s.write_all(
+        format!("GET /blob?{SAS}&size={size} HTTP/1.1\r\nHost: {data_host}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut r = BufReader::with_capacity(64 * 1024, s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        if h.trim_end().is_empty() {
+            break;
+        }
+    }
+    let pid = edge.child.id();
+    let before = rss_kib(pid);
+    let mut max = before;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut mismatch = false;
+    let mut reads = 0u64;
+    while got < size {
+        let n = r.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended at {got}");
+        if buf[..n]
+            .iter()
+            .enumerate()
+            .any(|(i, b)| *b != pattern(got + i as u64))
+        {
+            mismatch = true;
+        }
+        got += n as u64;
+        reads += 1;
+        // A reader slower than the origin: the edge must hold the origin back, not buffer.
+        if reads % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(8));
+            max = max.max(rss_kib(pid));
+        }
+    }
+    assert!(!mismatch, "bytes differ from the origin's");
+    let growth_mib = max.saturating_sub(before) / 1024;
+    eprintln!("RSS before {before} KiB, max {max} KiB during a {size}-byte download");
+    assert!(
+        growth_mib < 48,
+        "RSS grew by {growth_mib} MiB while streaming {size} bytes"
+    );
+}

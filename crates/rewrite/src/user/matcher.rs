@@ -1,0 +1,407 @@
+//! A condition's regex, with a fast path for App Gateway's idiom `^(.*)CORE(.*)$` /
+//! `CORE(.*)$`.
+//!
+//! The regex crate answers captures for those patterns with a backtracking engine that walks
+//! the whole value byte by byte (about 2 µs for a 100-byte `WWW-Authenticate`). Yet the groups
+//! follow from where CORE matches: with a greedy `(.*)` in front, CORE starts at the rightmost
+//! position where it can (found by one reverse DFA scan), and a trailing `(.*)` takes the rest.
+//! Both dot-stars match any byte of a header value (no `\n` there; with Unicode `.`, any valid
+//! UTF-8), so the answer equals the backtracker's. Where that premise fails for a value (a
+//! `\n`, invalid UTF-8, a group edge inside a character) the fast path declines and the regex
+//! crate answers; a property test checks the two agree.
+
+use regex::bytes::Regex;
+use regex_automata::hybrid;
+use regex_automata::nfa::thompson;
+use regex_automata::util::pool::Pool;
+use regex_automata::{meta, Anchored, Input};
+use regex_syntax::hir::{Hir, HirKind, Look};
+
+/// Group spans of one match, by group index (0 = the whole match).
+pub(crate) type Spans = Vec<Option<(usize, usize)>>;
+
+#[derive(Debug)]
+pub(crate) struct Matcher {
+    regex: Regex,
+    fast: Option<DotStar>,
+}
+
+impl Matcher {
+    pub(crate) fn new(regex: Regex, case_sensitive: bool) -> Matcher {
+        let fast = DotStar::new(regex.as_str(), case_sensitive);
+        Matcher { regex, fast }
+    }
+
+    pub(crate) fn captures_len(&self) -> usize {
+        self.regex.captures_len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    pub(crate) fn is_match(&self, haystack: &[u8]) -> bool {
+        match self.fast.as_ref().and_then(|fast| fast.locate(haystack)) {
+            Some(found) => found.is_some(),
+            None => self.regex.is_match(haystack),
+        }
+    }
+
+    /// The groups of the leftmost-first match, or `None` when there is no match.
+    pub(crate) fn captures(&self, haystack: &[u8]) -> Option<Spans> {
+        if let Some(fast) = &self.fast {
+            if let Some(found) = fast.locate(haystack) {
+                return found
+                    .map(|located| fast.spans(&located, haystack.len(), self.captures_len()));
+            }
+        }
+        let captures = self.regex.captures(haystack)?;
+        Some(
+            (0..captures.len())
+                .map(|i| captures.get(i).map(|m| (m.start(), m.end())))
+                .collect(),
+        )
+    }
+}
+
+/// `[^] [(.*)] CORE (.*) [$]` with no group inside CORE.
+#[derive(Debug)]
+struct DotStar {
+    lead: Lead,
+    /// Group index of the trailing dot-star, when it is a group.
+    trail_group: Option<usize>,
+    core: meta::Regex,
+    /// `.` excludes bytes that are not UTF-8 (Unicode mode), so values must be valid UTF-8.
+    unicode_dot: bool,
+}
+
+#[derive(Debug)]
+enum Lead {
+    /// CORE may start anywhere: the leftmost match wins.
+    None,
+    /// `^CORE`.
+    Start,
+    /// `[^](.*)CORE`: CORE starts as far right as it can.
+    DotStar {
+        group: Option<usize>,
+        reverse: Box<Reverse>,
+    },
+}
+
+struct Reverse {
+    dfa: hybrid::dfa::DFA,
+    caches: CachePool,
+}
+
+type CachePool = Pool<hybrid::dfa::Cache, Box<dyn Fn() -> hybrid::dfa::Cache + Send + Sync>>;
+
+impl std::fmt::Debug for Reverse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reverse")
+    }
+}
+
+/// Where the parts of a fast-path match lie.
+struct Located {
+    /// Start of the whole match.
+    start: usize,
+    core_start: usize,
+    core_end: usize,
+}
+
+/// A dot-star recognised at an end of the pattern: `.*` or `(.*)`.
+enum Edge {
+    Bare,
+    Group(usize),
+}
+
+impl DotStar {
+    fn new(pattern: &str, case_sensitive: bool) -> Option<DotStar> {
+        let parse = |text: &str| {
+            regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .case_insensitive(!case_sensitive)
+                .build()
+                .parse(text)
+                .ok()
+        };
+        let hir = parse(pattern)?;
+        let dot = parse(".")?;
+        let unicode_dot = matches!(
+            dot.kind(),
+            HirKind::Class(regex_syntax::hir::Class::Unicode(_))
+        );
+        let items: &[Hir] = match hir.kind() {
+            HirKind::Concat(items) => items,
+            _ => return None,
+        };
+        let edge = |item: &Hir| -> Option<Edge> {
+            let (group, rep) = match item.kind() {
+                HirKind::Capture(capture) => match capture.sub.kind() {
+                    HirKind::Repetition(rep) => (Some(capture.index as usize), rep),
+                    _ => return None,
+                },
+                HirKind::Repetition(rep) => (None, rep),
+                _ => return None,
+            };
+            let dot_star = rep.min == 0 && rep.max.is_none() && rep.greedy && *rep.sub == dot;
+            dot_star.then_some(match group {
+                Some(index) => Edge::Group(index),
+                None => Edge::Bare,
+            })
+        };
+
+        let mut first = 0;
+        let mut last = items.len();
+        let anchored = matches!(items.first()?.kind(), HirKind::Look(Look::Start));
+        if anchored {
+            first += 1;
+        }
+        let lead_edge = items.get(first).and_then(edge);
+        if lead_edge.is_some() {
+            first += 1;
+        }
+        if last > first && matches!(items[last - 1].kind(), HirKind::Look(Look::End)) {
+            last -= 1;
+        }
+        let trail_edge = if last > first {
+            edge(&items[last - 1])?
+        } else {
+            return None;
+        };
+        last -= 1;
+        if last <= first {
+            return None;
+        }
+        let core = Hir::concat(items[first..last].to_vec());
+        let props = core.properties();
+        // Groups inside CORE would need numbering of their own; an empty CORE match could sit
+        // inside a character. Both are left to the regex crate.
+        if props.explicit_captures_len() > 0 || props.minimum_len().unwrap_or(0) == 0 {
+            return None;
+        }
+        let trail_group = match trail_edge {
+            Edge::Group(index) => Some(index),
+            Edge::Bare => None,
+        };
+        let core_regex = meta::Builder::new()
+            .configure(meta::Config::new().utf8_empty(false))
+            .build_from_hir(&core)
+            .ok()?;
+        let lead = match (lead_edge, anchored) {
+            (Some(edge), _) => {
+                let nfa = thompson::Compiler::new()
+                    .configure(
+                        thompson::Config::new()
+                            .reverse(true)
+                            .utf8(false)
+                            .which_captures(thompson::WhichCaptures::None),
+                    )
+                    .build_from_hir(&core)
+                    .ok()?;
+                let dfa = hybrid::dfa::DFA::builder().build_from_nfa(nfa).ok()?;
+                let for_caches = dfa.clone();
+                let caches: CachePool = Pool::new(Box::new(move || for_caches.create_cache()));
+                Lead::DotStar {
+                    group: match edge {
+                        Edge::Group(index) => Some(index),
+                        Edge::Bare => None,
+                    },
+                    reverse: Box::new(Reverse { dfa, caches }),
+                }
+            }
+            (None, true) => Lead::Start,
+            (None, false) => Lead::None,
+        };
+        Some(DotStar {
+            lead,
+            trail_group,
+            core: core_regex,
+            unicode_dot,
+        })
+    }
+
+    /// `None` when the fast path cannot answer for this value; `Some(None)` for no match.
+    fn locate(&self, haystack: &[u8]) -> Option<Option<Located>> {
+        if haystack.contains(&b'\n') || (self.unicode_dot && std::str::from_utf8(haystack).is_err())
+        {
+            return None;
+        }
+        let located = match &self.lead {
+            Lead::None => self.core.search(&Input::new(haystack)).map(|m| Located {
+                start: m.start(),
+                core_start: m.start(),
+                core_end: m.end(),
+            }),
+            Lead::Start => self
+                .core
+                .search(&Input::new(haystack).anchored(Anchored::Yes))
+                .map(|m| Located {
+                    start: 0,
+                    core_start: 0,
+                    core_end: m.end(),
+                }),
+            Lead::DotStar { reverse, .. } => {
+                let mut cache = reverse.caches.get();
+                let rightmost = reverse
+                    .dfa
+                    .try_search_rev(&mut cache, &Input::new(haystack).earliest(true))
+                    .ok()?;
+                match rightmost {
+                    None => None,
+                    Some(half) => {
+                        let core_start = half.offset();
+                        let input = Input::new(haystack)
+                            .range(core_start..)
+                            .anchored(Anchored::Yes);
+                        let m = self.core.search(&input)?;
+                        Some(Located {
+                            start: 0,
+                            core_start,
+                            core_end: m.end(),
+                        })
+                    }
+                }
+            }
+        };
+        if let Some(located) = &located {
+            let boundary = |i: usize| haystack.get(i).is_none_or(|&b| (b as i8) >= -0x40);
+            if self.unicode_dot && !(boundary(located.core_start) && boundary(located.core_end)) {
+                return None;
+            }
+        }
+        Some(located)
+    }
+
+    fn spans(&self, located: &Located, len: usize, groups: usize) -> Spans {
+        let mut spans = vec![None; groups];
+        let mut set = |group: Option<usize>, span: (usize, usize)| {
+            if let Some(slot) = group.and_then(|g| spans.get_mut(g)) {
+                *slot = Some(span);
+            }
+        };
+        set(Some(0), (located.start, len));
+        if let Lead::DotStar { group, .. } = &self.lead {
+            set(*group, (0, located.core_start));
+        }
+        set(self.trail_group, (located.core_end, len));
+        spans
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use regex::bytes::RegexBuilder;
+
+    fn matcher(pattern: &str, case_sensitive: bool) -> Matcher {
+        let regex = RegexBuilder::new(pattern)
+            .case_insensitive(!case_sensitive)
+            .build()
+            .unwrap();
+        Matcher::new(regex, case_sensitive)
+    }
+
+    fn reference(pattern: &str, case_sensitive: bool, haystack: &[u8]) -> Option<Spans> {
+        let regex = RegexBuilder::new(pattern)
+            .case_insensitive(!case_sensitive)
+            .build()
+            .unwrap();
+        regex.captures(haystack).map(|c| {
+            (0..c.len())
+                .map(|i| c.get(i).map(|m| (m.start(), m.end())))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn recognises_the_app_gateway_idioms() {
+        for pattern in [
+            r"https:\/\/contososecurepublicacr.azurecr.io(.*)$",
+            r"^(.*)https:\/\/contososecurepublicacr.azurecr.io\/oauth2\/token(.*)$",
+            r"^https://x(.*)",
+            r".*x.*",
+            r"(?i)(.*)x(.*)$",
+        ] {
+            assert!(matcher(pattern, false).has_fast_path(), "{pattern}");
+        }
+        for pattern in [
+            r"x",
+            r"^(.*)x$",
+            r"(.*)x|y(.*)",
+            r"(.*)(x)(.*)",
+            r"(.*)x*(.*)",
+            r"(.*?)x(.*)",
+            r"(?m)^(.*)x(.*)$",
+            r"(?s)(.*)x(.*)",
+            r"(.+)x(.*)",
+        ] {
+            assert!(!matcher(pattern, false).has_fast_path(), "{pattern}");
+        }
+    }
+
+    #[test]
+    fn seed_realm_split() {
+        let m = matcher(
+            r"^(.*)https:\/\/contososecurepublicacr.azurecr.io\/oauth2\/token(.*)$",
+            false,
+        );
+        let value = br#"Bearer realm="https://contososecurepublicacr.azurecr.io/oauth2/token",service="contososecurepublicacr.azurecr.io""#;
+        assert_eq!(m.captures(value), reference(m.regex.as_str(), false, value));
+        assert!(m.captures(value).is_some());
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        let lead = prop::sample::select(vec!["", "^", "(.*)", "^(.*)", ".*", "^.*"]);
+        let piece = prop::sample::select(vec![
+            "a",
+            "b",
+            "ab",
+            "[ab]",
+            ".",
+            "a*",
+            "b+",
+            "a?",
+            "(?:a|ab)",
+            "(?:ab|a)",
+            "é",
+            r"\xFF",
+            r"(?-u:[\x80-\xFF])",
+            r"\bb",
+            "A",
+        ]);
+        let core = prop::collection::vec(piece, 1..4).prop_map(|p| p.concat());
+        let trail = prop::sample::select(vec!["(.*)$", "(.*)", ".*$", ".*"]);
+        (lead, core, trail).prop_map(|(l, c, t)| format!("{l}{c}{t}"))
+    }
+
+    fn haystack() -> impl Strategy<Value = Vec<u8>> {
+        let unit = prop::sample::select(vec![
+            &b"a"[..],
+            b"b",
+            b"A",
+            b"B",
+            b" ",
+            "é".as_bytes(),
+            b"\xFF",
+            b"\xC3",
+            b"\n",
+        ]);
+        prop::collection::vec(unit, 0..12).prop_map(|units| units.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The fast path answers exactly what the regex crate answers.
+        #[test]
+        fn agrees_with_the_regex_crate(pattern in pattern(), case_sensitive in any::<bool>(), haystack in haystack()) {
+            let m = matcher(&pattern, case_sensitive);
+            let expected = reference(&pattern, case_sensitive, &haystack);
+            prop_assert_eq!(m.is_match(&haystack), expected.is_some());
+            prop_assert_eq!(m.captures(&haystack), expected);
+        }
+    }
+}
