@@ -15,6 +15,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod deadline;
 pub mod headers;
 pub mod metrics;
 pub mod respond;
@@ -109,21 +110,26 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
             shared: shared.clone(),
             listener: listener.clone(),
         };
-        let mut service = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            edge,
-            &format!("listener {i} {}", listener.address),
+        let mut proxy = pingora_proxy::http_proxy(&server.configuration, edge);
+        let mut o = pingora::apps::HttpServerOptions::default();
+        // No cleartext HTTP/2: pingora peeks for its preface with no timeout at all, which
+        // would let idle and slow connections live forever. HTTP/2 is offered over TLS (ALPN).
+        o.h2c = false;
+        // pingora counts reuses after the first request.
+        o.keepalive_request_limit = Some(
+            u32::try_from(listener.max_requests_per_connection.saturating_sub(1))
+                .unwrap_or(u32::MAX),
         );
-        if let Some(app) = service.app_logic_mut() {
-            let mut o = pingora::apps::HttpServerOptions::default();
-            o.h2c = listener.tls.is_none();
-            o.keepalive_request_limit = Some(
-                u32::try_from(listener.max_requests_per_connection.saturating_sub(1))
-                    .unwrap_or(u32::MAX),
-            );
-            o.h2_idle_timeout = Some(listener.timeouts.idle);
-            app.server_options = Some(o);
-        }
+        o.h2_idle_timeout = Some(listener.timeouts.idle);
+        proxy.server_options = Some(o);
+        let mut service = pingora::services::listening::Service::new(
+            format!("listener {i} {}", listener.address),
+            deadline::DeadlineApp {
+                inner: Arc::new(proxy),
+                idle: listener.timeouts.idle,
+                header_read: listener.timeouts.header_read,
+            },
+        );
         let mut endpoint = ListenerConfig::tcp(listener.address.to_string());
         if let Some(tls) = &listener.tls {
             let resolver = tls::SniResolver::load(&tls.certificates)?;

@@ -34,6 +34,7 @@ pub struct Pool {
     static_peers: bool,
     peers: ArcSwap<Vec<SocketAddr>>,
     next: AtomicUsize,
+    group_key: u64,
     ca: Option<Arc<[WrappedX509]>>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -58,7 +59,12 @@ pub enum UpstreamError {
 }
 
 impl Pool {
-    fn new(name: String, u: &Upstream, metrics: &Metrics) -> Result<Pool, UpstreamError> {
+    fn new(
+        name: String,
+        group_key: u64,
+        u: &Upstream,
+        metrics: &Metrics,
+    ) -> Result<Pool, UpstreamError> {
         let ca = match &u.ca_file {
             None => None,
             Some(path) => {
@@ -85,6 +91,7 @@ impl Pool {
             static_peers: !u.peers.is_empty(),
             peers: ArcSwap::from_pointee(u.peers.clone()),
             next: AtomicUsize::new(0),
+            group_key,
             ca,
             connect_timeout: u.connect_timeout,
             read_timeout: u.read_timeout,
@@ -110,6 +117,9 @@ impl Pool {
         let base = *start.get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
         let addr = peers[(base + attempt) % peers.len()];
         let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
+        // Connections are pooled by address and SNI, not by CA: keep each upstream's connections
+        // to itself, so that one verified against another upstream's CA is never reused here.
+        peer.group_key = self.group_key;
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
         o.total_connection_timeout = Some(self.connect_timeout);
@@ -179,21 +189,28 @@ impl Upstreams {
     pub fn new(config: &Config, metrics: &Metrics) -> Result<Upstreams, UpstreamError> {
         let r = &config.registry;
         Ok(Upstreams {
-            login: Pool::new("login".into(), &r.login, metrics)?,
+            login: Pool::new("login".into(), 1, &r.login, metrics)?,
             token: r
                 .token_server
                 .as_ref()
-                .map(|t| Pool::new("token".into(), t, metrics))
+                .map(|t| Pool::new("token".into(), 2, t, metrics))
                 .transpose()?,
-            regional: r
-                .regional_endpoints
-                .iter()
-                .map(|e| Pool::new(format!("regional:{}", e.region), &e.upstream, metrics))
+            regional: (0u64..)
+                .zip(&r.regional_endpoints)
+                .map(|(i, e)| {
+                    Pool::new(
+                        format!("regional:{}", e.region),
+                        1000 + i,
+                        &e.upstream,
+                        metrics,
+                    )
+                })
                 .collect::<Result<_, _>>()?,
-            data: r
-                .data_endpoints
-                .iter()
-                .map(|d| Pool::new(format!("data:{}", d.region), &d.upstream, metrics))
+            data: (0u64..)
+                .zip(&r.data_endpoints)
+                .map(|(i, d)| {
+                    Pool::new(format!("data:{}", d.region), 2000 + i, &d.upstream, metrics)
+                })
                 .collect::<Result<_, _>>()?,
         })
     }

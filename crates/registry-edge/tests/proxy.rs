@@ -70,6 +70,15 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn start_origin(kind: Kind, data_authority: Option<String>) -> Origin {
+    start_origin_tls(kind, data_authority, None)
+}
+
+/// An origin behind TLS when `tls` holds a rustls server configuration.
+fn start_origin_tls(
+    kind: Kind,
+    data_authority: Option<String>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> Origin {
     let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
@@ -83,22 +92,33 @@ fn start_origin(kind: Kind, data_authority: Option<String>) -> Origin {
             };
             let seen = seen2.clone();
             let data = data_authority.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let _ = serve_conn(sock, kind, addr, data, seen).await;
+                match tls {
+                    None => {
+                        let _ = serve_conn(sock, kind, addr, data, seen).await;
+                    }
+                    Some(cfg) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                        if let Ok(stream) = acceptor.accept(sock).await {
+                            let _ = serve_conn(stream, kind, addr, data, seen).await;
+                        }
+                    }
+                }
             });
         }
     });
     Origin { addr, seen }
 }
 
-async fn serve_conn(
-    sock: tokio::net::TcpStream,
+async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(
+    sock: S,
     kind: Kind,
     me: SocketAddr,
     data: Option<String>,
     seen: Seen,
 ) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
+    let (r, mut w) = tokio::io::split(sock);
     let mut r = TokioBufReader::new(r);
     loop {
         let mut line = String::new();
@@ -416,6 +436,31 @@ fn free_port() -> u16 {
 
 struct Certs {
     ca: PathBuf,
+    /// Server configurations for TLS origins: one for `localhost`, one for another name.
+    localhost: Arc<tokio_rustls::rustls::ServerConfig>,
+    wrong_name: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+fn origin_tls(
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    name: &str,
+) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, issuer)
+        .unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+    Arc::new(cfg)
 }
 
 fn make_certs(dir: &Path) -> Certs {
@@ -436,7 +481,11 @@ fn make_certs(dir: &Path) -> Certs {
     }
     let ca_path = dir.join("ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
-    Certs { ca: ca_path }
+    Certs {
+        ca: ca_path,
+        localhost: origin_tls(&issuer, "localhost"),
+        wrong_name: origin_tls(&issuer, "other.example"),
+    }
 }
 
 struct Edge {
@@ -464,7 +513,10 @@ fn ipv6_available() -> bool {
     TcpListener::bind("[::1]:0").is_ok()
 }
 
-fn start_edge(name: &str, extra_listener: &str) -> Edge {
+/// The plain listener's options used unless a test needs others.
+const HTTP_OPTS: &str = "    timeouts: { header_read: 5s, idle: 5s, write: 5s }\n    max_request_header_bytes: 4096\n    max_requests_per_connection: 50\n";
+
+fn start_edge(name: &str, http_opts: &str) -> Edge {
     let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -472,6 +524,8 @@ fn start_edge(name: &str, extra_listener: &str) -> Edge {
     let data = start_origin(Kind::Data, None);
     let login = start_origin(Kind::Login, Some(data.addr.to_string()));
     let silent = start_origin(Kind::Silent, None);
+    let tls_data = start_origin_tls(Kind::Data, None, Some(certs.localhost.clone()));
+    let tls_wrong = start_origin_tls(Kind::Data, None, Some(certs.wrong_name.clone()));
     let refused = free_port();
     let (http, tls, redirect, admin) = (free_port(), free_port(), free_port(), free_port());
     let v6 = ipv6_available().then(|| {
@@ -494,10 +548,7 @@ server:
   upgrade_sock: {dir}/upgrade.sock
 listeners:
   - address: "127.0.0.1:{http}"
-    timeouts: {{ header_read: 5s, idle: 5s, write: 5s }}
-    max_request_header_bytes: 4096
-    max_requests_per_connection: 50
-{extra_listener}  - address: "127.0.0.1:{tls}"
+{http_opts}  - address: "127.0.0.1:{tls}"
     tls:
       certificates:
         - {{ cert: registry.test.pem, key: registry.test.key }}
@@ -513,9 +564,15 @@ registry:
   connect_timeout: 1s
   read_timeout: 2s
   data_endpoints:
-    - {{ region: eastus, endpoint: "{data}", public_host: data.test }}
+    - {{ region: eastus, endpoint: "{data}", public_host: data.test, peers: ["127.0.0.1:{refused}", "{data}"] }}
     - {{ region: westus, endpoint: "127.0.0.1:{refused}", public_host: down.test }}
     - {{ region: centralus, endpoint: "{silent}", public_host: slow.test }}
+    - {{ region: tlsregion, endpoint: "localhost:{tls_data_port}", public_host: tls-data.test, tls: true,
+         ca_file: ca.pem, peers: ["{tls_data}"] }}
+    - {{ region: wrongname, endpoint: "localhost:{tls_wrong_port}", public_host: wrong-data.test, tls: true,
+         ca_file: ca.pem, peers: ["{tls_wrong}"] }}
+    - {{ region: systemroots, endpoint: "localhost:{tls_data_port2}", public_host: roots-data.test, tls: true,
+         peers: ["{tls_data}"] }}
 logging:
   access_log: {dir}/access.log
 "#,
@@ -523,6 +580,11 @@ logging:
         login = login.addr,
         data = data.addr,
         silent = silent.addr,
+        tls_data = tls_data.addr,
+        tls_data_port = tls_data.addr.port(),
+        tls_data_port2 = free_port(),
+        tls_wrong = tls_wrong.addr,
+        tls_wrong_port = tls_wrong.addr.port(),
     );
     let config = dir.join("edge.yaml");
     std::fs::write(&config, yaml).unwrap();
@@ -704,7 +766,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn edge_core() {
-    let edge = start_edge("core", "");
+    let edge = start_edge("core", HTTP_OPTS);
     let host = format!("registry.test:{}", edge.http);
     let data_host = format!("data.test:{}", edge.http);
 
@@ -978,18 +1040,41 @@ fn edge_core() {
         )),
         "{out}{err}"
     );
-    // HTTP/2 over cleartext (prior knowledge): only `:authority`, no Host, routes the same.
+    // HTTP/2 carries only `:authority`, no Host: it routes the same (curl sends no Host on h2).
     let (out, err) = curl(&[
-        "--http2-prior-knowledge",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        &format!("http://registry.test:{}/v2/", edge.http),
+        "--http2",
+        "-v",
+        "--cacert",
+        ca,
         "--resolve",
-        &format!("registry.test:{}:127.0.0.1", edge.http),
+        &format!("data.test:{}:127.0.0.1", edge.tls),
+        &format!("https://data.test:{}/echo?sig=1", edge.tls),
     ]);
-    assert!(out.starts_with("HTTP/2 401"), "{out}{err}");
+    assert!(err.contains("[:authority: data.test:"), "{err}");
+    assert!(!err.contains("[host: "), "{err}");
+    assert!(out.contains("\"x-forwarded-host\":\"data.test:"), "{out}");
+
+    // TLS to the upstream: SNI and verification against the configured CA; a certificate for
+    // another name, or the system roots that do not know the test CA, fail as 502.
+    let r = get(
+        edge.http,
+        &format!("tls-data.test:{}", edge.http),
+        "/echo?sig=1",
+        "",
+    );
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    let upstream_host = r.json()["headers"]["host"].as_str().unwrap().to_string();
+    assert!(upstream_host.starts_with("localhost:"), "{upstream_host}");
+    for h in ["wrong-data.test", "roots-data.test"] {
+        let r = get(edge.http, &format!("{h}:{}", edge.http), "/echo?sig=1", "");
+        assert_oci_error(&r, 502, "UNAVAILABLE");
+    }
+
+    // Connect failures of GET are retried on the next peer: data.test's first peer refuses.
+    for _ in 0..4 {
+        let r = get(edge.http, &data_host, &format!("/echo?{SAS}"), "");
+        assert_eq!(r.status, 200);
+    }
 
     // IPv6 listener.
     if let Some(p) = edge.v6 {
@@ -1012,10 +1097,12 @@ fn edge_core() {
         "registry_edge_upstream_connect_errors_total{upstream=\"data:westus\"} ",
         "registry_edge_http_edge_responses_total{reason=\"unknown_host\"} ",
         "registry_edge_ready 1",
+        "registry_edge_upstream_retries_total{upstream=\"data:eastus\"} ",
     ] {
         assert!(m.contains(needle), "metrics lack {needle}");
     }
     assert!(!m.contains("registry_edge_upstream_connect_errors_total{upstream=\"data:westus\"} 0"));
+    assert!(!m.contains("registry_edge_upstream_retries_total{upstream=\"data:eastus\"} 0"));
 
     // The access log has one JSON line per request, without the query (SAS signatures).
     std::thread::sleep(Duration::from_millis(300));
@@ -1068,7 +1155,7 @@ fn uploads(edge: &Edge, host: &str) -> Response {
 
 #[test]
 fn large_blob_to_a_slow_reader_keeps_rss_flat() {
-    let edge = start_edge("rss", "");
+    let edge = start_edge("rss", HTTP_OPTS);
     let data_host = format!("data.test:{}", edge.http);
     let size: u64 = 2 << 30;
     let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
@@ -1119,4 +1206,121 @@ fn large_blob_to_a_slow_reader_keeps_rss_flat() {
         growth_mib < 48,
         "RSS grew by {growth_mib} MiB while streaming {size} bytes"
     );
+}
+
+#[test]
+fn downstream_protection() {
+    let edge = start_edge(
+        "protect",
+        "    timeouts: { header_read: 2s, idle: 3s, write: 2s }\n    max_requests_per_connection: 3\n",
+    );
+    let host = format!("registry.test:{}", edge.http);
+
+    // Slowloris: a head trickled one byte at a time, each byte well inside the idle timeout,
+    // is cut at the total header deadline.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    let t = Instant::now();
+    let head = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: {host}\r\nX-Slow: {}",
+        "a".repeat(100)
+    );
+    let mut cut = false;
+    for b in head.bytes() {
+        if s.write_all(&[b]).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        if t.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let mut buf = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        cut || t.elapsed() < Duration::from_secs(8),
+        "a trickled head was not cut: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "cut late: {:?}",
+        t.elapsed()
+    );
+    assert!(!String::from_utf8_lossy(&buf).contains("401"));
+
+    // A head sent at a normal pace on a reused connection is not affected by earlier requests.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    for _ in 0..2 {
+        let r = send(
+            &mut s,
+            &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+        );
+        assert_eq!(r.status, 401);
+        std::thread::sleep(Duration::from_millis(2500));
+    }
+    // The third request is the last one this connection may carry.
+    let r = send(
+        &mut s,
+        &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 401);
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = s.read_to_end(&mut rest).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the connection closes after max_requests_per_connection"
+    );
+
+    // Keepalive idle timeout: an idle connection is closed after `idle`.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    let r = send(
+        &mut s,
+        &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    );
+    assert_eq!(r.status, 401);
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    let idle = t.elapsed();
+    assert!(
+        idle >= Duration::from_millis(2500) && idle < Duration::from_secs(6),
+        "idle close after {idle:?}"
+    );
+
+    // A reader that stops reading a large body is dropped after the write timeout, and the
+    // edge stays responsive.
+    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
+    s.write_all(
+        format!(
+            "GET /blob?{SAS}&size={} HTTP/1.1\r\nHost: data.test:{}\r\n\r\n",
+            1u64 << 30,
+            edge.http
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(_) => break true,
+        }
+        if total > (900 << 20) {
+            break false;
+        }
+    };
+    assert!(closed, "a stalled reader's connection was kept open");
+    assert!(
+        total < (512 << 20),
+        "read {total} bytes from a stalled connection"
+    );
+    assert_eq!(get(edge.http, &host, "/v2/", "").status, 401);
 }

@@ -58,6 +58,7 @@ enum Action {
 }
 
 enum Mutation {
+    ReplaceOne(HeaderName, HeaderValue),
     Replace(HeaderName, Vec<HeaderValue>),
     Remove(HeaderName),
 }
@@ -348,11 +349,7 @@ impl UserRule {
         };
         for mutation in std::iter::once(first).chain(rest) {
             match mutation {
-                Mutation::Replace(name, mut values) if values.len() == 1 => {
-                    if let Some(value) = values.pop() {
-                        store.replace_one(&name, value);
-                    }
-                }
+                Mutation::ReplaceOne(name, value) => store.replace_one(&name, value),
                 Mutation::Replace(name, values) => store.replace_all(&name, values),
                 Mutation::Remove(name) => store.remove_all(&name),
             }
@@ -384,7 +381,7 @@ impl UserRule {
                 per_value: None,
             } => {
                 let value = render(template, env, None)?;
-                Some(Mutation::Replace(name.clone(), vec![value]))
+                Some(Mutation::ReplaceOne(name.clone(), value))
             }
             Action::Set {
                 name,
@@ -392,29 +389,31 @@ impl UserRule {
                 per_value: Some(index),
             } => {
                 let condition = self.conditions.get(*index)?;
+                let rewrite = |value: &HeaderValue| {
+                    let haystack = value.as_bytes();
+                    let spans = condition.matcher.captures(haystack)?;
+                    let current = Current {
+                        condition: *index,
+                        spans: &spans,
+                        name,
+                        value: haystack,
+                    };
+                    render(template, env, Some(&current))
+                };
+                let values = env.own.get_all(name);
+                let mut iter = values.iter();
+                if let (Some(only), None) = (iter.next(), iter.next()) {
+                    return rewrite(only).map(|new| Mutation::ReplaceOne(name.clone(), new));
+                }
                 let mut changed = false;
-                let values = env
-                    .own
-                    .get_all(name)
+                let values = values
                     .iter()
-                    .map(|value| {
-                        let haystack = value.as_bytes();
-                        let rewritten = condition.matcher.captures(haystack).and_then(|spans| {
-                            let current = Current {
-                                condition: *index,
-                                spans: &spans,
-                                name,
-                                value: haystack,
-                            };
-                            render(template, env, Some(&current))
-                        });
-                        match rewritten {
-                            Some(new) => {
-                                changed = true;
-                                new
-                            }
-                            None => value.clone(),
+                    .map(|value| match rewrite(value) {
+                        Some(new) => {
+                            changed = true;
+                            new
                         }
+                        None => value.clone(),
                     })
                     .collect();
                 changed.then(|| Mutation::Replace(name.clone(), values))
@@ -490,10 +489,9 @@ fn write(
                 };
                 // An optional group that did not take part in the match renders as nothing,
                 // as an unmatched group does in App Gateway.
-                if let Some((value, spans)) = source {
-                    if let Some(Some((start, end))) = spans.get(*group) {
-                        put(value.get(*start..*end).unwrap_or_default());
-                    }
+                if let Some((start, end)) = source.and_then(|(_, spans)| spans.get(*group)) {
+                    let value = source.map_or(&b""[..], |(value, _)| value);
+                    put(value.get(start..end).unwrap_or_default());
                 }
             }
             Segment::Header { side, name } => match current {

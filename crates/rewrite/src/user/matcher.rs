@@ -17,8 +17,51 @@ use regex_automata::util::pool::Pool;
 use regex_automata::{meta, Anchored, Input};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-/// Group spans of one match, by group index (0 = the whole match).
-pub(crate) type Spans = Vec<Option<(usize, usize)>>;
+/// Group spans of one match, by group index (0 = the whole match). Patterns rarely have more
+/// than three groups, and those spans live inline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Spans {
+    Inline {
+        len: u8,
+        slots: [Option<(usize, usize)>; INLINE_GROUPS],
+    },
+    Heap(Vec<Option<(usize, usize)>>),
+}
+
+const INLINE_GROUPS: usize = 4;
+
+impl Spans {
+    fn new(groups: usize) -> Spans {
+        match u8::try_from(groups) {
+            Ok(len) if groups <= INLINE_GROUPS => Spans::Inline {
+                len,
+                slots: [None; INLINE_GROUPS],
+            },
+            _ => Spans::Heap(vec![None; groups]),
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[Option<(usize, usize)>] {
+        match self {
+            Spans::Inline { len, slots } => &slots[..usize::from(*len)],
+            Spans::Heap(slots) => slots,
+        }
+    }
+
+    fn set(&mut self, group: usize, span: Option<(usize, usize)>) {
+        let slot = match self {
+            Spans::Inline { len, slots } => slots[..usize::from(*len)].get_mut(group),
+            Spans::Heap(slots) => slots.get_mut(group),
+        };
+        if let Some(slot) = slot {
+            *slot = span;
+        }
+    }
+
+    pub(crate) fn get(&self, group: usize) -> Option<(usize, usize)> {
+        self.as_slice().get(group).copied().flatten()
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Matcher {
@@ -42,8 +85,8 @@ impl Matcher {
     }
 
     pub(crate) fn is_match(&self, haystack: &[u8]) -> bool {
-        match self.fast.as_ref().and_then(|fast| fast.locate(haystack)) {
-            Some(found) => found.is_some(),
+        match self.fast.as_ref().and_then(|fast| fast.is_match(haystack)) {
+            Some(found) => found,
             None => self.regex.is_match(haystack),
         }
     }
@@ -57,11 +100,11 @@ impl Matcher {
             }
         }
         let captures = self.regex.captures(haystack)?;
-        Some(
-            (0..captures.len())
-                .map(|i| captures.get(i).map(|m| (m.start(), m.end())))
-                .collect(),
-        )
+        let mut spans = Spans::new(captures.len());
+        for i in 0..captures.len() {
+            spans.set(i, captures.get(i).map(|m| (m.start(), m.end())));
+        }
+        Some(spans)
     }
 }
 
@@ -222,10 +265,39 @@ impl DotStar {
         })
     }
 
+    /// `None` when the fast path cannot answer for this value.
+    fn is_match(&self, haystack: &[u8]) -> Option<bool> {
+        if !self.premise_holds(haystack) {
+            return None;
+        }
+        let input = match self.lead {
+            Lead::Start => Input::new(haystack).anchored(Anchored::Yes),
+            Lead::None | Lead::DotStar { .. } => Input::new(haystack),
+        };
+        // Any CORE match with its edges on character boundaries makes the pattern match; the
+        // leftmost one is the quickest to find.
+        match self.core.search(&input) {
+            None => Some(false),
+            Some(m) => self
+                .on_boundaries(haystack, m.start(), m.end())
+                .then_some(true),
+        }
+    }
+
+    /// The dot-stars can take any part of this value.
+    fn premise_holds(&self, haystack: &[u8]) -> bool {
+        !haystack.contains(&b'\n') && (!self.unicode_dot || std::str::from_utf8(haystack).is_ok())
+    }
+
+    /// A Unicode dot-star cannot end or start inside a character.
+    fn on_boundaries(&self, haystack: &[u8], start: usize, end: usize) -> bool {
+        let boundary = |i: usize| haystack.get(i).is_none_or(|&b| (b as i8) >= -0x40);
+        !self.unicode_dot || (boundary(start) && boundary(end))
+    }
+
     /// `None` when the fast path cannot answer for this value; `Some(None)` for no match.
     fn locate(&self, haystack: &[u8]) -> Option<Option<Located>> {
-        if haystack.contains(&b'\n') || (self.unicode_dot && std::str::from_utf8(haystack).is_err())
-        {
+        if !self.premise_holds(haystack) {
             return None;
         }
         let located = match &self.lead {
@@ -242,50 +314,68 @@ impl DotStar {
                     core_start: 0,
                     core_end: m.end(),
                 }),
-            Lead::DotStar { reverse, .. } => {
-                let mut cache = reverse.caches.get();
-                let rightmost = reverse
-                    .dfa
-                    .try_search_rev(&mut cache, &Input::new(haystack).earliest(true))
-                    .ok()?;
-                match rightmost {
-                    None => None,
-                    Some(half) => {
-                        let core_start = half.offset();
+            Lead::DotStar { reverse, .. } => match self.core.search(&Input::new(haystack)) {
+                None => None,
+                Some(leftmost) => {
+                    let core_start = self.rightmost_start(haystack, leftmost.start(), reverse)?;
+                    let m = if core_start == leftmost.start() {
+                        leftmost
+                    } else {
                         let input = Input::new(haystack)
                             .range(core_start..)
                             .anchored(Anchored::Yes);
-                        let m = self.core.search(&input)?;
-                        Some(Located {
-                            start: 0,
-                            core_start,
-                            core_end: m.end(),
-                        })
-                    }
+                        self.core.search(&input)?
+                    };
+                    Some(Located {
+                        start: 0,
+                        core_start,
+                        core_end: m.end(),
+                    })
                 }
-            }
+            },
         };
         if let Some(located) = &located {
-            let boundary = |i: usize| haystack.get(i).is_none_or(|&b| (b as i8) >= -0x40);
-            if self.unicode_dot && !(boundary(located.core_start) && boundary(located.core_end)) {
+            if !self.on_boundaries(haystack, located.core_start, located.core_end) {
                 return None;
             }
         }
         Some(located)
     }
 
-    fn spans(&self, located: &Located, len: usize, groups: usize) -> Spans {
-        let mut spans = vec![None; groups];
-        let mut set = |group: Option<usize>, span: (usize, usize)| {
-            if let Some(slot) = group.and_then(|g| spans.get_mut(g)) {
-                *slot = Some(span);
+    /// The rightmost position at or after `from` where CORE matches (`from` being one).
+    ///
+    /// A header value usually holds CORE once, so looking for a next match from one past the
+    /// last (which the literal prefilter usually rules out at once) is cheapest; values with
+    /// many matches switch to one reverse DFA scan, linear whatever the count.
+    fn rightmost_start(&self, haystack: &[u8], from: usize, reverse: &Reverse) -> Option<usize> {
+        let mut start = from;
+        for _ in 0..4 {
+            if start >= haystack.len() {
+                return Some(start);
             }
-        };
-        set(Some(0), (located.start, len));
-        if let Lead::DotStar { group, .. } = &self.lead {
-            set(*group, (0, located.core_start));
+            match self.core.search(&Input::new(haystack).range(start + 1..)) {
+                Some(next) => start = next.start(),
+                None => return Some(start),
+            }
         }
-        set(self.trail_group, (located.core_end, len));
+        let mut cache = reverse.caches.get();
+        let input = Input::new(haystack).range(start..).earliest(true);
+        let found = reverse.dfa.try_search_rev(&mut cache, &input).ok()??;
+        Some(found.offset())
+    }
+
+    fn spans(&self, located: &Located, len: usize, groups: usize) -> Spans {
+        let mut spans = Spans::new(groups);
+        spans.set(0, Some((located.start, len)));
+        if let Lead::DotStar {
+            group: Some(group), ..
+        } = &self.lead
+        {
+            spans.set(*group, Some((0, located.core_start)));
+        }
+        if let Some(group) = self.trail_group {
+            spans.set(group, Some((located.core_end, len)));
+        }
         spans
     }
 }
@@ -304,7 +394,11 @@ mod tests {
         Matcher::new(regex, case_sensitive)
     }
 
-    fn reference(pattern: &str, case_sensitive: bool, haystack: &[u8]) -> Option<Spans> {
+    fn reference(
+        pattern: &str,
+        case_sensitive: bool,
+        haystack: &[u8],
+    ) -> Option<Vec<Option<(usize, usize)>>> {
         let regex = RegexBuilder::new(pattern)
             .case_insensitive(!case_sensitive)
             .build()
@@ -349,8 +443,29 @@ mod tests {
             false,
         );
         let value = br#"Bearer realm="https://contososecurepublicacr.azurecr.io/oauth2/token",service="contososecurepublicacr.azurecr.io""#;
-        assert_eq!(m.captures(value), reference(m.regex.as_str(), false, value));
-        assert!(m.captures(value).is_some());
+        let found = m.captures(value).map(|spans| spans.as_slice().to_vec());
+        assert_eq!(found, reference(m.regex.as_str(), false, value));
+        assert_eq!(found.map(|spans| spans[1]), Some(Some((0, 14))));
+    }
+
+    #[test]
+    fn many_occurrences_take_the_reverse_scan() {
+        for (pattern, haystack) in [
+            ("^(.*)ab(.*)$", "abababababababababab x"),
+            ("(.*)a(.*)", "aaaaaaaaaaaaaaaaaa"),
+            ("(.*)(?:aa|a)b(.*)", "aabaabaabaabaabaabaab"),
+        ] {
+            let m = matcher(pattern, true);
+            assert!(m.has_fast_path(), "{pattern}");
+            let found = m
+                .captures(haystack.as_bytes())
+                .map(|s| s.as_slice().to_vec());
+            assert_eq!(
+                found,
+                reference(pattern, true, haystack.as_bytes()),
+                "{pattern}"
+            );
+        }
     }
 
     fn pattern() -> impl Strategy<Value = String> {
@@ -401,7 +516,7 @@ mod tests {
             let m = matcher(&pattern, case_sensitive);
             let expected = reference(&pattern, case_sensitive, &haystack);
             prop_assert_eq!(m.is_match(&haystack), expected.is_some());
-            prop_assert_eq!(m.captures(&haystack), expected);
+            prop_assert_eq!(m.captures(&haystack).map(|s| s.as_slice().to_vec()), expected);
         }
     }
 }
