@@ -77,16 +77,19 @@ impl EdgeResponse {
         Ok(h)
     }
 
-    /// Writes the response. The request body is drained first, so that keepalive survives a
-    /// refusal of a request with a body.
-    pub async fn write(&self, session: &mut Session) -> pingora::Result<()> {
-        let path = session.req_header().uri.path().to_owned();
+    /// Writes the response with `header` (from [`EdgeResponse::header`], possibly rewritten by
+    /// the user rules). The request body is drained first, so that keepalive survives a refusal
+    /// of a request with a body.
+    pub async fn write(
+        &self,
+        session: &mut Session,
+        header: ResponseHeader,
+    ) -> pingora::Result<()> {
         let head = session.req_header().method == http::Method::HEAD;
         // `||` short-circuits: a closing answer does not wait for the body.
         if self.close || session.drain_request_body().await.is_err() {
             session.set_keepalive(None);
         }
-        let header = self.header(&path)?;
         let body = self.body();
         if head || body.is_empty() {
             session

@@ -145,6 +145,43 @@ impl Edge {
         self.listener.public_scheme.as_str()
     }
 
+    /// The response header policy, for proxied responses and the edge's own alike: derived and
+    /// user rules of the rewrite engine.
+    fn rewrite_response(&self, session: &Session, response: &mut ResponseHeader, ctx: &mut Ctx) {
+        let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
+        let req = session.req_header();
+        let uri = req.uri.to_string();
+        let origin = public_origin(self.scheme(), &ctx.host);
+        let rctx = RequestContext {
+            client_ip: &client_ip,
+            host: &ctx.host,
+            request_uri: &uri,
+            scheme: self.scheme(),
+            public_port: host_port(&ctx.host),
+            public_origin: &origin,
+            request_headers: &req.headers,
+        };
+        let status = response.status.as_u16();
+        let applied =
+            self.shared
+                .engine
+                .apply_response(status, &mut ResponseHeaders(response), &rctx);
+        ctx.rules.extend(applied.iter());
+    }
+
+    /// Answers with one of the edge's own responses, under the same header policy.
+    async fn answer(&self, session: &mut Session, ctx: &mut Ctx, r: &EdgeResponse) -> Result<()> {
+        ctx.edge_reason = Some(r.reason);
+        self.shared
+            .metrics
+            .refused_by_edge
+            .with_label_values(&[r.reason])
+            .inc();
+        let mut header = r.header(session.req_header().uri.path())?;
+        self.rewrite_response(session, &mut header, ctx);
+        r.write(session, header).await
+    }
+
     /// Decides whether the edge answers the request itself.
     fn refusal(&self, session: &Session, ctx: &Ctx) -> Option<EdgeResponse> {
         let req = session.req_header();
@@ -254,13 +291,7 @@ impl ProxyHttp for Edge {
         match self.refusal(session, ctx) {
             None => Ok(false),
             Some(r) => {
-                ctx.edge_reason = Some(r.reason);
-                self.shared
-                    .metrics
-                    .refused_by_edge
-                    .with_label_values(&[r.reason])
-                    .inc();
-                r.write(session).await?;
+                self.answer(session, ctx, &r).await?;
                 Ok(true)
             }
         }
@@ -359,26 +390,7 @@ impl ProxyHttp for Edge {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
-        let req = session.req_header();
-        let uri = req.uri.to_string();
-        let origin = public_origin(self.scheme(), &ctx.host);
-        let rctx = RequestContext {
-            client_ip: &client_ip,
-            host: &ctx.host,
-            request_uri: &uri,
-            scheme: self.scheme(),
-            public_port: host_port(&ctx.host),
-            public_origin: &origin,
-            request_headers: &req.headers,
-        };
-        let status = upstream_response.status.as_u16();
-        let applied = self.shared.engine.apply_response(
-            status,
-            &mut ResponseHeaders(upstream_response),
-            &rctx,
-        );
-        ctx.rules.extend(applied.iter());
+        self.rewrite_response(session, upstream_response, ctx);
         Ok(())
     }
 
@@ -408,12 +420,7 @@ impl ProxyHttp for Edge {
             let mut r = EdgeResponse::error(status, code, reason, message);
             // After a failed upstream exchange the request body may be half read: close.
             r.close = true;
-            self.shared
-                .metrics
-                .refused_by_edge
-                .with_label_values(&[reason])
-                .inc();
-            let _ = r.write(session).await;
+            let _ = self.answer(session, ctx, &r).await;
         }
         FailToProxy {
             error_code: status,

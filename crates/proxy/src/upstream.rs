@@ -141,26 +141,33 @@ impl Pool {
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        match tokio::net::lookup_host(target).await {
-            Ok(addrs) => {
-                let mut found: Vec<SocketAddr> = addrs.collect();
+        let result = tokio::net::lookup_host(target)
+            .await
+            .map(|addrs| addrs.collect::<Vec<_>>());
+        self.apply_resolution(result);
+    }
+
+    /// Takes a resolution's outcome: a new non-empty set replaces the peers; an error or an
+    /// empty answer keeps the last good set.
+    fn apply_resolution(&self, result: std::io::Result<Vec<SocketAddr>>) {
+        match result {
+            Ok(mut found) if !found.is_empty() => {
                 found.sort();
                 found.dedup();
-                if found.is_empty() {
-                    self.metrics.resolve_failures.inc();
-                    log::warn!(
-                        "upstream {}: {} resolved to no address; keeping {} peer(s)",
-                        self.name,
-                        self.host,
-                        self.peers.load().len()
-                    );
-                    return;
-                }
                 if **self.peers.load() != found {
                     log::info!("upstream {}: peers {:?}", self.name, found);
                     self.metrics.peers.set(found.len() as i64);
                     self.peers.store(Arc::new(found));
                 }
+            }
+            Ok(_) => {
+                self.metrics.resolve_failures.inc();
+                log::warn!(
+                    "upstream {}: {} resolved to no address; keeping {} peer(s)",
+                    self.name,
+                    self.host,
+                    self.peers.load().len()
+                );
             }
             Err(e) => {
                 self.metrics.resolve_failures.inc();
@@ -231,5 +238,68 @@ impl Upstreams {
         for p in self.all() {
             p.resolve().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_edge_config::{parse, Options};
+
+    fn config() -> Config {
+        let yaml = "version: 1\nlisteners: [{ address: \"127.0.0.1:1\" }]\nregistry:\n  login_server: registry.internal\n  public_host: registry.example\n";
+        parse(
+            yaml,
+            "t.yaml",
+            std::path::Path::new("."),
+            Options { check_files: false },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn failed_resolution_keeps_the_last_good_set() {
+        let config = config();
+        let metrics = Metrics::new(&[]).unwrap();
+        let ups = Upstreams::new(&config, &metrics).unwrap();
+        let pool = &ups.login;
+        assert!(!pool.has_peers());
+        assert!(!ups.resolved());
+        let good: Vec<SocketAddr> = vec![
+            "192.0.2.1:443".parse().unwrap(),
+            "192.0.2.2:443".parse().unwrap(),
+        ];
+        pool.apply_resolution(Ok(good.clone()));
+        assert_eq!(*pool.peer_addrs(), good);
+        assert!(ups.resolved());
+        pool.apply_resolution(Err(std::io::Error::other("SERVFAIL")));
+        pool.apply_resolution(Ok(Vec::new()));
+        assert_eq!(*pool.peer_addrs(), good);
+        assert_eq!(pool.metrics.resolve_failures.get(), 2);
+        assert_eq!(pool.metrics.peers.get(), 2);
+    }
+
+    #[test]
+    fn peers_rotate_across_requests_and_advance_on_retry() {
+        let config = config();
+        let metrics = Metrics::new(&[]).unwrap();
+        let ups = Upstreams::new(&config, &metrics).unwrap();
+        let pool = &ups.login;
+        pool.apply_resolution(Ok(vec![
+            "192.0.2.1:443".parse().unwrap(),
+            "192.0.2.2:443".parse().unwrap(),
+        ]));
+        let mut start = None;
+        let first = pool.peer(&mut start, 0).unwrap();
+        let retry = pool.peer(&mut start, 1).unwrap();
+        assert_ne!(first._address, retry._address);
+        assert_eq!(first.sni, "registry.internal");
+        assert_eq!(
+            first.options.connection_timeout,
+            Some(std::time::Duration::from_secs(5))
+        );
+        let mut other = None;
+        let next_request = pool.peer(&mut other, 0).unwrap();
+        assert_eq!(next_request._address, retry._address);
     }
 }

@@ -524,6 +524,7 @@ fn start_edge(name: &str, http_opts: &str) -> Edge {
     let data = start_origin(Kind::Data, None);
     let login = start_origin(Kind::Login, Some(data.addr.to_string()));
     let silent = start_origin(Kind::Silent, None);
+    let token = start_origin(Kind::Login, None);
     let tls_data = start_origin_tls(Kind::Data, None, Some(certs.localhost.clone()));
     let tls_wrong = start_origin_tls(Kind::Data, None, Some(certs.wrong_name.clone()));
     let refused = free_port();
@@ -561,6 +562,7 @@ registry:
   login_server: "{login}"
   public_host: registry.test
   tls: false
+  token_server: "{token}"
   connect_timeout: 1s
   read_timeout: 2s
   data_endpoints:
@@ -568,11 +570,14 @@ registry:
     - {{ region: westus, endpoint: "127.0.0.1:{refused}", public_host: down.test }}
     - {{ region: centralus, endpoint: "{silent}", public_host: slow.test }}
     - {{ region: tlsregion, endpoint: "localhost:{tls_data_port}", public_host: tls-data.test, tls: true,
-         ca_file: ca.pem, peers: ["{tls_data}"] }}
+         ca_file: ca.pem }}
     - {{ region: wrongname, endpoint: "localhost:{tls_wrong_port}", public_host: wrong-data.test, tls: true,
          ca_file: ca.pem, peers: ["{tls_wrong}"] }}
     - {{ region: systemroots, endpoint: "localhost:{tls_data_port2}", public_host: roots-data.test, tls: true,
          peers: ["{tls_data}"] }}
+rewrites:
+  - name: frame-policy
+    action: {{ set_header: X-Frame-Options, value: DENY }}
 logging:
   access_log: {dir}/access.log
 "#,
@@ -580,6 +585,7 @@ logging:
         login = login.addr,
         data = data.addr,
         silent = silent.addr,
+        token = token.addr,
         tls_data = tls_data.addr,
         tls_data_port = tls_data.addr.port(),
         tls_data_port2 = free_port(),
@@ -880,6 +886,25 @@ fn edge_core() {
         "the login side keeps credentials"
     );
 
+    // Token paths go to the token server; the rest of the login host to the login server.
+    let r = get(
+        edge.http,
+        &host,
+        "/oauth2/token?scope=repository:team/app:pull&service=x",
+        "",
+    );
+    let j = r.json();
+    assert_eq!(
+        j["target"],
+        "/oauth2/token?scope=repository:team/app:pull&service=x"
+    );
+    assert_ne!(j["headers"]["host"], edge.login.addr.to_string().as_str());
+    let r = get(edge.http, &host, "/oauth2/other", "");
+    assert_eq!(
+        r.json()["headers"]["host"],
+        edge.login.addr.to_string().as_str()
+    );
+
     // A chunked upload streams through; the absolute upload Location is rewritten.
     let r = uploads(&edge, &host);
     assert_eq!(r.status, 202);
@@ -897,6 +922,12 @@ fn edge_core() {
     let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
     let r = send(&mut s, "GET /v2/ HTTP/1.1\r\nHost: evil.example\r\n\r\n");
     assert_oci_error(&r, 421, "UNSUPPORTED");
+    // The user's response rules apply to the edge's own answers as to proxied ones.
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        get(edge.http, &host, "/v2/", "").header("x-frame-options"),
+        Some("DENY")
+    );
     assert_eq!(
         r.header("docker-distribution-api-version"),
         Some("registry/2.0")

@@ -24,6 +24,9 @@ pub(crate) enum Phase {
 #[derive(Debug)]
 pub(crate) struct UserRule {
     pub(crate) phase: Phase,
+    /// The rule's only condition, when every action is a per-value rewrite driven by it: it
+    /// then holds exactly when some value gets rewritten, so it is not searched twice.
+    per_value_only: Option<usize>,
     statuses: Box<[StatusRange]>,
     conditions: Box<[Condition]>,
     actions: Box<[Action]>,
@@ -236,7 +239,7 @@ pub(crate) fn compile(
     if errors.len() != before {
         return None;
     }
-    let conditions = conditions
+    let conditions: Box<[Condition]> = conditions
         .into_iter()
         .zip(captured)
         .filter_map(|((subject, regex, negate), captured)| {
@@ -248,8 +251,21 @@ pub(crate) fn compile(
             })
         })
         .collect();
+    let per_value_only = (conditions.len() == 1
+        && !actions.is_empty()
+        && actions.iter().all(|a| {
+            matches!(
+                a,
+                Action::Set {
+                    per_value: Some(0),
+                    ..
+                }
+            )
+        }))
+    .then_some(0);
     Some(UserRule {
         phase,
+        per_value_only,
         statuses: spec.statuses.clone().into_boxed_slice(),
         conditions,
         actions: actions.into_boxed_slice(),
@@ -322,7 +338,13 @@ impl UserRule {
                 phase: self.phase,
                 captures: Vec::new(),
             };
-            if !self.conditions.iter().all(|c| self.holds(c, &env)) {
+            let searched_later = |i: usize| Some(i) == self.per_value_only;
+            let holds = self
+                .conditions
+                .iter()
+                .enumerate()
+                .all(|(i, c)| searched_later(i) || self.holds(c, &env));
+            if !holds {
                 return false;
             }
             if self.conditions.iter().any(|c| c.captured) {

@@ -145,6 +145,14 @@ impl std::fmt::Debug for Reverse {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Premise {
+    /// ASCII without `\n`: every position is a character boundary.
+    Ascii,
+    /// No `\n`, and valid UTF-8 where `.` requires it: boundaries need checking.
+    Checked,
+}
+
 /// Where the parts of a fast-path match lie.
 struct Located {
     /// Start of the whole match.
@@ -267,13 +275,14 @@ impl DotStar {
 
     /// `None` when the fast path cannot answer for this value.
     fn is_match(&self, haystack: &[u8]) -> Option<bool> {
-        if !self.premise_holds(haystack) {
-            return None;
-        }
+        let premise = self.premise(haystack)?;
         let input = match self.lead {
             Lead::Start => Input::new(haystack).anchored(Anchored::Yes),
             Lead::None | Lead::DotStar { .. } => Input::new(haystack),
         };
+        if premise == Premise::Ascii {
+            return Some(self.core.is_match(input));
+        }
         // Any CORE match with its edges on character boundaries makes the pattern match; the
         // leftmost one is the quickest to find.
         match self.core.search(&input) {
@@ -284,9 +293,16 @@ impl DotStar {
         }
     }
 
-    /// The dot-stars can take any part of this value.
-    fn premise_holds(&self, haystack: &[u8]) -> bool {
-        !haystack.contains(&b'\n') && (!self.unicode_dot || std::str::from_utf8(haystack).is_ok())
+    /// Whether the dot-stars can take any part of this value, and how easily.
+    fn premise(&self, haystack: &[u8]) -> Option<Premise> {
+        // One pass for the common case: ASCII without a line feed, where every byte is a
+        // whole character that `.` matches.
+        if haystack.iter().all(|&b| b != b'\n' && b.is_ascii()) {
+            return Some(Premise::Ascii);
+        }
+        let holds = !haystack.contains(&b'\n')
+            && (!self.unicode_dot || std::str::from_utf8(haystack).is_ok());
+        holds.then_some(Premise::Checked)
     }
 
     /// A Unicode dot-star cannot end or start inside a character.
@@ -297,9 +313,7 @@ impl DotStar {
 
     /// `None` when the fast path cannot answer for this value; `Some(None)` for no match.
     fn locate(&self, haystack: &[u8]) -> Option<Option<Located>> {
-        if !self.premise_holds(haystack) {
-            return None;
-        }
+        self.premise(haystack)?;
         let located = match &self.lead {
             Lead::None => self.core.search(&Input::new(haystack)).map(|m| Located {
                 start: m.start(),
