@@ -14,6 +14,9 @@ const BUFFER_LINES: usize = 16 * 1024;
 
 pub struct AccessEvent<'a> {
     pub client_ip: Option<IpAddr>,
+    pub country: Option<[u8; 2]>,
+    /// The access policy's refusal reason (also in detect mode).
+    pub decision: Option<&'a str>,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -83,6 +86,8 @@ impl AccessLog {
         let line = serde_json::json!({
             "ts": now,
             "client": e.client_ip.map(|i| i.to_string()),
+            "country": e.country.map(|c| String::from_utf8_lossy(&c).into_owned()),
+            "decision": e.decision,
             "method": e.method,
             "host": e.host,
             // The path only: queries carry SAS signatures and tokens.

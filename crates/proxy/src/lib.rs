@@ -18,6 +18,9 @@ pub mod admin;
 pub mod deadline;
 pub mod headers;
 pub mod metrics;
+pub mod policy;
+pub mod ratelimit;
+pub mod repo;
 pub mod respond;
 pub mod route;
 pub mod service;
@@ -42,6 +45,8 @@ use crate::service::{Edge, Shared};
 
 /// How often upstream names are re-resolved.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
+/// How often the GeoIP database file is checked for a replacement.
+const GEO_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
@@ -59,6 +64,8 @@ pub enum BuildError {
     Tls(#[from] tls::TlsError),
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("GeoIP: {0}")]
+    Geo(#[from] registry_edge_geo::GeoError),
 }
 
 /// Builds the server: nothing listens until `run_forever`/`run`.
@@ -77,7 +84,20 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
     let access_log = access_log::AccessLog::start(&config.logging.access_log, dropped)
         .map_err(BuildError::AccessLog)?;
     let upstreams = upstream::Upstreams::new(&config, &metrics)?;
+    let geo = match &config.geoip {
+        Some(g) => Some(registry_edge_geo::ReloadingDb::open(&g.database)?),
+        None => None,
+    };
+    if let Some(db) = &geo {
+        metrics
+            .geo_build_epoch
+            .set(db.current().build_epoch() as i64);
+    }
     let shared = Arc::new(Shared {
+        policy: policy::Policy::new(&config.access),
+        trusted_proxies: registry_edge_geo::CidrSet::new(&config.clients.trusted_proxies),
+        geo,
+        service_name: arc_swap::ArcSwapOption::empty(),
         router: route::Router::new(&config),
         engine: config.engine.clone(),
         upstreams,
@@ -180,8 +200,13 @@ struct Maintenance {
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut last_resolve: Option<tokio::time::Instant> = None;
         loop {
-            self.shared.upstreams.resolve_all().await;
+            if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
+                self.shared.upstreams.resolve_all().await;
+                last_resolve = Some(tokio::time::Instant::now());
+            }
+            self.check_geo().await;
             self.shared
                 .metrics
                 .ready
@@ -194,8 +219,34 @@ impl BackgroundService for Maintenance {
                         return;
                     }
                 }
-                _ = tokio::time::sleep(RESOLVE_EVERY) => {}
+                _ = tokio::time::sleep(GEO_CHECK_EVERY) => {}
             }
+        }
+    }
+}
+
+impl Maintenance {
+    /// Reads a replaced database off the async threads; the swap itself is atomic.
+    async fn check_geo(&self) {
+        if self.shared.config.geoip.as_ref().is_none_or(|g| !g.reload) {
+            return;
+        }
+        let shared = self.shared.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || shared.geo.as_ref().map(|g| g.check())).await;
+        let m = &self.shared.metrics;
+        match outcome {
+            Ok(Some(registry_edge_geo::ReloadOutcome::Reloaded { build_epoch })) => {
+                m.geo_reloads.with_label_values(&["ok"]).inc();
+                m.geo_build_epoch.set(build_epoch as i64);
+                log::info!("GeoIP database reloaded (built {build_epoch})");
+            }
+            Ok(Some(registry_edge_geo::ReloadOutcome::Refused(e))) => {
+                m.geo_reloads.with_label_values(&["refused"]).inc();
+                log::error!("GeoIP database replacement refused, keeping the current one: {e}");
+            }
+            Ok(_) => {}
+            Err(e) => log::error!("GeoIP reload task failed: {e}"),
         }
     }
 }

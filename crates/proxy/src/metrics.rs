@@ -57,11 +57,15 @@ pub struct Metrics {
     pub bytes_sent: IntCounter,
     pub rewrites: Vec<IntCounter>,
     pub refused_by_edge: IntCounterVec,
+    /// Policy refusals by reason and mode (`enforce`, or `detect` when only logged).
+    pub policy_decisions: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
     upstream_retries: IntCounterVec,
     upstream_peers: IntGaugeVec,
     upstream_resolve_failures: IntCounterVec,
     pub ready: IntGauge,
+    pub geo_reloads: IntCounterVec,
+    pub geo_build_epoch: IntGauge,
 }
 
 impl Metrics {
@@ -120,6 +124,13 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let policy_decisions = IntCounterVec::new(
+            Opts::new(
+                "registry_edge_access_refusals_total",
+                "Requests the access policy refused (mode=detect: would have refused), by reason.",
+            ),
+            &["reason", "mode"],
+        )?;
         let upstream_connect_errors = IntCounterVec::new(
             Opts::new(
                 "registry_edge_upstream_connect_errors_total",
@@ -157,11 +168,25 @@ impl Metrics {
         registry.register(Box::new(bytes_sent.clone()))?;
         registry.register(Box::new(rewrites_vec))?;
         registry.register(Box::new(refused_by_edge.clone()))?;
+        registry.register(Box::new(policy_decisions.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
         registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(upstream_peers.clone()))?;
         registry.register(Box::new(upstream_resolve_failures.clone()))?;
         registry.register(Box::new(ready.clone()))?;
+        let geo_reloads = IntCounterVec::new(
+            Opts::new(
+                "registry_edge_geoip_reloads_total",
+                "GeoIP database replacements, by result (ok, refused).",
+            ),
+            &["result"],
+        )?;
+        let geo_build_epoch = IntGauge::new(
+            "registry_edge_geoip_build_timestamp_seconds",
+            "Build time (Unix seconds) of the GeoIP database in use.",
+        )?;
+        registry.register(Box::new(geo_reloads.clone()))?;
+        registry.register(Box::new(geo_build_epoch.clone()))?;
         Ok(Metrics {
             registry,
             requests,
@@ -169,11 +194,14 @@ impl Metrics {
             bytes_sent,
             rewrites,
             refused_by_edge,
+            policy_decisions,
             upstream_connect_errors,
             upstream_retries,
             upstream_peers,
             upstream_resolve_failures,
             ready,
+            geo_reloads,
+            geo_build_epoch,
         })
     }
 

@@ -20,6 +20,8 @@ pub struct EdgeResponse {
     pub reason: &'static str,
     /// Close the connection after the response (the request body could not be drained).
     pub close: bool,
+    /// Further headers (Retry-After, WWW-Authenticate).
+    pub extra: Vec<(&'static str, String)>,
 }
 
 impl EdgeResponse {
@@ -37,6 +39,7 @@ impl EdgeResponse {
             allow: None,
             reason,
             close: false,
+            extra: Vec::new(),
         }
     }
 
@@ -73,6 +76,9 @@ impl EdgeResponse {
         }
         if self.close {
             h.insert_header("Connection", "close")?;
+        }
+        for (k, v) in &self.extra {
+            h.append_header(*k, v.as_str())?;
         }
         Ok(h)
     }

@@ -29,6 +29,7 @@ use registry_edge_rewrite::{Engine, HeaderStore, RequestContext};
 use crate::access_log::{AccessEvent, AccessLog};
 use crate::headers;
 use crate::metrics::{method_index, route_index, Metrics};
+use crate::policy::{Policy, Refusal};
 use crate::respond::EdgeResponse;
 use crate::route::{host_port, normalise_host, Misroute, Route, Router};
 use crate::upstream::{Pool, Upstreams};
@@ -46,6 +47,12 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub access_log: AccessLog,
     pub draining: AtomicBool,
+    pub policy: Policy,
+    pub trusted_proxies: registry_edge_geo::CidrSet,
+    pub geo: Option<registry_edge_geo::ReloadingDb>,
+    /// The registry's `service=` as last seen in its challenges, for the challenges the edge
+    /// writes itself.
+    pub service_name: arc_swap::ArcSwapOption<String>,
 }
 
 impl Shared {
@@ -79,6 +86,13 @@ pub struct Ctx {
     strip_prefix: usize,
     misroute: Option<Misroute>,
     client_ip: Option<IpAddr>,
+    /// The socket peer, when it differs from the client (a trusted proxy).
+    peer_ip: Option<IpAddr>,
+    country: Option<[u8; 2]>,
+    continent: Option<[u8; 2]>,
+    /// The policy's verdict: `None` passed; `Some(reason)` refused (or would be, in detect mode).
+    decision: Option<&'static str>,
+    token_path: bool,
     host: String,
     attempt: usize,
     peer_start: Option<usize>,
@@ -169,6 +183,97 @@ impl Edge {
         ctx.rules.extend(applied.iter());
     }
 
+    fn learn_service(&self, response: &ResponseHeader) {
+        let Some(v) = response
+            .headers
+            .get(http::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let Some(rest) = v.split("service=\"").nth(1) else {
+            return;
+        };
+        let Some((service, _)) = rest.split_once('"') else {
+            return;
+        };
+        let known = self.shared.service_name.load();
+        if known.as_deref().map(String::as_str) != Some(service) {
+            self.shared
+                .service_name
+                .store(Some(Arc::new(service.to_owned())));
+        }
+    }
+
+    /// Runs the access policy for a routed request.
+    fn policy(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
+        let client = ctx.client_ip?;
+        let req = session.req_header();
+        let path = req.uri.path();
+        ctx.token_path = ctx.route == Some(Route::Token)
+            || (ctx.route == Some(Route::Login)
+                && self
+                    .shared
+                    .config
+                    .registry
+                    .token_paths
+                    .iter()
+                    .any(|t| t == path));
+        let content_length = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        self.shared.policy.decide(&crate::policy::Request {
+            client,
+            country: ctx.country,
+            method: &req.method,
+            path,
+            query: req.uri.query(),
+            token_path: ctx.token_path,
+            authorized: req.headers.contains_key(http::header::AUTHORIZATION),
+            content_length,
+        })
+    }
+
+    /// The edge's answer for a policy refusal. A hidden repository without credentials gets the
+    /// registry's own kind of challenge.
+    fn edge_refusal(&self, ctx: &Ctx, refusal: Refusal) -> EdgeResponse {
+        let mut r = EdgeResponse::error(
+            refusal.status,
+            refusal.code,
+            refusal.reason,
+            refusal.message,
+        );
+        r.allow = refusal.allow;
+        if let Some(secs) = refusal.retry_after {
+            r.extra.push(("Retry-After", secs.to_string()));
+        }
+        if let Some(scope) = refusal.challenge_scope {
+            let origin = public_origin(self.scheme(), &ctx.host);
+            let token_path = self
+                .shared
+                .config
+                .registry
+                .token_paths
+                .first()
+                .map_or("/oauth2/token", String::as_str);
+            let service = self
+                .shared
+                .service_name
+                .load_full()
+                .map(|s| s.as_ref().clone())
+                .unwrap_or_else(|| self.shared.upstreams.login.host_header.clone());
+            let mut challenge =
+                format!("Bearer realm=\"{origin}{token_path}\",service=\"{service}\"");
+            if !scope.is_empty() {
+                challenge.push_str(&format!(",scope=\"{scope}\""));
+            }
+            r.extra.push(("WWW-Authenticate", challenge));
+        }
+        r
+    }
+
     /// Answers with one of the edge's own responses, under the same header policy.
     async fn answer(&self, session: &mut Session, ctx: &mut Ctx, r: &EdgeResponse) -> Result<()> {
         ctx.edge_reason = Some(r.reason);
@@ -240,6 +345,7 @@ impl Edge {
                 allow: None,
                 reason: "redirect_https",
                 close: false,
+                extra: Vec::new(),
             });
         }
         let route = ctx.route?;
@@ -271,11 +377,26 @@ impl ProxyHttp for Edge {
         session.set_keepalive(Some(t.idle.as_secs().max(1)));
         session.set_write_timeout(Some(t.write));
         session.set_read_timeout(Some(t.idle));
-        ctx.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip().to_canonical());
         let req = session.req_header();
+        if let Some(peer) = peer {
+            let xff = req
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes());
+            let client = registry_edge_geo::client_address(peer, xff, &self.shared.trusted_proxies);
+            ctx.client_ip = Some(client.ip);
+            ctx.peer_ip = Some(peer);
+            if let Some(geo) = &self.shared.geo {
+                let loc = geo.current().lookup(client.ip);
+                ctx.country = loc.country;
+                ctx.continent = loc.continent;
+            }
+        }
         ctx.host = request_host(req).unwrap_or_default().to_owned();
         match self.shared.router.route(request_host(req), req.uri.path()) {
             Ok(r) => {
@@ -288,13 +409,32 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match self.refusal(session, ctx) {
-            None => Ok(false),
-            Some(r) => {
-                self.answer(session, ctx, &r).await?;
-                Ok(true)
-            }
+        if let Some(r) = self.refusal(session, ctx) {
+            self.answer(session, ctx, &r).await?;
+            return Ok(true);
         }
+        let Some(refusal) = self.policy(session, ctx) else {
+            return Ok(false);
+        };
+        ctx.decision = Some(refusal.reason);
+        self.shared
+            .metrics
+            .policy_decisions
+            .with_label_values(&[
+                refusal.reason,
+                if self.shared.policy.detect_only() {
+                    "detect"
+                } else {
+                    "enforce"
+                },
+            ])
+            .inc();
+        if self.shared.policy.detect_only() {
+            return Ok(false);
+        }
+        let r = self.edge_refusal(ctx, refusal);
+        self.answer(session, ctx, &r).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -363,6 +503,21 @@ impl ProxyHttp for Edge {
                 strip_authorization: matches!(route, Route::Data(_)),
             },
         )?;
+        if ctx.token_path {
+            if let Some(q) = upstream.uri.query() {
+                if let Some(filtered) = self.shared.policy.filter_token_query(q) {
+                    let pq = if filtered.is_empty() {
+                        upstream.uri.path().to_owned()
+                    } else {
+                        format!("{}?{filtered}", upstream.uri.path())
+                    };
+                    let uri: http::Uri = pq
+                        .parse()
+                        .or_err(InvalidHTTPHeader, "filtered token request target")?;
+                    upstream.set_uri(uri);
+                }
+            }
+        }
         let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         let uri = session.req_header().uri.to_string();
         let request_headers = session.req_header().headers.clone();
@@ -390,6 +545,9 @@ impl ProxyHttp for Edge {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::UNAUTHORIZED {
+            self.learn_service(upstream_response);
+        }
         self.rewrite_response(session, upstream_response, ctx);
         Ok(())
     }
@@ -449,6 +607,8 @@ impl ProxyHttp for Edge {
         }
         self.shared.access_log.write(AccessEvent {
             client_ip: ctx.client_ip,
+            country: ctx.country,
+            decision: ctx.decision,
             method: req.method.as_str(),
             host: &ctx.host,
             path: req.uri.path(),

@@ -40,6 +40,11 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
     },
+    /// GeoIP: where an address is and what the access policy decides for it.
+    Geo {
+        #[command(subcommand)]
+        command: GeoCommand,
+    },
     /// Validate a configuration file and print what it means (exit 0), or every error (exit 64).
     Check {
         /// The configuration file.
@@ -54,10 +59,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Country, continent and the policy's decision for ADDRESS (as a client address, after any
+    /// trusted-proxy processing).
+    Lookup {
+        /// An IPv4 or IPv6 address.
+        address: std::net::IpAddr,
+        /// The configuration file (its geoip.database and access policy).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, upgrade } => run(config, upgrade),
+        Command::Geo {
+            command: GeoCommand::Lookup { address, config },
+        } => geo_lookup(address, config),
         Command::Check {
             config,
             no_files,
@@ -118,4 +139,58 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn geo_lookup(address: std::net::IpAddr, path: PathBuf) -> ExitCode {
+    let options = registry_edge_config::Options { check_files: true };
+    let config = match registry_edge_config::load(&path, options) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let Some(geoip) = &config.geoip else {
+        eprintln!("{}: no geoip.database configured", path.display());
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    };
+    let db = match registry_edge_geo::GeoDb::open(&geoip.database) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = registry_edge_geo::normalise(address);
+    let loc = db.lookup(address);
+    let code = |c: Option<[u8; 2]>| {
+        c.map_or("unknown".to_string(), |c| {
+            String::from_utf8_lossy(&c).into_owned()
+        })
+    };
+    println!("address    {address}");
+    println!("country    {}", code(loc.country));
+    println!("continent  {}", code(loc.continent));
+    println!(
+        "database   {} (built {})",
+        db.database_type(),
+        db.build_epoch()
+    );
+    let policy = registry_edge_proxy::policy::Policy::new(&config.access);
+    match policy.address_and_country(address, loc.country) {
+        None => println!("decision   allow: passes the address and country checks"),
+        Some(r) => println!(
+            "decision   refuse {} {} ({}): {}{}",
+            r.status,
+            r.code,
+            r.reason,
+            r.message,
+            if policy.detect_only() {
+                " [detect mode: logged, let through]"
+            } else {
+                ""
+            }
+        ),
+    }
+    ExitCode::SUCCESS
 }

@@ -517,6 +517,11 @@ fn ipv6_available() -> bool {
 const HTTP_OPTS: &str = "    timeouts: { header_read: 5s, idle: 5s, write: 5s }\n    max_request_header_bytes: 4096\n    max_requests_per_connection: 50\n";
 
 fn start_edge(name: &str, http_opts: &str) -> Edge {
+    start_edge_with(name, http_opts, "")
+}
+
+/// `extra`: top-level YAML added to the configuration (geoip, clients, access).
+fn start_edge_with(name: &str, http_opts: &str, extra: &str) -> Edge {
     let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -575,7 +580,7 @@ registry:
          ca_file: ca.pem, peers: ["{tls_wrong}"] }}
     - {{ region: systemroots, endpoint: "localhost:{tls_data_port2}", public_host: roots-data.test, tls: true,
          peers: ["{tls_data}"] }}
-rewrites:
+{extra}rewrites:
   - name: frame-policy
     action: {{ set_header: X-Frame-Options, value: DENY }}
 logging:
@@ -1354,4 +1359,452 @@ fn downstream_protection() {
         "read {total} bytes from a stalled connection"
     );
     assert_eq!(get(edge.http, &host, "/v2/", "").status, 401);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GeoIP and the access policy. Clients come from several addresses of 127.0.0.0/8, which the
+// test's own MMDB places in countries.
+
+#[derive(serde::Serialize)]
+struct GeoRecord {
+    country: GeoCode,
+    continent: GeoContinent,
+}
+#[derive(serde::Serialize)]
+struct GeoCode {
+    iso_code: &'static str,
+}
+#[derive(serde::Serialize)]
+struct GeoContinent {
+    code: &'static str,
+}
+
+/// 127.0.1.0/24 US, 127.0.2.0/24 CU, 127.0.3.0/24 `third` (DE, or CU after a "sanctions update"),
+/// 127.0.9.0/24 (the trusted proxies) US; everything else unknown.
+fn mmdb(third: &'static str) -> Vec<u8> {
+    let mut w = mmdb_writer::Writer::new("GeoLite2-Country");
+    for (net, iso, cont) in [
+        ("127.0.1.0/24", "US", "NA"),
+        ("127.0.2.0/24", "CU", "NA"),
+        ("127.0.3.0/24", third, "EU"),
+        ("127.0.9.0/24", "US", "NA"),
+    ] {
+        let rec = GeoRecord {
+            country: GeoCode { iso_code: iso },
+            continent: GeoContinent { code: cont },
+        };
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), &rec)
+            .unwrap();
+    }
+    w.to_bytes().unwrap()
+}
+
+/// A request from a chosen loopback source address, on a fresh connection.
+fn get_from(src: &str, port: u16, host: &str, target: &str, extra: &str) -> Response {
+    let mut s = connect_from(src, port);
+    send(
+        &mut s,
+        &format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n"),
+    )
+}
+
+fn connect_from(src: &str, port: u16) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&src.into()).unwrap();
+    let dst: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    sock.connect(&dst.into()).unwrap();
+    sock.into()
+}
+
+fn geo_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("registry-edge-geo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn policy_yaml(db: &Path, mode: &str) -> String {
+    format!(
+        r#"geoip: {{ database: "{db}", reload: true }}
+clients:
+  trusted_proxies: ["127.0.9.0/24"]
+access:
+  mode: {mode}
+  embargo: {{ countries: [CU], unknown_country: deny }}
+  deny_cidrs: ["127.0.5.0/24"]
+  allow_cidrs: ["127.0.2.9/32"]
+  read_only: true
+  repositories: {{ allow: ["team/*"] }}
+  rate_limit: {{ requests_per_second: 0.2, burst: 5, exempt_cidrs: ["127.0.1.99/32"] }}
+"#,
+        db = db.display()
+    )
+}
+
+#[test]
+fn embargo_and_access_policy() {
+    let gdir = geo_dir("policy");
+    let db = gdir.join("country.mmdb");
+    std::fs::write(&db, mmdb("DE")).unwrap();
+    let edge = start_edge_with("policy", HTTP_OPTS, &policy_yaml(&db, "enforce"));
+    let host = format!("registry.test:{}", edge.http);
+    let data_host = format!("data.test:{}", edge.http);
+
+    // An allowed country is proxied; an embargoed one gets 451 DENIED on every route, with a
+    // message naming the policy and not the country list, and the connection stays usable.
+    assert_eq!(
+        get_from("127.0.1.1", edge.http, &host, "/v2/", "").status,
+        401
+    );
+    for (h, target) in [
+        (host.as_str(), "/v2/"),
+        (host.as_str(), "/v2/team/app/manifests/1"),
+        (host.as_str(), "/oauth2/token?service=x"),
+        (data_host.as_str(), "/blob?sig=1"),
+    ] {
+        let r = get_from("127.0.2.1", edge.http, h, target, "");
+        assert_oci_error(&r, 451, "DENIED");
+        let msg = r.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("export-control"), "{msg}");
+        assert!(!msg.contains("CU"), "{msg}");
+    }
+    let mut s = connect_from("127.0.2.2", edge.http);
+    assert_eq!(
+        send(
+            &mut s,
+            &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        )
+        .status,
+        451
+    );
+    assert_eq!(
+        send(
+            &mut s,
+            &format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        )
+        .status,
+        451
+    );
+
+    // A client that lies: X-Forwarded-For from an untrusted peer is ignored.
+    let r = get_from(
+        "127.0.2.1",
+        edge.http,
+        &host,
+        "/v2/",
+        "X-Forwarded-For: 127.0.1.1\r\n",
+    );
+    assert_eq!(r.status, 451);
+    // Through a trusted proxy the forwarded address counts, walked right to left.
+    let via = |xff: &str| {
+        get_from(
+            "127.0.9.1",
+            edge.http,
+            &host,
+            "/v2/",
+            &format!("X-Forwarded-For: {xff}\r\n"),
+        )
+        .status
+    };
+    assert_eq!(via("127.0.2.1"), 451);
+    assert_eq!(via("127.0.1.1"), 401);
+    assert_eq!(
+        via("127.0.1.1, 127.0.2.1, 127.0.9.7"),
+        451,
+        "the first untrusted hop from the right"
+    );
+    assert_eq!(
+        via("127.0.2.1, 127.0.1.1"),
+        401,
+        "left of an untrusted hop is not believed"
+    );
+    assert_eq!(
+        via("garbage, 127.0.9.7"),
+        401,
+        "a malformed entry stops at the last trusted hop"
+    );
+    let r = get_from(
+        "127.0.9.1",
+        edge.http,
+        &host,
+        "/v2/",
+        "X-Forwarded-For: 127.0.1.1\r\nX-Forwarded-For: 127.0.2.1\r\n",
+    );
+    assert_eq!(r.status, 451, "several headers are one list, in order");
+
+    // Unknown country → denied per unknown_country; deny_cidrs → 403; allow_cidrs pass.
+    assert_oci_error(
+        &get_from("127.0.4.1", edge.http, &host, "/v2/", ""),
+        451,
+        "DENIED",
+    );
+    assert_oci_error(
+        &get_from("127.0.5.1", edge.http, &host, "/v2/", ""),
+        403,
+        "DENIED",
+    );
+    assert_eq!(
+        get_from("127.0.2.9", edge.http, &host, "/v2/", "").status,
+        401
+    );
+
+    // Read-only: pushes refused with Allow; token POSTs pass.
+    let mut s = connect_from("127.0.1.5", edge.http);
+    let r = send(
+        &mut s,
+        &format!("PUT /v2/team/app/manifests/1 HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n\r\n{{}}"),
+    );
+    assert_oci_error(&r, 405, "UNSUPPORTED");
+    assert_eq!(r.header("allow"), Some("GET, HEAD"));
+    let r = send(
+        &mut s,
+        &format!("POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 19\r\n\r\ngrant_type=password"),
+    );
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+
+    // Repositories that are not public answer as absent ones; encoded tricks do not get around.
+    let r = get_from(
+        "127.0.1.6",
+        edge.http,
+        &host,
+        "/v2/secret/app/manifests/1",
+        "",
+    );
+    assert_eq!(r.status, 401);
+    let challenge = r.header("www-authenticate").unwrap().to_string();
+    assert!(
+        challenge.starts_with(&format!("Bearer realm=\"http://{host}/oauth2/token\"")),
+        "{challenge}"
+    );
+    assert!(
+        challenge.ends_with(",scope=\"repository:secret/app:pull\""),
+        "{challenge}"
+    );
+    let r = get_from(
+        "127.0.1.6",
+        edge.http,
+        &host,
+        "/v2/secret/app/manifests/1",
+        "Authorization: Bearer t\r\n",
+    );
+    assert_oci_error(&r, 404, "NAME_UNKNOWN");
+    assert_eq!(
+        get_from(
+            "127.0.1.6",
+            edge.http,
+            &host,
+            "/v2/team/app/manifests/1",
+            ""
+        )
+        .status,
+        200
+    );
+    for trick in [
+        "/v2/team/..%2Fsecret/app/manifests/1",
+        "/v2/team/%2e%2e/secret/app/manifests/1",
+        "/v2/team/../secret/app/manifests/1",
+        "/v2//secret/app/manifests/1",
+        "/v2/secr%65t/app/manifests/1",
+        "/v2/SECRET/app/manifests/1",
+        "/v2/_catalog",
+        "/acr/v1/_catalog",
+        "/acr/v1/secret/app/_tags",
+    ] {
+        let r = get_from(
+            "127.0.1.7",
+            edge.http,
+            &host,
+            trick,
+            "Authorization: Bearer t\r\n",
+        );
+        assert!(
+            [400, 403, 404].contains(&r.status),
+            "{trick} → {} {:?}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // Token requests lose the scopes of hidden repositories.
+    let r = get_from(
+        "127.0.1.8",
+        edge.http,
+        &host,
+        "/oauth2/token?service=x&scope=repository:secret/app:pull&scope=repository:team/app:pull",
+        "",
+    );
+    assert_eq!(
+        r.json()["target"],
+        "/oauth2/token?service=x&scope=repository:team/app:pull"
+    );
+
+    // Rate limit: a client past its burst gets 429 with Retry-After; its neighbour does not;
+    // the exempt address never does.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(get_from("127.0.1.20", edge.http, &host, "/v2/", "").status);
+    }
+    assert_eq!(&statuses[..5], &[401; 5]);
+    let r = get_from("127.0.1.20", edge.http, &host, "/v2/", "");
+    assert_oci_error(&r, 429, "TOOMANYREQUESTS");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(
+        get_from("127.0.1.21", edge.http, &host, "/v2/", "").status,
+        401
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            get_from("127.0.1.99", edge.http, &host, "/v2/", "").status,
+            401
+        );
+    }
+
+    // The database is replaced under load: by rename, by a broken copy (refused, old kept), by a
+    // symlink swap; no request fails, and the new data takes effect.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for t in 0..3 {
+        let (stop, failures, host, port) =
+            (stop.clone(), failures.clone(), host.clone(), edge.http);
+        load.push(std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Distinct addresses so that the rate limit does not interfere.
+                let src = format!("127.0.3.{}", 1 + (t * 80 + n % 80));
+                n += 1;
+                let r = std::panic::catch_unwind(|| get_from(&src, port, &host, "/v2/", "").status);
+                match r {
+                    Ok(401) | Ok(451) | Ok(429) => {}
+                    other => failures.lock().unwrap().push(format!("{src}: {other:?}")),
+                }
+            }
+        }));
+    }
+    let admin = edge.admin;
+    let reloads = |result: &str| -> u64 {
+        let m = String::from_utf8(get(admin, "a", "/metrics", "").body).unwrap();
+        m.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "registry_edge_geoip_reloads_total{{result=\"{result}\"}} "
+                ))
+            })
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // 1. rename over the path: 127.0.3.0/24 becomes CU.
+    let tmp = gdir.join("country.mmdb.tmp");
+    std::fs::write(&tmp, mmdb("CU")).unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    wait_for("the renamed database", &|| {
+        get_from("127.0.3.250", edge.http, &host, "/v2/", "").status == 451
+    });
+    // 2. a broken file copied over in place: refused, the old one stays in force.
+    let ok_before = reloads("ok");
+    std::fs::write(&db, b"not a database at all").unwrap();
+    wait_for("the refusal", &|| reloads("refused") >= 1);
+    assert_eq!(
+        get_from("127.0.3.251", edge.http, &host, "/v2/", "").status,
+        451
+    );
+    // then a good copy in place, back to DE.
+    std::fs::write(&db, mmdb("DE")).unwrap();
+    wait_for("the copied database", &|| {
+        get_from("127.0.3.252", edge.http, &host, "/v2/", "").status == 401
+    });
+    assert!(reloads("ok") > ok_before);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "requests failed during reloads: {failures:?}"
+    );
+
+    // The policy's refusals are counted by reason.
+    let m = String::from_utf8(get(edge.admin, "a", "/metrics", "").body).unwrap();
+    for needle in [
+        "registry_edge_access_refusals_total{mode=\"enforce\",reason=\"embargo\"}",
+        "registry_edge_access_refusals_total{mode=\"enforce\",reason=\"rate_limit\"}",
+        "registry_edge_access_refusals_total{mode=\"enforce\",reason=\"not_public\"}",
+    ] {
+        assert!(m.contains(needle), "metrics lack {needle}");
+    }
+    let _ = std::fs::remove_dir_all(&gdir);
+}
+
+#[test]
+fn kubernetes_symlink_swap_and_detect_mode() {
+    // The ConfigMap/Secret layout: country.mmdb -> ..data/country.mmdb, ..data -> ..v1.
+    let gdir = geo_dir("k8s");
+    let v1 = gdir.join("..v1");
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::write(v1.join("country.mmdb"), mmdb("DE")).unwrap();
+    std::os::unix::fs::symlink("..v1", gdir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/country.mmdb", gdir.join("country.mmdb")).unwrap();
+    let db = gdir.join("country.mmdb");
+    let edge = start_edge_with("detect", HTTP_OPTS, &policy_yaml(&db, "detect"));
+    let host = format!("registry.test:{}", edge.http);
+
+    // Detect mode: decided and counted, but let through.
+    let r = get_from("127.0.2.1", edge.http, &host, "/v2/", "");
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        get_from("127.0.3.1", edge.http, &host, "/v2/", "").status,
+        401
+    );
+
+    // The swap: a new directory, then ..data replaced atomically by rename.
+    let v2 = gdir.join("..v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v2.join("country.mmdb"), mmdb("CU")).unwrap();
+    std::os::unix::fs::symlink("..v2", gdir.join("..data_tmp")).unwrap();
+    std::fs::rename(gdir.join("..data_tmp"), gdir.join("..data")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = String::from_utf8(get(edge.admin, "a", "/metrics", "").body).unwrap();
+        if m.contains("registry_edge_geoip_reloads_total{result=\"ok\"} 1") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the symlink swap was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        get_from("127.0.3.2", edge.http, &host, "/v2/", "").status,
+        401
+    );
+    let m = String::from_utf8(get(edge.admin, "a", "/metrics", "").body).unwrap();
+    assert!(
+        m.contains("registry_edge_access_refusals_total{mode=\"detect\",reason=\"embargo\"} 2"),
+        "{}",
+        m.lines()
+            .filter(|l| l.contains("refusals"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(edge.dir.join("access.log")).unwrap();
+    let embargoed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"decision\":\"embargo\""))
+        .collect();
+    assert_eq!(embargoed.len(), 2, "{log}");
+    assert!(embargoed.iter().all(|l| l.contains("\"status\":401")));
+    let _ = std::fs::remove_dir_all(&gdir);
 }

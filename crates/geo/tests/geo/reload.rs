@@ -1,0 +1,360 @@
+//! `ReloadingDb`: each kind of file replacement while reader threads look addresses up. Every
+//! lookup must answer from the old or the new database (never "unknown"), a refused file must
+//! leave the old database in place, and a refusal is reported once per file.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use registry_edge_geo::{GeoError, ReloadOutcome, ReloadingDb};
+
+use crate::support::{self, age, place, set_mtime, Dir};
+
+const OLD_EPOCH: u64 = 1_700_000_000;
+const NEW_EPOCH: u64 = 1_700_000_100;
+
+fn ip() -> IpAddr {
+    "192.0.2.10".parse().unwrap()
+}
+
+/// Same shape and size: only the country differs, so size alone cannot tell them apart.
+fn old_db() -> Vec<u8> {
+    support::db(
+        OLD_EPOCH,
+        &[
+            ("192.0.2.0/24", place("DE", "EU")),
+            ("2001:db8::/32", place("DE", "EU")),
+        ],
+    )
+}
+
+fn new_db() -> Vec<u8> {
+    support::db(
+        NEW_EPOCH,
+        &[
+            ("192.0.2.0/24", place("FR", "EU")),
+            ("2001:db8::/32", place("FR", "EU")),
+        ],
+    )
+}
+
+fn country(db: &ReloadingDb) -> String {
+    db.current()
+        .lookup(ip())
+        .country_code()
+        .unwrap_or("none")
+        .to_owned()
+}
+
+/// Reader threads looking up without pause; every answer must be DE or FR.
+struct Hammer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    lookups: Arc<AtomicU64>,
+}
+
+impl Hammer {
+    fn start(db: &Arc<ReloadingDb>) -> Hammer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let lookups = Arc::new(AtomicU64::new(0));
+        let threads = (0..2)
+            .map(|_| {
+                let (db, stop, lookups) = (db.clone(), stop.clone(), lookups.clone());
+                std::thread::spawn(move || {
+                    let v6: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        let current = db.current();
+                        for addr in [ip(), v6, "2001:db8::5".parse().unwrap()] {
+                            let code = current.lookup(addr).country_code().map(str::to_owned);
+                            assert!(
+                                matches!(code.as_deref(), Some("DE" | "FR")),
+                                "a lookup during a reload answered {code:?}"
+                            );
+                        }
+                        lookups.fetch_add(3, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Hammer {
+            stop,
+            threads,
+            lookups,
+        }
+    }
+
+    fn finish(self) {
+        // Let the readers run against the final state too.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("a reader thread panicked");
+        }
+        assert!(self.lookups.load(Ordering::Relaxed) > 0);
+    }
+}
+
+fn write_settled(path: &Path, bytes: &[u8], secs_ago: u64) {
+    fs::write(path, bytes).unwrap();
+    age(path, secs_ago);
+}
+
+fn open(path: &Path) -> Arc<ReloadingDb> {
+    let db = Arc::new(ReloadingDb::open(path).unwrap());
+    assert_eq!(country(&db), "DE");
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    db
+}
+
+fn assert_reloaded(outcome: ReloadOutcome) {
+    match outcome {
+        ReloadOutcome::Reloaded { build_epoch } => assert_eq!(build_epoch, NEW_EPOCH),
+        other => panic!("expected a reload, got {other:?}"),
+    }
+}
+
+#[test]
+fn rename_over_the_path() {
+    let dir = Dir::new("rename");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+    // An in-flight request keeps the database it took.
+    let held = db.current();
+
+    // Same size and the same mtime as the old file: only the inode tells.
+    let tmp = dir.path(".GeoLite2-Country.mmdb.tmp");
+    fs::write(&tmp, new_db()).unwrap();
+    set_mtime(&tmp, fs::metadata(&path).unwrap().modified().unwrap());
+    assert_eq!(
+        fs::metadata(&tmp).unwrap().len(),
+        fs::metadata(&path).unwrap().len()
+    );
+    fs::rename(&tmp, &path).unwrap();
+
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    assert_eq!(held.lookup(ip()).country_code(), Some("DE"));
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    hammer.finish();
+}
+
+#[test]
+fn copy_over_in_place_with_a_truncated_intermediate_state() {
+    let dir = Dir::new("copy");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let first_inode = inode(&path);
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+
+    // `cp` truncates and writes: a check can see the first half.
+    let new = new_db();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(&new[..new.len() / 2]).unwrap();
+    f.flush().unwrap();
+    age(&path, 50);
+    match db.check() {
+        ReloadOutcome::Refused(GeoError::Invalid { .. }) => {}
+        other => panic!("a half-written file must be refused, got {other:?}"),
+    }
+    assert_eq!(country(&db), "DE");
+    // The same half-written file is not read and reported again.
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_eq!(country(&db), "DE");
+
+    // The rest of the write changes size and mtime.
+    f.write_all(&new[new.len() / 2..]).unwrap();
+    drop(f);
+    age(&path, 40);
+    assert_eq!(inode(&path), first_inode);
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    hammer.finish();
+}
+
+#[test]
+fn a_fresh_refused_file_is_looked_at_again() {
+    let dir = Dir::new("fresh");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+
+    let new = new_db();
+    fs::write(&path, &new[..new.len() / 2]).unwrap();
+    // Just written: a writer may still be at it within the same mtime tick.
+    assert!(matches!(
+        db.check(),
+        ReloadOutcome::Refused(GeoError::Invalid { .. })
+    ));
+    assert!(matches!(
+        db.check(),
+        ReloadOutcome::Refused(GeoError::Invalid { .. })
+    ));
+    assert_eq!(country(&db), "DE");
+    age(&path, 30);
+    assert!(matches!(
+        db.check(),
+        ReloadOutcome::Refused(GeoError::Invalid { .. })
+    ));
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+}
+
+#[test]
+fn a_fresh_load_is_confirmed_by_content_once_the_file_settles() {
+    let dir = Dir::new("settle");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+
+    // A same-size file rewritten in place within one mtime tick: the identity the first
+    // (fresh) load recorded stays the same, only the content differs.
+    let new = new_db();
+    let other = support::db(
+        NEW_EPOCH + 1,
+        &[
+            ("192.0.2.0/24", place("IT", "EU")),
+            ("2001:db8::/32", place("IT", "EU")),
+        ],
+    );
+    assert_eq!(new.len(), other.len());
+    let stamp = SystemTime::now();
+    fs::write(&path, &other).unwrap();
+    set_mtime(&path, stamp);
+    match db.check() {
+        ReloadOutcome::Reloaded { build_epoch } => assert_eq!(build_epoch, NEW_EPOCH + 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(country(&db), "IT");
+    let mut f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all(&new).unwrap();
+    drop(f);
+    set_mtime(&path, stamp);
+    // Not settled yet: nothing to see.
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    // Confirmed now: no more reads.
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+}
+
+#[test]
+fn kubernetes_data_symlink_swap() {
+    let dir = Dir::new("k8s");
+    let first = dir.path("..2026_11_23_10_00_00.000000001");
+    let second = dir.path("..2026_11_23_10_05_00.000000002");
+    fs::create_dir(&first).unwrap();
+    fs::create_dir(&second).unwrap();
+    write_settled(&first.join("GeoLite2-Country.mmdb"), &old_db(), 60);
+    std::os::unix::fs::symlink(first.file_name().unwrap(), dir.path("..data")).unwrap();
+    std::os::unix::fs::symlink(
+        "..data/GeoLite2-Country.mmdb",
+        dir.path("GeoLite2-Country.mmdb"),
+    )
+    .unwrap();
+    let path = dir.path("GeoLite2-Country.mmdb");
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+
+    // The kubelet writes the new directory, points a temporary link at it, renames the link
+    // over `..data` and removes the old directory. Same size and mtime as the old file.
+    let new_file = second.join("GeoLite2-Country.mmdb");
+    fs::write(&new_file, new_db()).unwrap();
+    set_mtime(&new_file, fs::metadata(&path).unwrap().modified().unwrap());
+    std::os::unix::fs::symlink(second.file_name().unwrap(), dir.path("..data_tmp")).unwrap();
+    fs::rename(dir.path("..data_tmp"), dir.path("..data")).unwrap();
+    fs::remove_dir_all(&first).unwrap();
+
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    hammer.finish();
+}
+
+#[test]
+fn a_database_without_country_data_is_refused_and_the_old_kept() {
+    let dir = Dir::new("asn");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+
+    let tmp = dir.path("asn.tmp");
+    write_settled(&tmp, &support::asn_db(), 50);
+    fs::rename(&tmp, &path).unwrap();
+    match db.check() {
+        ReloadOutcome::Refused(GeoError::NoCountryData { path: p }) => assert_eq!(p, path),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(country(&db), "DE");
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+
+    // A later good file is picked up.
+    write_settled(&tmp, &new_db(), 40);
+    fs::rename(&tmp, &path).unwrap();
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    hammer.finish();
+}
+
+#[test]
+fn a_missing_file_is_reported_once_and_its_return_picked_up() {
+    let dir = Dir::new("missing");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+
+    fs::remove_file(&path).unwrap();
+    match db.check() {
+        ReloadOutcome::Refused(GeoError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_eq!(country(&db), "DE");
+
+    write_settled(&path, &new_db(), 30);
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    hammer.finish();
+}
+
+#[test]
+fn a_missing_or_broken_file_at_start_is_an_error() {
+    let dir = Dir::new("start");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    assert!(matches!(ReloadingDb::open(&path), Err(GeoError::Io { .. })));
+    fs::write(&path, b"not a database").unwrap();
+    assert!(matches!(
+        ReloadingDb::open(&path),
+        Err(GeoError::Invalid { .. })
+    ));
+    fs::write(&path, support::asn_db()).unwrap();
+    assert!(matches!(
+        ReloadingDb::open(&path),
+        Err(GeoError::NoCountryData { .. })
+    ));
+    // A dangling symlink is a missing file.
+    let link = dir.path("link.mmdb");
+    std::os::unix::fs::symlink("nowhere.mmdb", &link).unwrap();
+    assert!(matches!(ReloadingDb::open(&link), Err(GeoError::Io { .. })));
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).unwrap().ino()
+}

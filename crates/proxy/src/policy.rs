@@ -1,0 +1,431 @@
+//! The access policy, decided in `request_filter` after routing and path canonicalisation, in
+//! this order: `allow_cidrs` pass the address checks; `deny_cidrs` → 403; an embargoed country →
+//! 451; an unknown country → per `unknown_country`; `read_only` → 405 for anything but GET/HEAD
+//! (and the token paths); `repositories.allow` → a repository that is not public answers as an
+//! absent one does; `rate_limit` → 429 with `Retry-After`. In `detect` mode the decision is made,
+//! logged and counted, but the request goes through.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use registry_edge_config::{Access, AccessMode, CountryCode, UnknownCountry};
+use registry_edge_geo::CidrSet;
+
+use crate::ratelimit::RateLimiter;
+use crate::repo::{self, Allow, Target};
+
+/// Largest token request body (form POST) the read-only policy lets through.
+pub const TOKEN_BODY_LIMIT: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    /// OCI error code.
+    pub code: &'static str,
+    /// Bounded label for metrics and logs.
+    pub reason: &'static str,
+    pub message: Cow<'static, str>,
+    pub retry_after: Option<u64>,
+    pub allow: Option<&'static str>,
+    /// For a 401 given as the registry gives it for an absent repository: the challenge scope.
+    pub challenge_scope: Option<String>,
+}
+
+impl Refusal {
+    fn new(status: u16, code: &'static str, reason: &'static str, message: &'static str) -> Self {
+        Refusal {
+            status,
+            code,
+            reason,
+            message: Cow::Borrowed(message),
+            retry_after: None,
+            allow: None,
+            challenge_scope: None,
+        }
+    }
+}
+
+pub struct Request<'a> {
+    pub client: IpAddr,
+    pub country: Option<[u8; 2]>,
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub token_path: bool,
+    /// The request carries credentials (`Authorization`).
+    pub authorized: bool,
+    /// Declared body size, when there is one.
+    pub content_length: Option<u64>,
+}
+
+pub struct Policy {
+    pub mode: AccessMode,
+    embargo: Vec<[u8; 2]>,
+    unknown: UnknownCountry,
+    deny: CidrSet,
+    allow: CidrSet,
+    read_only: bool,
+    repositories: Allow,
+    rate: Option<(RateLimiter, CidrSet)>,
+}
+
+impl Policy {
+    pub fn new(a: &Access) -> Policy {
+        Policy {
+            mode: a.mode,
+            embargo: a.embargo_countries.iter().map(CountryCode::bytes).collect(),
+            unknown: a.unknown_country,
+            deny: CidrSet::new(&a.deny_cidrs),
+            allow: CidrSet::new(&a.allow_cidrs),
+            read_only: a.read_only,
+            repositories: Allow::new(&a.repositories_allow),
+            rate: a.rate_limit.as_ref().map(|r| {
+                (
+                    RateLimiter::new(r.requests_per_second, r.burst),
+                    CidrSet::new(&r.exempt_cidrs),
+                )
+            }),
+        }
+    }
+
+    pub fn detect_only(&self) -> bool {
+        self.mode == AccessMode::Detect
+    }
+
+    /// `None`: the request passes. Pure except for the rate limiter's buckets.
+    pub fn decide(&self, r: &Request<'_>) -> Option<Refusal> {
+        if let Some(refusal) = self.address_and_country(r.client, r.country) {
+            return Some(refusal);
+        }
+        let read = *r.method == http::Method::GET || *r.method == http::Method::HEAD;
+        if self.read_only && !read {
+            let token_post = r.token_path && *r.method == http::Method::POST;
+            if !token_post {
+                let mut x = Refusal::new(
+                    405,
+                    "UNSUPPORTED",
+                    "read_only",
+                    "this registry is read-only here: only pulls are served",
+                );
+                x.allow = Some("GET, HEAD");
+                return Some(x);
+            }
+            if r.content_length.is_some_and(|n| n > TOKEN_BODY_LIMIT) {
+                return Some(Refusal::new(
+                    413,
+                    "SIZE_INVALID",
+                    "token_body_too_large",
+                    "token request body too large",
+                ));
+            }
+        }
+        if !self.repositories.everything() && !r.token_path {
+            match repo::target(r.path, r.query) {
+                Target::NoRepository => {}
+                Target::Catalog => {
+                    return Some(Refusal::new(
+                        403,
+                        "DENIED",
+                        "catalog",
+                        "listing repositories is not available on this registry",
+                    ))
+                }
+                Target::Repositories(names) => {
+                    if let Some(hidden) = names.iter().find(|n| !self.repositories.allows(n)) {
+                        return Some(absent(hidden, r.authorized));
+                    }
+                }
+                Target::Unparsed => return Some(absent("", r.authorized)),
+            }
+        }
+        if let Some((limiter, exempt)) = &self.rate {
+            if !exempt.contains(r.client) {
+                if let Err(l) = limiter.check(r.client) {
+                    let mut x = Refusal::new(
+                        429,
+                        "TOOMANYREQUESTS",
+                        "rate_limit",
+                        "too many requests from this address; retry later",
+                    );
+                    x.retry_after = Some(l.retry_after_secs);
+                    return Some(x);
+                }
+            }
+        }
+        None
+    }
+
+    /// The address and location checks alone (`geo lookup` shows them too).
+    pub fn address_and_country(&self, client: IpAddr, country: Option<[u8; 2]>) -> Option<Refusal> {
+        if self.allow.contains(client) {
+            return None;
+        }
+        if self.deny.contains(client) {
+            return Some(Refusal::new(
+                403,
+                "DENIED",
+                "deny_cidr",
+                "access from this network is denied by the registry's access policy",
+            ));
+        }
+        match country {
+            Some(c) if self.embargo.contains(&c) => Some(Refusal::new(
+                451,
+                "DENIED",
+                "embargo",
+                "access from this location is not permitted by the registry's export-control policy",
+            )),
+            None if self.unknown == UnknownCountry::Deny => Some(Refusal::new(
+                451,
+                "DENIED",
+                "unknown_country",
+                "the location of this address could not be determined; the registry's export-control policy refuses such requests",
+            )),
+            _ => None,
+        }
+    }
+
+    /// The token request's query without the scopes of repositories that are not public (the
+    /// token server then grants nothing for them, as for an absent repository). `None` when
+    /// nothing changes.
+    pub fn filter_token_query(&self, query: &str) -> Option<String> {
+        if self.repositories.everything() {
+            return None;
+        }
+        let mut changed = false;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                if k != "scope" {
+                    return true;
+                }
+                let keep = repo::query_pairs(&format!("v={v}"))
+                    .next()
+                    .map(|(_, scope)| {
+                        scope.split(' ').all(|s| match repo::scope_repository(s) {
+                            Some(name) => self.repositories.allows(name),
+                            // registry:catalog:* would list what is hidden.
+                            None => !s.starts_with("registry:catalog"),
+                        })
+                    })
+                    .unwrap_or(false);
+                changed |= !keep;
+                keep
+            })
+            .collect();
+        changed.then(|| kept.join("&"))
+    }
+}
+
+/// What the registry answers for a repository that does not exist: without credentials, the
+/// challenge; with them, NAME_UNKNOWN.
+fn absent(name: &str, authorized: bool) -> Refusal {
+    if authorized {
+        Refusal::new(
+            404,
+            "NAME_UNKNOWN",
+            "not_public",
+            "repository name not known to registry",
+        )
+    } else {
+        let mut x = Refusal::new(401, "UNAUTHORIZED", "not_public", "authentication required");
+        x.challenge_scope = Some(if name.is_empty() {
+            String::new()
+        } else {
+            format!("repository:{name}:pull")
+        });
+        x
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_edge_config::{parse, Options};
+
+    fn policy(access: &str) -> Policy {
+        let yaml = format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\" }}]\nregistry:\n  login_server: r.internal\n  public_host: r.example\ngeoip: {{ database: /x.mmdb }}\naccess:\n{access}"
+        );
+        let c = parse(
+            &yaml,
+            "t.yaml",
+            std::path::Path::new("."),
+            Options { check_files: false },
+        )
+        .unwrap();
+        Policy::new(&c.access)
+    }
+
+    fn req<'a>(
+        client: &str,
+        country: Option<&str>,
+        method: &'a http::Method,
+        path: &'a str,
+    ) -> Request<'a> {
+        Request {
+            client: client.parse().unwrap(),
+            country: country.map(|c| [c.as_bytes()[0], c.as_bytes()[1]]),
+            method,
+            path,
+            query: None,
+            token_path: path.starts_with("/oauth2/"),
+            authorized: false,
+            content_length: None,
+        }
+    }
+
+    const GET: http::Method = http::Method::GET;
+
+    #[test]
+    fn order_of_checks() {
+        let p = policy(
+            "  embargo: { countries: [CU, IR], unknown_country: deny }\n  deny_cidrs: [198.51.100.0/24]\n  allow_cidrs: [198.51.100.7/32, 203.0.113.0/24]\n  read_only: true\n",
+        );
+        let status = |r: &Request<'_>| p.decide(r).map(|x| x.status);
+        assert_eq!(status(&req("192.0.2.1", Some("US"), &GET, "/v2/")), None);
+        assert_eq!(
+            status(&req("192.0.2.1", Some("CU"), &GET, "/v2/")),
+            Some(451)
+        );
+        assert_eq!(status(&req("192.0.2.1", None, &GET, "/v2/")), Some(451));
+        assert_eq!(
+            status(&req("198.51.100.1", Some("US"), &GET, "/v2/")),
+            Some(403)
+        );
+        // allow_cidrs pass the address and country checks, not read-only.
+        assert_eq!(status(&req("198.51.100.7", Some("CU"), &GET, "/v2/")), None);
+        assert_eq!(status(&req("203.0.113.5", None, &GET, "/v2/")), None);
+        let put = http::Method::PUT;
+        let r = p
+            .decide(&req("203.0.113.5", Some("US"), &put, "/v2/a/manifests/1"))
+            .unwrap();
+        assert_eq!((r.status, r.allow), (405, Some("GET, HEAD")));
+        // The embargo comes before read-only: an embargoed PUT is a 451.
+        assert_eq!(
+            status(&req("192.0.2.1", Some("IR"), &put, "/v2/a/manifests/1")),
+            Some(451)
+        );
+        let post = http::Method::POST;
+        assert_eq!(
+            status(&req("192.0.2.1", Some("US"), &post, "/oauth2/token")),
+            None
+        );
+        let mut big = req("192.0.2.1", Some("US"), &post, "/oauth2/token");
+        big.content_length = Some(TOKEN_BODY_LIMIT + 1);
+        assert_eq!(status(&big), Some(413));
+        assert_eq!(
+            status(&req("192.0.2.1", Some("US"), &post, "/v2/a/blobs/uploads/")),
+            Some(405)
+        );
+    }
+
+    #[test]
+    fn embargo_message_names_the_policy_not_the_countries() {
+        let p = policy("  embargo: { countries: [CU, IR, KP, SY] }\n");
+        let r = p
+            .decide(&req("192.0.2.1", Some("KP"), &GET, "/v2/"))
+            .unwrap();
+        assert_eq!((r.status, r.code), (451, "DENIED"));
+        assert!(r.message.contains("export-control policy"));
+        for c in ["CU", "IR", "KP", "SY"] {
+            assert!(!r.message.contains(c));
+        }
+    }
+
+    #[test]
+    fn hidden_repositories_answer_as_absent_ones() {
+        let p = policy("  repositories: { allow: [\"public/*\"] }\n");
+        assert_eq!(
+            p.decide(&req("192.0.2.1", None, &GET, "/v2/public/app/manifests/1")),
+            None
+        );
+        let r = p
+            .decide(&req("192.0.2.1", None, &GET, "/v2/secret/app/manifests/1"))
+            .unwrap();
+        assert_eq!((r.status, r.code), (401, "UNAUTHORIZED"));
+        assert_eq!(
+            r.challenge_scope.as_deref(),
+            Some("repository:secret/app:pull")
+        );
+        let mut with_token = req("192.0.2.1", None, &GET, "/v2/secret/app/manifests/1");
+        with_token.authorized = true;
+        assert_eq!(p.decide(&with_token).unwrap().status, 404);
+        // Encoded and odd paths name nothing that can be vouched for.
+        for path in [
+            "/v2/public%2fapp/manifests/1",
+            "/v2/Public/app/manifests/1",
+            "/v2/public/app/nothing",
+        ] {
+            assert!(
+                p.decide(&req("192.0.2.1", None, &GET, path)).is_some(),
+                "{path}"
+            );
+        }
+        // A mount from a hidden repository into a public one.
+        let post = http::Method::POST;
+        let mut mount = req("192.0.2.1", None, &post, "/v2/public/app/blobs/uploads/");
+        mount.query = Some("mount=sha256:abc&from=secret%2Fapp");
+        mount.authorized = true;
+        assert_eq!(p.decide(&mount).unwrap().status, 404);
+        assert_eq!(
+            p.decide(&req("192.0.2.1", None, &GET, "/v2/_catalog"))
+                .unwrap()
+                .status,
+            403
+        );
+        assert_eq!(
+            p.decide(&req("192.0.2.1", None, &GET, "/acr/v1/_catalog"))
+                .unwrap()
+                .status,
+            403
+        );
+        assert_eq!(
+            p.decide(&req("192.0.2.1", None, &GET, "/acr/v1/secret/app/_tags"))
+                .unwrap()
+                .status,
+            401
+        );
+        assert_eq!(p.decide(&req("192.0.2.1", None, &GET, "/v2/")), None);
+    }
+
+    #[test]
+    fn token_scopes_of_hidden_repositories_are_dropped() {
+        let p = policy("  repositories: { allow: [\"public/*\"] }\n");
+        assert_eq!(
+            p.filter_token_query(
+                "service=r&scope=repository%3Apublic%2Fapp%3Apull&scope=repository:secret/app:pull"
+            )
+            .as_deref(),
+            Some("service=r&scope=repository%3Apublic%2Fapp%3Apull")
+        );
+        assert_eq!(
+            p.filter_token_query("service=r&scope=repository:public/app:pull"),
+            None
+        );
+        assert_eq!(
+            p.filter_token_query("scope=registry:catalog:*").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            policy("").filter_token_query("scope=repository:x:pull"),
+            None
+        );
+    }
+
+    #[test]
+    fn rate_limit_per_client_with_exemptions() {
+        let p = policy("  rate_limit: { requests_per_second: 0.001, burst: 3, exempt_cidrs: [192.0.2.200/32] }\n");
+        for _ in 0..3 {
+            assert_eq!(p.decide(&req("192.0.2.1", None, &GET, "/v2/")), None);
+        }
+        let r = p.decide(&req("192.0.2.1", None, &GET, "/v2/")).unwrap();
+        assert_eq!((r.status, r.code), (429, "TOOMANYREQUESTS"));
+        assert!(r.retry_after.unwrap() >= 1);
+        assert_eq!(p.decide(&req("192.0.2.2", None, &GET, "/v2/")), None);
+        for _ in 0..10 {
+            assert_eq!(p.decide(&req("192.0.2.200", None, &GET, "/v2/")), None);
+        }
+    }
+}
