@@ -88,6 +88,11 @@ impl Policy {
         }
     }
 
+    /// Some repositories are hidden: paths and token scopes must be inspected.
+    pub fn filters_repositories(&self) -> bool {
+        !self.repositories.everything()
+    }
+
     pub fn detect_only(&self) -> bool {
         self.mode == AccessMode::Detect
     }

@@ -93,6 +93,8 @@ pub struct Ctx {
     /// The policy's verdict: `None` passed; `Some(reason)` refused (or would be, in detect mode).
     decision: Option<&'static str>,
     token_path: bool,
+    /// A token POST whose form body is being collected to drop hidden repositories' scopes.
+    token_body: Option<Vec<u8>>,
     host: String,
     attempt: usize,
     peer_start: Option<usize>,
@@ -503,6 +505,16 @@ impl ProxyHttp for Edge {
                 strip_authorization: matches!(route, Route::Data(_)),
             },
         )?;
+        if ctx.token_path
+            && upstream.method == http::Method::POST
+            && self.shared.policy.filters_repositories()
+        {
+            // The form body is collected (it is small: read-only caps it) and sent again without
+            // the hidden scopes, so its length is not known yet.
+            upstream.remove_header(&http::header::CONTENT_LENGTH);
+            upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            ctx.token_body = Some(Vec::new());
+        }
         if ctx.token_path {
             if let Some(q) = upstream.uri.query() {
                 if let Some(filtered) = self.shared.policy.filter_token_query(q) {
@@ -536,6 +548,38 @@ impl ProxyHttp for Edge {
             .engine
             .apply_request(&mut RequestHeaders(upstream), &rctx);
         ctx.rules.extend(applied.iter());
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(collected) = ctx.token_body.as_mut() else {
+            return Ok(());
+        };
+        if let Some(chunk) = body.take() {
+            collected.extend_from_slice(&chunk);
+        }
+        if collected.len() as u64 > crate::policy::TOKEN_BODY_LIMIT {
+            return Err(Error::explain(
+                HTTPStatus(413),
+                "token request body too large",
+            ));
+        }
+        if end_of_stream {
+            let text = String::from_utf8_lossy(collected);
+            let filtered = self
+                .shared
+                .policy
+                .filter_token_query(&text)
+                .unwrap_or_else(|| text.into_owned());
+            *body = Some(bytes::Bytes::from(filtered));
+            ctx.token_body = None;
+        }
         Ok(())
     }
 

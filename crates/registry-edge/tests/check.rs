@@ -166,3 +166,70 @@ fn files_are_opened_unless_no_files() {
         "{stderr}"
     );
 }
+
+#[test]
+fn geo_lookup_shows_country_and_decision() {
+    #[derive(serde::Serialize)]
+    struct Rec {
+        country: Iso,
+        continent: Cont,
+    }
+    #[derive(serde::Serialize)]
+    struct Iso {
+        iso_code: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Cont {
+        code: &'static str,
+    }
+    let mut w = mmdb_writer::Writer::new("GeoLite2-Country");
+    for (net, iso, code) in [("192.0.2.0/24", "CU", "NA"), ("2001:db8::/32", "DE", "EU")] {
+        let rec = Rec {
+            country: Iso { iso_code: iso },
+            continent: Cont { code },
+        };
+        w.insert(net.parse::<ipnet::IpNet>().unwrap(), &rec)
+            .unwrap();
+    }
+    let db = write_temp("geo.mmdb", "");
+    std::fs::write(&db, w.to_bytes().unwrap()).unwrap();
+    let cfg = write_temp(
+        "geo.yaml",
+        &format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry: {{ login_server: r.internal, public_host: r.example }}\ngeoip: {{ database: \"{}\" }}\naccess:\n  embargo: {{ countries: [CU], unknown_country: deny }}\n  allow_cidrs: [192.0.2.7/32]\n",
+            db.display()
+        ),
+    );
+    let lookup = |addr: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+            .args(["geo", "lookup", addr, "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let s = lookup("192.0.2.1");
+    assert!(s.contains("country    CU"), "{s}");
+    assert!(s.contains("continent  NA"), "{s}");
+    assert!(s.contains("decision   refuse 451 DENIED (embargo)"), "{s}");
+    let s = lookup("::ffff:192.0.2.1");
+    assert!(
+        s.contains("address    192.0.2.1"),
+        "mapped addresses are IPv4: {s}"
+    );
+    assert!(s.contains("refuse 451"), "{s}");
+    let s = lookup("192.0.2.7");
+    assert!(s.contains("decision   allow"), "allow_cidrs pass: {s}");
+    let s = lookup("2001:db8::5");
+    assert!(
+        s.contains("country    DE") && s.contains("decision   allow"),
+        "{s}"
+    );
+    let s = lookup("198.51.100.1");
+    assert!(s.contains("country    unknown"), "{s}");
+    assert!(s.contains("refuse 451 DENIED (unknown_country)"), "{s}");
+}

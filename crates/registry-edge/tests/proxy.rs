@@ -499,6 +499,7 @@ struct Edge {
     certs: Certs,
     login: Origin,
     data: Origin,
+    token_seen: Seen,
 }
 
 impl Drop for Edge {
@@ -617,6 +618,7 @@ logging:
         certs,
         login,
         data,
+        token_seen: token.seen.clone(),
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1640,6 +1642,28 @@ fn embargo_and_access_policy() {
         r.json()["target"],
         "/oauth2/token?service=x&scope=repository:team/app:pull"
     );
+
+    // ... in a token POST's form body too (the body is sent again, chunked, without them).
+    let body = "grant_type=refresh_token&service=x&scope=repository%3Asecret%2Fapp%3Apull&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc";
+    let mut s = connect_from("127.0.1.9", edge.http);
+    let r = send(
+        &mut s,
+        &format!(
+            "POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(r.status, 200);
+    let seen = edge.token_seen.lock().unwrap();
+    let last = seen.last().unwrap();
+    let kept =
+        "grant_type=refresh_token&service=x&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc";
+    assert_eq!(
+        last.body_len,
+        kept.len() as u64,
+        "the hidden scope left the body"
+    );
+    drop(seen);
 
     // Rate limit: a client past its burst gets 429 with Retry-After; its neighbour does not;
     // the exempt address never does.
