@@ -1,0 +1,369 @@
+//! The token server behind the realm: JWTs that distribution's `auth: token` accepts, ES256 with a
+//! P-256 key whose self-signed certificate is the registry's `rootcertbundle`, `kid` = the libtrust
+//! key id of that key. Anonymous → pull only; Basic with the test credentials → pull and push;
+//! refresh tokens through the OAuth2 POST flow (`grant_type=password` / `refresh_token`), as
+//! docker's and containerd's `/oauth2/token` clients use it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use rcgen::PublicKeyData as _;
+use ring::signature::KeyPair as _;
+
+use crate::data::{iso8601, unix_now};
+use crate::http1::{serve, Request, Response};
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "s3cret-pass";
+pub const ISSUER: &str = "registry-edge-e2e-token-server";
+
+/// What the token server was asked, and what it granted.
+#[derive(Clone, Debug)]
+pub struct TokenHit {
+    pub method: String,
+    /// `anonymous`, `basic`, `password`, `refresh_token`, or `refused`.
+    pub grant: String,
+    pub service: Option<String>,
+    pub scopes: Vec<String>,
+    pub granted: Vec<String>,
+    pub status: u16,
+}
+
+pub struct TokenServer {
+    pub addr: SocketAddr,
+    pub hits: Arc<Mutex<Vec<TokenHit>>>,
+    /// PEM of the signing key's self-signed certificate: the registry's `rootcertbundle`.
+    pub cert_pem: String,
+    pub kid: String,
+}
+
+struct State {
+    key: ring::signature::EcdsaKeyPair,
+    kid: String,
+    service: String,
+    rng: ring::rand::SystemRandom,
+    refresh: Mutex<HashMap<String, String>>,
+}
+
+fn b64url(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+fn random_hex(rng: &ring::rand::SystemRandom) -> String {
+    let b: [u8; 16] = ring::rand::generate(rng).expect("random").expose();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// libtrust's key id: base32 of the first 30 bytes of SHA-256 over the DER SubjectPublicKeyInfo,
+/// without padding, in 12 groups of 4 joined by `:`.
+pub fn libtrust_kid(spki_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
+    let b32 = data_encoding::BASE32_NOPAD.encode(&digest.as_ref()[..30]);
+    b32.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len()
+                && b[i + 1].is_ascii_hexdigit()
+                && b[i + 2].is_ascii_hexdigit() =>
+            {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'%'));
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn form(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (url_decode(k), url_decode(v))
+        })
+        .collect()
+}
+
+fn basic(req: &Request) -> Option<(String, String)> {
+    let v = req.header("authorization")?.strip_prefix("Basic ")?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v.trim())
+        .ok()?;
+    let s = String::from_utf8(raw).ok()?;
+    let (u, p) = s.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// `repository:team/app:pull,push` → the access entry granted to `user` (None: anonymous).
+fn grant(scope: &str, user: Option<&str>) -> Option<serde_json::Value> {
+    let (ty, rest) = scope.split_once(':')?;
+    let (name, actions) = rest.rsplit_once(':')?;
+    let allowed: &[&str] = match (ty, user) {
+        ("repository", None) => &["pull"],
+        ("repository", Some(_)) => &["pull", "push"],
+        ("registry", Some(_)) if name == "catalog" => &["*"],
+        _ => &[],
+    };
+    let granted: Vec<&str> = actions.split(',').filter(|a| allowed.contains(a)).collect();
+    Some(serde_json::json!({"type": ty, "name": name, "actions": granted}))
+}
+
+impl State {
+    fn jwt(&self, sub: &str, access: &[serde_json::Value]) -> String {
+        let now = unix_now();
+        let header = serde_json::json!({"typ": "JWT", "alg": "ES256", "kid": self.kid});
+        let claims = serde_json::json!({
+            "iss": ISSUER,
+            "sub": sub,
+            "aud": self.service,
+            "exp": now + 600,
+            "nbf": now - 10,
+            "iat": now,
+            "jti": random_hex(&self.rng),
+            "access": access,
+        });
+        let input = format!(
+            "{}.{}",
+            b64url(header.to_string().as_bytes()),
+            b64url(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&self.rng, input.as_bytes())
+            .expect("ES256 signature");
+        format!("{input}.{}", b64url(sig.as_ref()))
+    }
+
+    fn handle(&self, req: &Request) -> (Response, TokenHit) {
+        let json = |status: u16, v: serde_json::Value| {
+            Response::new(
+                status,
+                &[("Content-Type", "application/json")],
+                v.to_string(),
+            )
+        };
+        let mut hit = TokenHit {
+            method: req.method.clone(),
+            grant: "refused".into(),
+            service: None,
+            scopes: Vec::new(),
+            granted: Vec::new(),
+            status: 0,
+        };
+        if req.path() != "/oauth2/token" {
+            return (
+                json(404, serde_json::json!({"errors": [{"code": "NOT_FOUND"}]})),
+                hit,
+            );
+        }
+        let params = match req.method.as_str() {
+            "GET" => form(req.query()),
+            "POST" => form(&String::from_utf8_lossy(&req.body)),
+            _ => return (json(405, serde_json::json!({"error": "method"})), hit),
+        };
+        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        // `scope` may repeat (GET) and a value may hold several scopes separated by spaces (POST).
+        hit.scopes = params
+            .iter()
+            .filter(|(n, _)| n == "scope")
+            .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .filter(|s| !s.is_empty())
+            .collect();
+        hit.service = param("service");
+        if hit.service.as_deref().is_some_and(|s| s != self.service) {
+            return (
+                json(
+                    400,
+                    serde_json::json!({"errors": [{"code": "DENIED", "message": "unknown service"}]}),
+                ),
+                hit,
+            );
+        }
+        let unauthorized = |hit: TokenHit| {
+            (
+                json(
+                    401,
+                    serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]}),
+                ),
+                hit,
+            )
+        };
+        let ok_user = |u: &str, p: &str| u == USER && p == PASSWORD;
+        let (user, offline): (Option<String>, bool) = if req.method == "GET" {
+            match basic(req) {
+                None => {
+                    hit.grant = "anonymous".into();
+                    (None, false)
+                }
+                Some((u, p)) if ok_user(&u, &p) => {
+                    hit.grant = "basic".into();
+                    (Some(u), param("offline_token").as_deref() == Some("true"))
+                }
+                Some(_) => return unauthorized(hit),
+            }
+        } else {
+            match param("grant_type").as_deref() {
+                Some("password") => {
+                    let (u, p) = (
+                        param("username").unwrap_or_default(),
+                        param("password").unwrap_or_default(),
+                    );
+                    if !ok_user(&u, &p) {
+                        return unauthorized(hit);
+                    }
+                    hit.grant = "password".into();
+                    (Some(u), param("access_type").as_deref() == Some("offline"))
+                }
+                Some("refresh_token") => {
+                    let t = param("refresh_token").unwrap_or_default();
+                    let Some(u) = self
+                        .refresh
+                        .lock()
+                        .expect("refresh tokens")
+                        .get(&t)
+                        .cloned()
+                    else {
+                        return unauthorized(hit);
+                    };
+                    hit.grant = "refresh_token".into();
+                    (Some(u), true)
+                }
+                _ => {
+                    return (
+                        json(400, serde_json::json!({"error": "unsupported_grant_type"})),
+                        hit,
+                    )
+                }
+            }
+        };
+        let access: Vec<serde_json::Value> = hit
+            .scopes
+            .iter()
+            .filter_map(|s| grant(s, user.as_deref()))
+            .collect();
+        hit.granted = access
+            .iter()
+            .map(|a| format!("{}:{}:{}", a["type"], a["name"], a["actions"]))
+            .collect();
+        let token = self.jwt(user.as_deref().unwrap_or(""), &access);
+        let mut body = serde_json::json!({
+            "token": token,
+            "access_token": token,
+            "expires_in": 600,
+            "issued_at": iso8601(unix_now()),
+        });
+        if let (Some(u), true) = (&user, offline) {
+            let refresh = random_hex(&self.rng);
+            self.refresh
+                .lock()
+                .expect("refresh tokens")
+                .insert(refresh.clone(), u.clone());
+            body["refresh_token"] = refresh.into();
+        }
+        if req.method == "POST" {
+            body["scope"] = hit.scopes.join(" ").into();
+        }
+        hit.status = 200;
+        (json(200, body), hit)
+    }
+}
+
+/// Starts the token server for the registry `service` (the token audience).
+pub fn start(rt: &tokio::runtime::Runtime, service: &str) -> TokenServer {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+    let kid = libtrust_kid(&key.subject_public_key_info());
+    let mut params =
+        rcgen::CertificateParams::new(vec!["token-signer".to_string()]).expect("cert params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "registry-edge e2e token signer");
+    let cert_pem = params.self_signed(&key).expect("token cert").pem();
+    let rng = ring::rand::SystemRandom::new();
+    let signing = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &key.serialize_der(),
+        &rng,
+    )
+    .expect("ring accepts rcgen's PKCS#8");
+    assert_eq!(
+        signing.public_key().as_ref(),
+        key.public_key_raw(),
+        "one key for the certificate and the signatures"
+    );
+    let state = Arc::new(State {
+        key: signing,
+        kid: kid.clone(),
+        service: service.to_string(),
+        rng,
+        refresh: Mutex::default(),
+    });
+    let hits: Arc<Mutex<Vec<TokenHit>>> = Arc::default();
+    let log = hits.clone();
+    let addr = serve(
+        rt,
+        Arc::new(move |req: Request| {
+            let (mut resp, mut hit) = state.handle(&req);
+            hit.status = resp.status;
+            log.lock().expect("token log").push(hit);
+            resp.headers
+                .push(("Cache-Control".into(), "no-store".into()));
+            resp
+        }),
+    );
+    TokenServer {
+        addr,
+        hits,
+        cert_pem,
+        kid,
+    }
+}
+
+/// The claims of a JWT, unverified (for assertions on what was granted).
+pub fn claims(jwt: &str) -> serde_json::Value {
+    jwt_part(jwt, 1)
+}
+
+/// Part `i` of a JWT (0: header, 1: claims), decoded.
+pub fn jwt_part(jwt: &str, i: usize) -> serde_json::Value {
+    let part = jwt.split('.').nth(i).unwrap_or_default();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap_or_default();
+    serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn libtrust_key_id_shape() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let kid = libtrust_kid(&key.subject_public_key_info());
+    assert_eq!(kid.len(), 12 * 4 + 11, "{kid}");
+    assert!(kid.split(':').all(|g| g.len() == 4
+        && g.bytes()
+            .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))));
+}
+
+#[test]
+fn scopes_are_granted_by_identity() {
+    let anon = grant("repository:team/app:pull,push", None).unwrap();
+    assert_eq!(anon["actions"], serde_json::json!(["pull"]));
+    let user = grant("repository:team/app:pull,push", Some(USER)).unwrap();
+    assert_eq!(user["actions"], serde_json::json!(["pull", "push"]));
+    let host = grant("repository:host:5000/app:pull", None).unwrap();
+    assert_eq!(host["name"], "host:5000/app");
+    assert_eq!(url_decode("a%3Ab+c%2"), "a:b c%2");
+}
