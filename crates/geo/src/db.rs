@@ -84,7 +84,9 @@ fn code(text: Option<&str>) -> Option<[u8; 2]> {
     }
 }
 
-/// A MaxMind DB with country data, the whole file in memory.
+/// A MaxMind DB with country data, the whole file in memory, plus its leaves laid out as
+/// range tables of packed locations (8 bytes per IPv4 run, 20 per IPv6 run) that answer
+/// lookups without walking the tree or decoding records.
 ///
 /// Never memory-mapped: a map of a file that is rewritten in place changes under the reader
 /// (wrong answers, or SIGBUS when it shrinks). A copy in memory is immune, and
@@ -104,8 +106,9 @@ impl GeoDb {
     /// Parses and validates a database; `name` (usually the file's path) is only used in
     /// error messages.
     ///
-    /// Every network of the search tree is visited once and its record decoded as
-    /// [`lookup`](Self::lookup) will decode it. The database is refused when no record
+    /// Every network of the search tree is visited once, its record decoded to the location
+    /// [`lookup`](Self::lookup) will answer, and the range tables built. The database is
+    /// refused when no record
     /// carries a country code ([`GeoError::NoCountryData`]: an ASN or ISP database), and when
     /// any record fails to decode or the tree is malformed ([`GeoError::Invalid`]).
     /// Visiting everything rather than sampling a few records or trusting
@@ -113,7 +116,8 @@ impl GeoDb {
     /// an `ASN` one is not) costs a fraction of a second on a country database, off the
     /// request path, and buys two guarantees: the country check has no false negatives
     /// (records without a country, such as anycast or satellite ranges, may come first), and a
-    /// lookup can never meet a record it cannot decode, so it never fails at request time.
+    /// lookup can never meet a record it cannot decode, so it never fails at request time. The
+    /// visit is also what the range tables are built from.
     pub fn from_bytes(bytes: Vec<u8>, name: &str) -> Result<GeoDb, GeoError> {
         let invalid = |message: String| GeoError::Invalid {
             path: PathBuf::from(name),

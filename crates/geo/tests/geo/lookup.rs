@@ -289,3 +289,154 @@ fn open_reads_the_file() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The tree's own answer, read with the reader alone: what `GeoDb::lookup` must agree with.
+fn tree_answer(bytes: &[u8], addr: IpAddr) -> Location {
+    #[derive(serde::Deserialize)]
+    struct Code<'a> {
+        iso_code: Option<&'a str>,
+        code: Option<&'a str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Rec<'a> {
+        #[serde(borrow)]
+        country: Option<Code<'a>>,
+        #[serde(borrow)]
+        registered_country: Option<Code<'a>>,
+        #[serde(borrow)]
+        continent: Option<Code<'a>>,
+    }
+    fn two(s: Option<&str>) -> Option<[u8; 2]> {
+        let s = s?;
+        (s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic()))
+            .then(|| <[u8; 2]>::try_from(s.to_ascii_uppercase().as_bytes()).unwrap())
+    }
+    let reader = maxminddb::Reader::from_source(bytes).unwrap();
+    let addr = registry_edge_geo::normalise(addr);
+    if reader.metadata().ip_version == 4 && addr.is_ipv6() {
+        return Location::default();
+    }
+    let Some(rec) = reader.lookup(addr).unwrap().decode::<Rec>().unwrap() else {
+        return Location::default();
+    };
+    let iso = |c: &Option<Code>| c.as_ref().and_then(|c| two(c.iso_code));
+    Location {
+        country: iso(&rec.country).or_else(|| iso(&rec.registered_country)),
+        continent: rec.continent.as_ref().and_then(|c| two(c.code)),
+    }
+}
+
+mod equivalence {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Net {
+        V4(u32, u8),
+        V6(u128, u8),
+    }
+
+    fn net() -> impl Strategy<Value = Net> {
+        prop_oneof![
+            (any::<u32>(), 0u8..=32).prop_map(|(a, p)| Net::V4(a, p)),
+            (any::<u32>(), 8u8..=32)
+                .prop_map(|(a, p)| Net::V4(a & 0xff00_0000 | a >> 8 & 0xffff, p)),
+            (
+                prop_oneof![
+                    any::<u128>(),
+                    any::<u64>().prop_map(|x| 0x2400_u128 << 112 | u128::from(x) << 40),
+                    Just(0x2000_u128 << 112),
+                ],
+                0u8..=128
+            )
+                .prop_map(|(a, p)| Net::V6(a, p)),
+        ]
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        let iso = prop_oneof![
+            Just("DE"),
+            Just("fr"),
+            Just("XXX"),
+            Just("US"),
+            Just("1A"),
+            Just("")
+        ];
+        (iso.clone(), iso, 0u8..6).prop_map(|(c, r, shape)| Record {
+            continent: (shape & 1 == 0).then(|| continent("EU")),
+            country: (shape < 4).then(|| country(c)),
+            registered_country: (shape & 2 == 0).then(|| country(r)),
+        })
+    }
+
+    fn v4_probe(nets: &[(Net, Record)], pick: usize, offset: u32) -> u32 {
+        let v4: Vec<(u32, u8)> = nets
+            .iter()
+            .filter_map(|(n, _)| match n {
+                Net::V4(a, p) => Some((*a, *p)),
+                Net::V6(..) => None,
+            })
+            .collect();
+        match v4.get(pick % v4.len().max(1)) {
+            Some((a, p)) => {
+                let host = u32::MAX.checked_shr(u32::from(*p)).unwrap_or(0);
+                (a & !host) | (offset & host)
+            }
+            None => offset,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn lookup_agrees_with_the_tree(
+            nets in proptest::collection::vec((net(), record()), 1..24),
+            ipv4_only in proptest::bool::weighted(0.15),
+            probes in proptest::collection::vec((any::<usize>(), any::<u32>(), any::<u128>(), 0u8..7), 48),
+        ) {
+            let mut w = mmdb_writer::Writer::builder("GeoLite2-Country")
+                .ip_version(if ipv4_only { mmdb_writer::IpVersion::V4 } else { mmdb_writer::IpVersion::V6 })
+                .build();
+            for (n, rec) in &nets {
+                let net = match n {
+                    Net::V4(a, p) => ipnet::IpNet::new(IpAddr::V4((*a).into()), *p),
+                    Net::V6(a, p) => ipnet::IpNet::new(IpAddr::V6((*a).into()), *p),
+                }.unwrap();
+                // Aliased space and IPv6 in an IPv4 tree are refused by the writer.
+                let _ = w.insert(net, rec);
+            }
+            // Something with a country (inserted last, so it wins), or the database is refused.
+            w.insert("198.51.100.0/24".parse::<ipnet::IpNet>().unwrap(), &place("DE", "EU")).unwrap();
+            let bytes = w.to_bytes().unwrap();
+            let db = GeoDb::from_bytes(bytes.clone(), "random.mmdb").unwrap();
+            for (pick, offset, wide, kind) in probes {
+                let v4 = v4_probe(&nets, pick, offset);
+                let addr: IpAddr = match kind {
+                    0 => IpAddr::V4(v4.into()),
+                    1 => IpAddr::V4(offset.into()),
+                    2 => IpAddr::V6(std::net::Ipv4Addr::from(v4).to_ipv6_mapped()),
+                    // 6to4 and Teredo: aliases of the IPv4 subtree.
+                    3 => IpAddr::V6((0x2002_u128 << 112 | u128::from(v4) << 80 | wide & 0xffff).into()),
+                    4 => IpAddr::V6((0x2001_0000_u128 << 96 | u128::from(v4) << 64 | wide & 0xffff).into()),
+                    // IPv4-compatible: the IPv4 subtree reached as IPv6.
+                    5 => IpAddr::V6(u128::from(v4).into()),
+                    _ => {
+                        let v6: Vec<(u128, u8)> = nets.iter().filter_map(|(n, _)| match n {
+                            Net::V6(a, p) => Some((*a, *p)),
+                            Net::V4(..) => None,
+                        }).collect();
+                        match v6.get(pick % v6.len().max(1)) {
+                            Some((a, p)) => {
+                                let host = u128::MAX.checked_shr(u32::from(*p)).unwrap_or(0);
+                                IpAddr::V6(((a & !host) | (wide & host)).into())
+                            }
+                            None => IpAddr::V6(wide.into()),
+                        }
+                    }
+                };
+                prop_assert_eq!(db.lookup(addr), tree_answer(&bytes, addr), "{}", addr);
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ use mmdb_writer::{IpVersion, Writer};
 use serde::Serialize;
 
 /// A GeoLite2-Country record: every key a real one has, so lookups skip what they don't read.
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Debug)]
 pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub continent: Option<Continent>,
@@ -18,14 +18,14 @@ pub struct Record {
     pub registered_country: Option<Country>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Debug)]
 pub struct Continent {
     pub code: String,
     pub geoname_id: u32,
     pub names: BTreeMap<String, String>,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Debug)]
 pub struct Country {
     pub geoname_id: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
