@@ -17,12 +17,14 @@ pub mod access_log;
 pub mod admin;
 pub mod deadline;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod repo;
 pub mod respond;
 pub mod route;
+pub mod select;
 pub mod service;
 pub mod tls;
 pub mod upstream;
@@ -98,6 +100,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         trusted_proxies: registry_edge_geo::CidrSet::new(&config.clients.trusted_proxies),
         geo,
         service_name: arc_swap::ArcSwapOption::empty(),
+        selector: select::Selector::new(&config),
         router: route::Router::new(&config),
         engine: config.engine.clone(),
         upstreams,
@@ -200,6 +203,9 @@ struct Maintenance {
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        for id in self.shared.upstreams.ids() {
+            tokio::spawn(probe_loop(self.shared.clone(), id));
+        }
         let mut last_resolve: Option<tokio::time::Instant> = None;
         loop {
             if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
@@ -248,5 +254,43 @@ impl Maintenance {
             Ok(_) => {}
             Err(e) => log::error!("GeoIP reload task failed: {e}"),
         }
+    }
+}
+
+/// Probes every peer of one upstream each interval and applies the thresholds.
+async fn probe_loop(shared: Arc<Shared>, id: upstream::PoolId) {
+    let connector = pingora::connectors::TransportConnector::new(None);
+    let pool = shared.upstreams.get(id);
+    let hc = pool.health_check.clone();
+    let region = pool.region.clone().unwrap_or_default();
+    loop {
+        tokio::time::sleep(hc.interval).await;
+        let peers = pool.peers();
+        let mut healthy = 0;
+        for p in peers.iter() {
+            let ok =
+                health::probe(&connector, &pool.probe_peer(p.addr), &pool.host_header, &hc).await;
+            if let Some(up) = p.health.record(ok, &hc) {
+                let to = if up { "up" } else { "down" };
+                log::warn!(
+                    "upstream {} peer {}: marked {to} by the probes",
+                    pool.name,
+                    p.addr
+                );
+                shared
+                    .metrics
+                    .health_transitions
+                    .with_label_values(&[pool.name.as_str(), to])
+                    .inc();
+            }
+            let state = p.health.healthy();
+            healthy += usize::from(state);
+            shared
+                .metrics
+                .peer_healthy
+                .with_label_values(&[pool.name.as_str(), region.as_str(), &p.addr.to_string()])
+                .set(i64::from(state));
+        }
+        pool.metrics.healthy_peers.set(healthy as i64);
     }
 }

@@ -43,6 +43,11 @@ pub fn status_index(status: u16) -> usize {
 
 /// Per-upstream handles, indexed like [`crate::upstream::Upstreams`].
 pub struct UpstreamMetrics {
+    /// Requests this upstream served (the last attempt's).
+    pub requests: IntCounter,
+    /// Requests that preferred this (regional) upstream but were served by another.
+    pub failovers: IntCounter,
+    pub healthy_peers: IntGauge,
     pub connect_errors: IntCounter,
     pub retries: IntCounter,
     pub peers: IntGauge,
@@ -59,6 +64,11 @@ pub struct Metrics {
     pub refused_by_edge: IntCounterVec,
     /// Policy refusals by reason and mode (`enforce`, or `detect` when only logged).
     pub policy_decisions: IntCounterVec,
+    upstream_requests: IntCounterVec,
+    upstream_failovers: IntCounterVec,
+    upstream_healthy_peers: IntGaugeVec,
+    pub peer_healthy: IntGaugeVec,
+    pub health_transitions: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
     upstream_retries: IntCounterVec,
     upstream_peers: IntGaugeVec,
@@ -131,6 +141,41 @@ impl Metrics {
             ),
             &["reason", "mode"],
         )?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "registry_edge_upstream_requests_total",
+                "Requests served by an upstream (the attempt that answered).",
+            ),
+            &["upstream"],
+        )?;
+        let upstream_failovers = IntCounterVec::new(
+            Opts::new(
+                "registry_edge_upstream_failovers_total",
+                "Requests whose preferred regional upstream could not serve them (served by another region or the login server).",
+            ),
+            &["upstream"],
+        )?;
+        let upstream_healthy_peers = IntGaugeVec::new(
+            Opts::new(
+                "registry_edge_upstream_healthy_peers",
+                "Peers of an upstream currently healthy by the probes.",
+            ),
+            &["upstream"],
+        )?;
+        let peer_healthy = IntGaugeVec::new(
+            Opts::new(
+                "registry_edge_upstream_peer_healthy",
+                "1 when a peer of an upstream is healthy by the probes.",
+            ),
+            &["upstream", "region", "peer"],
+        )?;
+        let health_transitions = IntCounterVec::new(
+            Opts::new(
+                "registry_edge_upstream_health_transitions_total",
+                "Peers marked down or up by the probes.",
+            ),
+            &["upstream", "to"],
+        )?;
         let upstream_connect_errors = IntCounterVec::new(
             Opts::new(
                 "registry_edge_upstream_connect_errors_total",
@@ -169,6 +214,11 @@ impl Metrics {
         registry.register(Box::new(rewrites_vec))?;
         registry.register(Box::new(refused_by_edge.clone()))?;
         registry.register(Box::new(policy_decisions.clone()))?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        registry.register(Box::new(upstream_failovers.clone()))?;
+        registry.register(Box::new(upstream_healthy_peers.clone()))?;
+        registry.register(Box::new(peer_healthy.clone()))?;
+        registry.register(Box::new(health_transitions.clone()))?;
         registry.register(Box::new(upstream_connect_errors.clone()))?;
         registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(upstream_peers.clone()))?;
@@ -195,6 +245,11 @@ impl Metrics {
             rewrites,
             refused_by_edge,
             policy_decisions,
+            upstream_requests,
+            upstream_failovers,
+            upstream_healthy_peers,
+            peer_healthy,
+            health_transitions,
             upstream_connect_errors,
             upstream_retries,
             upstream_peers,
@@ -207,6 +262,15 @@ impl Metrics {
 
     pub fn upstream(&self, name: &str) -> Result<UpstreamMetrics, prometheus::Error> {
         Ok(UpstreamMetrics {
+            requests: self
+                .upstream_requests
+                .get_metric_with_label_values(&[name])?,
+            failovers: self
+                .upstream_failovers
+                .get_metric_with_label_values(&[name])?,
+            healthy_peers: self
+                .upstream_healthy_peers
+                .get_metric_with_label_values(&[name])?,
             connect_errors: self
                 .upstream_connect_errors
                 .get_metric_with_label_values(&[name])?,

@@ -4,8 +4,9 @@
 //! early_request_filter    downstream timeouts from the listener; route::Router::route (Host, path)
 //! request_filter          redirect listener (308), header size (431), misroutes (421/404/400),
 //!                         an upstream without peers (503): EdgeResponse::write, connection kept
-//! upstream_peer           Upstreams → Pool::peer (round-robin; next peer on each retry)
-//! fail_to_connect         retry GET/HEAD on the next peer, bounded
+//! upstream_peer           the request's plan (select::Selector): next (pool, peer) on each retry
+//! fail_to_connect         back the peer off; retry GET/HEAD on the next peer/region, bounded
+//! error_while_proxy       same for a reset before the first response byte
 //! upstream_request_filter headers::upstream_request: Host, URI, X-Forwarded-*, no Authorization to data
 //! response_filter         rewrite::Engine::apply_response (derived + user rules)
 //! fail_to_proxy           502/504 with an OCI body (EdgeResponse)
@@ -20,7 +21,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use registry_edge_config::{Config, Listener};
@@ -32,7 +33,7 @@ use crate::metrics::{method_index, route_index, Metrics};
 use crate::policy::{Policy, Refusal};
 use crate::respond::EdgeResponse;
 use crate::route::{host_port, normalise_host, Misroute, Route, Router};
-use crate::upstream::{Pool, Upstreams};
+use crate::upstream::{PoolId, Upstreams};
 
 /// At most this many attempts (first try included) for an idempotent request whose connection
 /// failed before anything was sent.
@@ -53,23 +54,12 @@ pub struct Shared {
     /// The registry's `service=` as last seen in its challenges, for the challenges the edge
     /// writes itself.
     pub service_name: arc_swap::ArcSwapOption<String>,
+    pub selector: crate::select::Selector,
 }
 
 impl Shared {
     pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed) && self.upstreams.resolved()
-    }
-
-    fn pool(&self, route: Route) -> &Pool {
-        match route {
-            Route::Login => &self.upstreams.login,
-            Route::Token => self
-                .upstreams
-                .token
-                .as_ref()
-                .unwrap_or(&self.upstreams.login),
-            Route::Data(i) => self.upstreams.data.get(i).unwrap_or(&self.upstreams.login),
-        }
     }
 }
 
@@ -97,8 +87,12 @@ pub struct Ctx {
     token_body: Option<Vec<u8>>,
     host: String,
     attempt: usize,
-    peer_start: Option<usize>,
-    upstream: Option<&'static str>,
+    /// The (pool, peer) pairs this request may use, in order.
+    candidates: Vec<(PoolId, std::net::SocketAddr)>,
+    /// The regional endpoint the client's location prefers.
+    preferred: Option<usize>,
+    /// The pool of the attempt in progress.
+    current: Option<PoolId>,
     edge_reason: Option<&'static str>,
     rules: Vec<usize>,
 }
@@ -205,6 +199,37 @@ impl Edge {
                 .service_name
                 .store(Some(Arc::new(service.to_owned())));
         }
+    }
+
+    /// Plans the upstream; with no usable peer, answers 503 here (an error from `upstream_peer`
+    /// would close the connection).
+    async fn plan_or_refuse(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.candidates = self.plan(ctx);
+        if !ctx.candidates.is_empty() {
+            return Ok(false);
+        }
+        let message = match ctx.route {
+            Some(Route::Data(i)) => format!(
+                "region {} cannot serve this blob right now; retry the download",
+                self.shared
+                    .upstreams
+                    .get(PoolId::Data(i))
+                    .region
+                    .as_deref()
+                    .unwrap_or("?")
+            ),
+            _ => "the registry is not reachable from this edge right now; retry later".to_string(),
+        };
+        let r = EdgeResponse::error(503, "UNAVAILABLE", "no_upstream_peer", message);
+        self.answer(session, ctx, &r).await?;
+        Ok(true)
+    }
+
+    /// GET and HEAD may go to the next candidate, within the attempt bound.
+    fn may_retry(&self, session: &Session, ctx: &Ctx) -> bool {
+        let method = &session.req_header().method;
+        let idempotent = *method == http::Method::GET || *method == http::Method::HEAD;
+        idempotent && ctx.attempt + 1 < ctx.candidates.len().min(MAX_ATTEMPTS)
     }
 
     /// Runs the access policy for a routed request.
@@ -350,17 +375,44 @@ impl Edge {
                 extra: Vec::new(),
             });
         }
-        let route = ctx.route?;
-        if !self.shared.pool(route).has_peers() {
-            return Some(EdgeResponse::error(
-                503,
-                "UNAVAILABLE",
-                "no_upstream_peer",
-                "the registry is not reachable from this edge yet; retry later",
-            ));
-        }
         None
     }
+
+    /// The (pool, peer) pairs for a routed request: the data endpoint of exactly its region; the
+    /// token server; or the login side's regions in order of preference.
+    fn plan(&self, ctx: &mut Ctx) -> Vec<(PoolId, std::net::SocketAddr)> {
+        let ups = &self.shared.upstreams;
+        let key = ctx.client_ip.map_or(0, client_key);
+        let pools = match ctx.route {
+            None => Vec::new(),
+            Some(Route::Data(i)) => vec![PoolId::Data(i)],
+            Some(Route::Token) => vec![PoolId::Token],
+            Some(Route::Login) => {
+                let plan = self
+                    .shared
+                    .selector
+                    .login_plan(ups, ctx.country, ctx.continent);
+                ctx.preferred = plan.preferred;
+                plan.pools
+            }
+        };
+        let mut out = Vec::new();
+        for id in pools {
+            out.extend(ups.get(id).usable_peers(key).into_iter().map(|a| (id, a)));
+            if out.len() >= MAX_ATTEMPTS {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// A stable per-client key, so that one client keeps to one peer (and region) while it is healthy.
+fn client_key(ip: IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    h.finish()
 }
 
 #[async_trait]
@@ -416,7 +468,7 @@ impl ProxyHttp for Edge {
             return Ok(true);
         }
         let Some(refusal) = self.policy(session, ctx) else {
-            return Ok(false);
+            return self.plan_or_refuse(session, ctx).await;
         };
         ctx.decision = Some(refusal.reason);
         self.shared
@@ -432,7 +484,7 @@ impl ProxyHttp for Edge {
             ])
             .inc();
         if self.shared.policy.detect_only() {
-            return Ok(false);
+            return self.plan_or_refuse(session, ctx).await;
         }
         let r = self.edge_refusal(ctx, refusal);
         self.answer(session, ctx, &r).await?;
@@ -440,40 +492,72 @@ impl ProxyHttp for Edge {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route
-            .ok_or_else(|| Error::explain(HTTPStatus(421), "request was not routed"))?;
-        let pool = self.shared.pool(route);
-        ctx.upstream = Some(match route {
-            Route::Login => "login",
-            Route::Token => "token",
-            Route::Data(_) => "data",
-        });
-        pool.peer(&mut ctx.peer_start, ctx.attempt).ok_or_else(|| {
-            Error::explain(
-                HTTPStatus(503),
-                format!("upstream {} has no peer", pool.name),
-            )
-        })
+        let Some(&(id, addr)) = ctx.candidates.get(ctx.attempt) else {
+            return Err(Error::explain(
+                HTTPStatus(502),
+                "no upstream peer left for this request",
+            ));
+        };
+        ctx.current = Some(id);
+        Ok(self.shared.upstreams.get(id).http_peer(addr))
     }
 
     fn fail_to_connect(
         &self,
         session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = ctx.route {
-            let pool = self.shared.pool(route);
+        if let Some(id) = ctx.current {
+            let pool = self.shared.upstreams.get(id);
             pool.metrics.connect_errors.inc();
+            if let Some(addr) = peer.address().as_inet() {
+                pool.back_off(*addr);
+            }
+            if self.may_retry(session, ctx) {
+                pool.metrics.retries.inc();
+                ctx.attempt += 1;
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // A reset or close before the first response byte of a GET/HEAD: nothing reached the
+        // client, so the next peer (or region) may answer instead.
+        let early = *e.esource() == ErrorSource::Upstream
+            && session.response_written().is_none()
+            && matches!(
+                e.etype(),
+                ConnectionClosed | ReadError | WriteError | H1Error | H2Error | InvalidH2
+            );
+        if early && self.may_retry(session, ctx) {
+            if let Some(id) = ctx.current {
+                let pool = self.shared.upstreams.get(id);
+                if let Some(addr) = peer.address().as_inet() {
+                    pool.back_off(*addr);
+                }
+                pool.metrics.retries.inc();
+            }
+            ctx.attempt += 1;
+            e.set_retry(true);
+        } else {
             let method = &session.req_header().method;
             let idempotent = *method == http::Method::GET || *method == http::Method::HEAD;
-            let peers = pool.peer_addrs().len();
-            if idempotent && ctx.attempt + 1 < MAX_ATTEMPTS.min(peers.max(1) + 1) {
-                ctx.attempt += 1;
-                pool.metrics.retries.inc();
-                e.set_retry(true);
+            if !idempotent || session.retry_buffer_truncated() {
+                e.set_retry(false);
+            } else {
+                e.retry.decide_reuse(client_reused);
             }
         }
         e
@@ -485,20 +569,19 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(route) = ctx.route else {
+        let (Some(route), Some(id)) = (ctx.route, ctx.current) else {
             return Ok(());
         };
-        let pool = self.shared.pool(route);
-        let trusted = &self.shared.config.clients.trusted_proxies;
+        let pool = self.shared.upstreams.get(id);
         let peer_trusted = ctx
-            .client_ip
-            .is_some_and(|ip| trusted.iter().any(|n| n.contains(&ip)));
+            .peer_ip
+            .is_some_and(|ip| self.shared.trusted_proxies.contains(ip));
         headers::upstream_request(
             upstream,
             &headers::Forwarding {
                 host_header: &pool.host_header,
                 strip_prefix: ctx.strip_prefix,
-                client_ip: ctx.client_ip,
+                client_ip: ctx.peer_ip,
                 peer_trusted,
                 public_host: &ctx.host,
                 public_scheme: self.scheme(),
@@ -644,6 +727,16 @@ impl ProxyHttp for Edge {
             .metrics
             .bytes_sent
             .inc_by(session.body_bytes_sent() as u64);
+        if let Some(id) = ctx.current {
+            let ups = &self.shared.upstreams;
+            ups.get(id).metrics.requests.inc();
+            // Served elsewhere than the region the client's location prefers: a failover.
+            if let Some(p) = ctx.preferred {
+                if id != PoolId::Regional(p) {
+                    ups.get(PoolId::Regional(p)).metrics.failovers.inc();
+                }
+            }
+        }
         for &i in &ctx.rules {
             if let Some(c) = self.shared.metrics.rewrites.get(i) {
                 c.inc();
@@ -660,7 +753,9 @@ impl ProxyHttp for Edge {
             bytes_sent: session.body_bytes_sent(),
             duration_s: elapsed,
             route: ctx.route.map(Route::label),
-            upstream: ctx.upstream,
+            upstream: ctx
+                .current
+                .map(|id| self.shared.upstreams.get(id).name.as_str()),
             edge: ctx.edge_reason,
             rules: ctx
                 .rules

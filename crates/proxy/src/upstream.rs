@@ -4,7 +4,6 @@
 //! failure). A failed resolution keeps the last good set.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +13,36 @@ use pingora::utils::tls::WrappedX509;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use registry_edge_config::{Config, Upstream};
+use registry_edge_config::{Config, HealthCheck, Upstream};
 
+use crate::health::PeerHealth;
 use crate::metrics::{Metrics, UpstreamMetrics};
+
+/// A peer and its health, kept across re-resolutions while the address stays.
+#[derive(Debug, Clone)]
+pub struct PeerEntry {
+    pub addr: SocketAddr,
+    pub health: Arc<PeerHealth>,
+}
+
+fn entries(addrs: &[SocketAddr]) -> Vec<PeerEntry> {
+    addrs
+        .iter()
+        .map(|a| PeerEntry {
+            addr: *a,
+            health: Arc::default(),
+        })
+        .collect()
+}
+
+/// Which pool: the login server, the token server, a regional or a data endpoint (by index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolId {
+    Login,
+    Token,
+    Regional(usize),
+    Data(usize),
+}
 
 /// How long a pooled upstream connection may stay idle before it is closed.
 const POOL_IDLE: Duration = Duration::from_secs(60);
@@ -32,9 +58,11 @@ pub struct Pool {
     host: String,
     port: u16,
     static_peers: bool,
-    peers: ArcSwap<Vec<SocketAddr>>,
-    next: AtomicUsize,
+    peers: ArcSwap<Vec<PeerEntry>>,
     group_key: u64,
+    pub health_check: HealthCheck,
+    /// The region of a regional or data endpoint.
+    pub region: Option<String>,
     ca: Option<Arc<[WrappedX509]>>,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -63,6 +91,7 @@ impl Pool {
         name: String,
         group_key: u64,
         u: &Upstream,
+        region: Option<String>,
         metrics: &Metrics,
     ) -> Result<Pool, UpstreamError> {
         let ca = match &u.ca_file {
@@ -89,9 +118,10 @@ impl Pool {
             host: u.authority.host.clone(),
             port: u.authority.port,
             static_peers: !u.peers.is_empty(),
-            peers: ArcSwap::from_pointee(u.peers.clone()),
-            next: AtomicUsize::new(0),
+            peers: ArcSwap::from_pointee(entries(&u.peers)),
             group_key,
+            health_check: u.health_check.clone(),
+            region,
             ca,
             connect_timeout: u.connect_timeout,
             read_timeout: u.read_timeout,
@@ -103,19 +133,47 @@ impl Pool {
         !self.peers.load().is_empty()
     }
 
-    pub fn peer_addrs(&self) -> Arc<Vec<SocketAddr>> {
+    pub fn peer_addrs(&self) -> Vec<SocketAddr> {
+        self.peers.load().iter().map(|p| p.addr).collect()
+    }
+
+    pub fn peers(&self) -> Arc<Vec<PeerEntry>> {
         self.peers.load_full()
     }
 
-    /// The peer for attempt `attempt` of a request: round-robin across requests, and the next
-    /// peer on each retry of the same request.
-    pub fn peer(&self, start: &mut Option<usize>, attempt: usize) -> Option<Box<HttpPeer>> {
+    /// Peers healthy by the probes and not backed off, rotated by `key` so that one client keeps
+    /// to one peer while it stays healthy.
+    pub fn usable_peers(&self, key: u64) -> Vec<SocketAddr> {
         let peers = self.peers.load();
-        if peers.is_empty() {
-            return None;
+        let usable: Vec<SocketAddr> = peers
+            .iter()
+            .filter(|p| p.health.usable())
+            .map(|p| p.addr)
+            .collect();
+        if usable.is_empty() {
+            return usable;
         }
-        let base = *start.get_or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed));
-        let addr = peers[(base + attempt) % peers.len()];
+        let start = (key % usable.len() as u64) as usize;
+        usable[start..]
+            .iter()
+            .chain(&usable[..start])
+            .copied()
+            .collect()
+    }
+
+    pub fn has_usable_peer(&self) -> bool {
+        self.peers.load().iter().any(|p| p.health.usable())
+    }
+
+    /// A connect failure or an early reset: keep new requests off this peer for a probe interval.
+    pub fn back_off(&self, addr: SocketAddr) {
+        if let Some(p) = self.peers.load().iter().find(|p| p.addr == addr) {
+            p.health.back_off(self.health_check.interval);
+        }
+    }
+
+    /// The pingora peer for `addr`, with this upstream's TLS settings and timeouts.
+    pub fn http_peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(addr, self.tls, self.sni.clone());
         // Connections are pooled by address and SNI, not by CA: keep each upstream's connections
         // to itself, so that one verified against another upstream's CA is never reused here.
@@ -128,7 +186,15 @@ impl Pool {
         o.write_timeout = Some(self.read_timeout);
         o.idle_timeout = Some(POOL_IDLE);
         o.ca = self.ca.clone();
-        Some(Box::new(peer))
+        Box::new(peer)
+    }
+
+    /// The peer a probe connects to: the probe's own timeout.
+    pub fn probe_peer(&self, addr: SocketAddr) -> Box<HttpPeer> {
+        let mut peer = self.http_peer(addr);
+        peer.options.connection_timeout = Some(self.health_check.timeout);
+        peer.options.total_connection_timeout = Some(self.health_check.timeout);
+        peer
     }
 
     /// Re-resolves the name; keeps the last good set when resolution fails or finds nothing.
@@ -154,10 +220,21 @@ impl Pool {
             Ok(mut found) if !found.is_empty() => {
                 found.sort();
                 found.dedup();
-                if **self.peers.load() != found {
+                let current = self.peers.load();
+                if current.iter().map(|p| p.addr).ne(found.iter().copied()) {
                     log::info!("upstream {}: peers {:?}", self.name, found);
                     self.metrics.peers.set(found.len() as i64);
-                    self.peers.store(Arc::new(found));
+                    let next: Vec<PeerEntry> = found
+                        .iter()
+                        .map(|a| PeerEntry {
+                            addr: *a,
+                            health: current
+                                .iter()
+                                .find(|p| p.addr == *a)
+                                .map_or_else(Arc::default, |p| p.health.clone()),
+                        })
+                        .collect();
+                    self.peers.store(Arc::new(next));
                 }
             }
             Ok(_) => {
@@ -196,11 +273,11 @@ impl Upstreams {
     pub fn new(config: &Config, metrics: &Metrics) -> Result<Upstreams, UpstreamError> {
         let r = &config.registry;
         Ok(Upstreams {
-            login: Pool::new("login".into(), 1, &r.login, metrics)?,
+            login: Pool::new("login".into(), 1, &r.login, None, metrics)?,
             token: r
                 .token_server
                 .as_ref()
-                .map(|t| Pool::new("token".into(), 2, t, metrics))
+                .map(|t| Pool::new("token".into(), 2, t, None, metrics))
                 .transpose()?,
             regional: (0u64..)
                 .zip(&r.regional_endpoints)
@@ -209,6 +286,7 @@ impl Upstreams {
                         format!("regional:{}", e.region),
                         1000 + i,
                         &e.upstream,
+                        Some(e.region.clone()),
                         metrics,
                     )
                 })
@@ -216,10 +294,35 @@ impl Upstreams {
             data: (0u64..)
                 .zip(&r.data_endpoints)
                 .map(|(i, d)| {
-                    Pool::new(format!("data:{}", d.region), 2000 + i, &d.upstream, metrics)
+                    Pool::new(
+                        format!("data:{}", d.region),
+                        2000 + i,
+                        &d.upstream,
+                        Some(d.region.clone()),
+                        metrics,
+                    )
                 })
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    pub fn get(&self, id: PoolId) -> &Pool {
+        match id {
+            PoolId::Login => &self.login,
+            PoolId::Token => self.token.as_ref().unwrap_or(&self.login),
+            PoolId::Regional(i) => self.regional.get(i).unwrap_or(&self.login),
+            PoolId::Data(i) => self.data.get(i).unwrap_or(&self.login),
+        }
+    }
+
+    pub fn ids(&self) -> Vec<PoolId> {
+        let mut ids = vec![PoolId::Login];
+        if self.token.is_some() {
+            ids.push(PoolId::Token);
+        }
+        ids.extend((0..self.regional.len()).map(PoolId::Regional));
+        ids.extend((0..self.data.len()).map(PoolId::Data));
+        ids
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Pool> {
@@ -270,36 +373,41 @@ mod tests {
             "192.0.2.2:443".parse().unwrap(),
         ];
         pool.apply_resolution(Ok(good.clone()));
-        assert_eq!(*pool.peer_addrs(), good);
+        assert_eq!(pool.peer_addrs(), good);
         assert!(ups.resolved());
         pool.apply_resolution(Err(std::io::Error::other("SERVFAIL")));
         pool.apply_resolution(Ok(Vec::new()));
-        assert_eq!(*pool.peer_addrs(), good);
+        assert_eq!(pool.peer_addrs(), good);
         assert_eq!(pool.metrics.resolve_failures.get(), 2);
         assert_eq!(pool.metrics.peers.get(), 2);
     }
 
     #[test]
-    fn peers_rotate_across_requests_and_advance_on_retry() {
+    fn usable_peers_rotate_by_client_and_skip_backed_off_ones() {
         let config = config();
         let metrics = Metrics::new(&[]).unwrap();
         let ups = Upstreams::new(&config, &metrics).unwrap();
         let pool = &ups.login;
-        pool.apply_resolution(Ok(vec![
-            "192.0.2.1:443".parse().unwrap(),
-            "192.0.2.2:443".parse().unwrap(),
-        ]));
-        let mut start = None;
-        let first = pool.peer(&mut start, 0).unwrap();
-        let retry = pool.peer(&mut start, 1).unwrap();
-        assert_ne!(first._address, retry._address);
-        assert_eq!(first.sni, "registry.internal");
+        let a: SocketAddr = "192.0.2.1:443".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:443".parse().unwrap();
+        pool.apply_resolution(Ok(vec![a, b]));
+        assert_eq!(pool.usable_peers(0), vec![a, b]);
+        assert_eq!(pool.usable_peers(1), vec![b, a]);
         assert_eq!(
-            first.options.connection_timeout,
+            pool.usable_peers(7),
+            pool.usable_peers(7),
+            "deterministic per client"
+        );
+        pool.back_off(a);
+        assert_eq!(pool.usable_peers(0), vec![b]);
+        // A re-resolution keeps what is known about a peer that stays.
+        pool.apply_resolution(Ok(vec![a, "192.0.2.3:443".parse().unwrap()]));
+        assert!(!pool.usable_peers(0).contains(&a));
+        let peer = pool.http_peer(b);
+        assert_eq!(peer.sni, "registry.internal");
+        assert_eq!(
+            peer.options.connection_timeout,
             Some(std::time::Duration::from_secs(5))
         );
-        let mut other = None;
-        let next_request = pool.peer(&mut other, 0).unwrap();
-        assert_eq!(next_request._address, retry._address);
     }
 }

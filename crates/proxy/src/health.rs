@@ -1,0 +1,176 @@
+//! Peer health: App Gateway probe semantics (path, interval, timeout, healthy status ranges,
+//! consecutive failures before a peer is taken out and successes before it is taken back) for
+//! login-side upstreams, connection (TCP, and TLS for TLS upstreams) probes for data endpoints, and
+//! passive marking: a connect failure or a reset before the first response byte backs a peer off
+//! for one probe interval.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pingora::connectors::TransportConnector;
+use pingora::upstreams::peer::HttpPeer;
+use registry_edge_config::{HealthCheck, HealthCheckKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+pub fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+/// One peer's state. New peers start healthy: an upstream is usable at once, and probes take it
+/// out after `unhealthy_after` failures.
+#[derive(Debug)]
+pub struct PeerHealth {
+    healthy: AtomicBool,
+    /// Positive: consecutive successes; negative: consecutive failures.
+    streak: AtomicI32,
+    /// Passive back-off: not chosen before this instant (ms since the process epoch).
+    down_until_ms: AtomicU64,
+}
+
+impl Default for PeerHealth {
+    fn default() -> Self {
+        PeerHealth {
+            healthy: AtomicBool::new(true),
+            streak: AtomicI32::new(0),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PeerHealth {
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Healthy by the probes and not backed off by a recent failure.
+    pub fn usable(&self) -> bool {
+        self.healthy() && self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn back_off(&self, d: Duration) {
+        self.down_until_ms
+            .store(now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Records a probe result; returns the new state when it changed.
+    pub fn record(&self, ok: bool, hc: &HealthCheck) -> Option<bool> {
+        let streak = self.streak.load(Ordering::Relaxed);
+        let streak = match (ok, streak) {
+            (true, s) if s > 0 => s.saturating_add(1),
+            (true, _) => 1,
+            (false, s) if s < 0 => s.saturating_sub(1),
+            (false, _) => -1,
+        };
+        self.streak.store(streak, Ordering::Relaxed);
+        let healthy = self.healthy();
+        if healthy && streak <= -(hc.unhealthy_after as i32) {
+            self.healthy.store(false, Ordering::Relaxed);
+            return Some(false);
+        }
+        if !healthy && streak >= hc.healthy_after as i32 {
+            self.healthy.store(true, Ordering::Relaxed);
+            self.down_until_ms.store(0, Ordering::Relaxed);
+            return Some(true);
+        }
+        None
+    }
+}
+
+/// One probe of `peer` (whose options carry the upstream's CA and SNI). `host` is the Host header
+/// for HTTP probes.
+pub async fn probe(
+    connector: &TransportConnector,
+    peer: &HttpPeer,
+    host: &str,
+    hc: &HealthCheck,
+) -> bool {
+    let work = async {
+        let mut stream = connector.new_stream(peer).await.ok()?;
+        match &hc.kind {
+            HealthCheckKind::Tcp => Some(true),
+            HealthCheckKind::Http {
+                path,
+                healthy_statuses,
+            } => {
+                let req = format!(
+                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: registry-edge-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(req.as_bytes()).await.ok()?;
+                stream.flush().await.ok()?;
+                let mut buf = [0u8; 64];
+                let mut got = 0;
+                while got < 12 {
+                    let n = stream.read(&mut buf[got..]).await.ok()?;
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                let line = std::str::from_utf8(&buf[..got]).ok()?;
+                let status: u16 = line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()?;
+                Some(
+                    healthy_statuses
+                        .iter()
+                        .any(|r| (r.from..=r.to).contains(&status)),
+                )
+            }
+        }
+    };
+    matches!(tokio::time::timeout(hc.timeout, work).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry_edge_rewrite::StatusRange;
+
+    fn hc() -> HealthCheck {
+        HealthCheck {
+            kind: HealthCheckKind::Http {
+                path: "/v2/".into(),
+                healthy_statuses: vec![StatusRange { from: 200, to: 399 }],
+            },
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            unhealthy_after: 3,
+            healthy_after: 2,
+        }
+    }
+
+    #[test]
+    fn thresholds() {
+        let h = PeerHealth::default();
+        let hc = hc();
+        assert!(h.healthy());
+        assert_eq!(h.record(false, &hc), None);
+        assert_eq!(h.record(false, &hc), None);
+        assert_eq!(
+            h.record(true, &hc),
+            None,
+            "a success resets the failure streak"
+        );
+        assert_eq!(h.record(false, &hc), None);
+        assert_eq!(h.record(false, &hc), None);
+        assert_eq!(h.record(false, &hc), Some(false));
+        assert!(!h.usable());
+        assert_eq!(h.record(true, &hc), None);
+        assert_eq!(h.record(true, &hc), Some(true));
+        assert!(h.usable());
+    }
+
+    #[test]
+    fn back_off_is_passive_and_temporary() {
+        let h = PeerHealth::default();
+        h.back_off(Duration::from_millis(50));
+        assert!(h.healthy());
+        assert!(!h.usable());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(h.usable());
+    }
+}
