@@ -56,6 +56,27 @@ type Seen = Arc<Mutex<Vec<Req>>>;
 struct Origin {
     addr: SocketAddr,
     seen: Seen,
+    /// The accept loop and every connection task, to stop the origin as a crash would.
+    tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Origin {
+    /// Stops listening and drops every open connection.
+    fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct OriginOpts {
+    data: Option<String>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The signature this region's URLs carry (login) or demand (data).
+    sig: Option<String>,
+    /// Listen here instead of a fresh port (a restart).
+    bind: Option<SocketAddr>,
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -79,36 +100,52 @@ fn start_origin_tls(
     data_authority: Option<String>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 ) -> Origin {
-    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    start_origin_opts(
+        kind,
+        OriginOpts {
+            data: data_authority,
+            tls,
+            ..OriginOpts::default()
+        },
+    )
+}
+
+fn start_origin_opts(kind: Kind, opts: OriginOpts) -> Origin {
+    let bind = opts.bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    let std_listener = TcpListener::bind(bind).unwrap();
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
     let seen2 = seen.clone();
-    runtime().spawn(async move {
+    let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+    let tasks2 = tasks.clone();
+    let accept = runtime().spawn(async move {
         let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
         loop {
             let Ok((sock, _)) = listener.accept().await else {
                 return;
             };
             let seen = seen2.clone();
-            let data = data_authority.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                match tls {
+            let opts = opts.clone();
+            let conn = tokio::spawn(async move {
+                let (data, sig) = (opts.data, opts.sig);
+                match opts.tls {
                     None => {
-                        let _ = serve_conn(sock, kind, addr, data, seen).await;
+                        let _ = serve_conn(sock, kind, addr, data, sig, seen).await;
                     }
                     Some(cfg) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
                         if let Ok(stream) = acceptor.accept(sock).await {
-                            let _ = serve_conn(stream, kind, addr, data, seen).await;
+                            let _ = serve_conn(stream, kind, addr, data, sig, seen).await;
                         }
                     }
                 }
             });
+            tasks2.lock().unwrap().push(conn.abort_handle());
         }
     });
-    Origin { addr, seen }
+    tasks.lock().unwrap().push(accept.abort_handle());
+    Origin { addr, seen, tasks }
 }
 
 async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static>(
@@ -116,6 +153,7 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'st
     kind: Kind,
     me: SocketAddr,
     data: Option<String>,
+    sig: Option<String>,
     seen: Seen,
 ) -> std::io::Result<()> {
     let (r, mut w) = tokio::io::split(sock);
@@ -193,7 +231,7 @@ async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'st
             tokio::time::sleep(Duration::from_secs(120)).await;
             return Ok(());
         }
-        let resp = respond(kind, me, data.as_deref(), &req, body_ok);
+        let resp = respond(kind, me, data.as_deref(), sig.as_deref(), &req, body_ok);
         let head_only = req.method == "HEAD";
         seen.lock().unwrap().push(req);
         match resp {
@@ -272,7 +310,14 @@ fn fixed(status: u16, headers: &[(&str, String)], body: &[u8]) -> Resp {
     }
 }
 
-fn respond(kind: Kind, me: SocketAddr, data: Option<&str>, req: &Req, body_ok: bool) -> Resp {
+fn respond(
+    kind: Kind,
+    me: SocketAddr,
+    data: Option<&str>,
+    sig: Option<&str>,
+    req: &Req,
+    body_ok: bool,
+) -> Resp {
     let path = req.target.split('?').next().unwrap_or_default();
     let query = req.target.split_once('?').map_or("", |(_, q)| q);
     let echo = || {
@@ -343,7 +388,10 @@ fn respond(kind: Kind, me: SocketAddr, data: Option<&str>, req: &Req, body_ok: b
                         (
                             "Location",
                             format!(
-                                "http://{data}/docker/registry/v2/blobs/sha256/6c/x/data?{SAS}"
+                                "http://{data}/docker/registry/v2/blobs/sha256/6c/x/data?{}",
+                                sig.map_or(SAS.to_string(), |s| format!(
+                                    "sv=2020-10-02&sr=b&sp=r&sig={s}"
+                                ))
                             ),
                         ),
                     ],
@@ -386,7 +434,8 @@ fn respond(kind: Kind, me: SocketAddr, data: Option<&str>, req: &Req, body_ok: b
                     b"<Error><Code>InvalidAuthenticationInfo</Code></Error>",
                 );
             }
-            if !query.contains("sig=") {
+            if !query.contains("sig=") || sig.is_some_and(|s| !query.contains(&format!("sig={s}")))
+            {
                 return fixed(
                     403,
                     &[],
@@ -1839,4 +1888,349 @@ fn kubernetes_symlink_swap_and_detect_mode() {
     assert_eq!(embargoed.len(), 2, "{log}");
     assert!(embargoed.iter().all(|l| l.contains("\"status\":401")));
     let _ = std::fs::remove_dir_all(&gdir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two regions: each with a login front that redirects to its own data endpoint, whose signed
+// URLs only that endpoint accepts. US clients belong to eastus, European ones to westus.
+
+struct Region {
+    login: Origin,
+    data: Origin,
+    sig: String,
+}
+
+fn start_region(name: &str) -> Region {
+    let sig = format!("signed-by-{name}");
+    let data = start_origin_opts(
+        Kind::Data,
+        OriginOpts {
+            sig: Some(sig.clone()),
+            ..OriginOpts::default()
+        },
+    );
+    let login = start_origin_opts(
+        Kind::Login,
+        OriginOpts {
+            data: Some(data.addr.to_string()),
+            sig: Some(sig.clone()),
+            ..OriginOpts::default()
+        },
+    );
+    Region { login, data, sig }
+}
+
+fn restart(o: &Origin, kind: Kind, data: Option<String>, sig: &str) -> Origin {
+    start_origin_opts(
+        kind,
+        OriginOpts {
+            data,
+            sig: Some(sig.to_string()),
+            bind: Some(o.addr),
+            ..OriginOpts::default()
+        },
+    )
+}
+
+fn metric(admin: u16, prefix: &str) -> f64 {
+    let m = String::from_utf8(get(admin, "a", "/metrics", "").body).unwrap();
+    m.lines()
+        .find_map(|l| {
+            l.strip_prefix(prefix)
+                .map(|v| v.trim().parse::<f64>().unwrap())
+        })
+        .unwrap_or(0.0)
+}
+
+/// One pull of one blob as docker does it: ask the login host, follow the redirect to the data
+/// host; a failed data download is retried by asking the login host again. Returns the region
+/// whose data endpoint served the bytes.
+fn pull(src: &str, port: u16) -> Result<String, String> {
+    let host = format!("registry.test:{port}");
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        let r = get_from(src, port, &host, "/v2/team/app/manifests/1", "");
+        if r.status != 200 {
+            last = format!("manifest {}", r.status);
+            continue;
+        }
+        let r = get_from(
+            src,
+            port,
+            &host,
+            &format!("/v2/team/app/blobs/{DIGEST}"),
+            "",
+        );
+        if r.status != 307 {
+            last = format!("blob redirect {}", r.status);
+            continue;
+        }
+        let loc = r.header("location").unwrap().to_string();
+        let target = loc
+            .strip_prefix(&format!("http://data.test:{port}"))
+            .ok_or_else(|| format!("redirect off the data host: {loc}"))?
+            .to_string();
+        let region = target
+            .strip_prefix("/_r/")
+            .and_then(|t| t.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let r = get_from(src, port, &format!("data.test:{port}"), &target, "");
+        if r.status == 200 && r.body.len() == 1 << 20 {
+            return Ok(region);
+        }
+        last = format!("data {} from {region}", r.status);
+    }
+    Err(last)
+}
+
+#[test]
+fn two_regions_nearest_healthy_and_failover() {
+    let gdir = geo_dir("regions");
+    let db = gdir.join("country.mmdb");
+    std::fs::write(&db, mmdb("DE")).unwrap();
+    let east = start_region("eastus");
+    let west = start_region("westus");
+    let global = start_origin(Kind::Login, Some(east.data.addr.to_string()));
+    let extra = format!(
+        r#"geoip: {{ database: "{db}" }}
+local_region: eastus
+regions:
+  - {{ region: eastus, countries: [US] }}
+  - {{ region: westus, continents: [EU] }}
+"#,
+        db = db.display()
+    );
+    // The regions replace the single-region registry of the other tests.
+    let edge = start_edge_regions(&extra, &global, &east, &west);
+    let port = edge.http;
+    let us = "127.0.1.10";
+    let de = "127.0.3.10";
+
+    // Each client is served by its region, login and data.
+    assert_eq!(pull(us, port).unwrap(), "eastus");
+    assert_eq!(pull(de, port).unwrap(), "westus");
+    let east_seen = east.login.seen.lock().unwrap().len();
+    let west_seen = west.login.seen.lock().unwrap().len();
+    assert!(east_seen >= 2 && west_seen >= 2, "{east_seen} {west_seen}");
+    assert_eq!(
+        global.seen.lock().unwrap().len(),
+        0,
+        "the global login server is the last resort"
+    );
+
+    // Stop eastus's login front during a series of pulls: every pull completes.
+    east.login.stop();
+    let stopped = Instant::now();
+    let mut regions = Vec::new();
+    let mut marked_down = None;
+    for i in 0..20 {
+        regions.push(
+            pull(&format!("127.0.1.{}", 20 + i), port)
+                .expect("a pull failed with eastus's login front down"),
+        );
+        if marked_down.is_none()
+            && String::from_utf8(get(edge.admin, "a", "/metrics", "").body)
+                .unwrap()
+                .lines()
+                .any(|l| {
+                    l.starts_with("registry_edge_upstream_peer_healthy")
+                        && l.contains("regional:eastus")
+                        && l.ends_with(" 0")
+                })
+        {
+            marked_down = Some(stopped.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while marked_down.is_none() {
+        let m = String::from_utf8(get(edge.admin, "a", "/metrics", "").body).unwrap();
+        if m.lines().any(|l| {
+            l.starts_with("registry_edge_upstream_peer_healthy")
+                && l.contains("regional:eastus")
+                && l.ends_with(" 0")
+        }) {
+            marked_down = Some(stopped.elapsed());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the probes never marked eastus's login front down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failovers = metric(
+        edge.admin,
+        "registry_edge_upstream_failovers_total{upstream=\"regional:eastus\"}",
+    );
+    let retries = metric(
+        edge.admin,
+        "registry_edge_upstream_retries_total{upstream=\"regional:eastus\"}",
+    );
+    let connect_errors = metric(
+        edge.admin,
+        "registry_edge_upstream_connect_errors_total{upstream=\"regional:eastus\"}",
+    );
+    eprintln!(
+        "login front down: marked down after {:?}; failovers {failovers}, retries {retries}, connect errors {connect_errors}; data regions {regions:?}",
+        marked_down.unwrap()
+    );
+    assert!(
+        failovers >= 20.0,
+        "every US pull went elsewhere: {failovers}"
+    );
+    assert!(connect_errors >= 1.0);
+
+    // Start it again: its clients come back within two probe intervals (healthy_after: 2).
+    let east_login = restart(
+        &east.login,
+        Kind::Login,
+        Some(east.data.addr.to_string()),
+        &east.sig,
+    );
+    let started = Instant::now();
+    loop {
+        if pull("127.0.1.50", port).unwrap() == "eastus"
+            && east_login.seen.lock().unwrap().len() > 0
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "traffic did not return to eastus"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let back_after = started.elapsed();
+    eprintln!("login front back: traffic returned after {back_after:?}");
+    assert!(
+        back_after <= Duration::from_millis(2 * 1000 + 1500),
+        "{back_after:?}"
+    );
+
+    // Stop eastus's data endpoint: its pulls fail over through the login side to westus.
+    east.data.stop();
+    let mut data_regions = Vec::new();
+    for i in 0..10 {
+        data_regions.push(
+            pull(&format!("127.0.1.{}", 60 + i), port)
+                .expect("a pull failed with eastus's data endpoint down"),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("data endpoint down: pulls served from {data_regions:?}");
+    assert!(
+        data_regions.iter().all(|r| r == "westus"),
+        "{data_regions:?}"
+    );
+    // A URL signed by eastus never goes to westus: it gets a 503 clients retry through login.
+    let r = get_from(
+        us,
+        port,
+        &format!("data.test:{port}"),
+        &format!("/_r/eastus/blob?sig={}", east.sig),
+        "",
+    );
+    assert!([502, 503].contains(&r.status), "{}", r.status);
+    assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
+
+    // Start it again: pulls return to eastus within two probe intervals.
+    let _east_data = restart(&east.data, Kind::Data, None, &east.sig);
+    let started = Instant::now();
+    while pull("127.0.1.80", port).unwrap() != "eastus" {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "data traffic did not return to eastus"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "data endpoint back: traffic returned after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() <= Duration::from_millis(2 * 1000 + 1500));
+    let _ = std::fs::remove_dir_all(&gdir);
+}
+
+/// An edge whose registry has two regions (and a global login server as last resort).
+fn start_edge_regions(extra: &str, global: &Origin, east: &Region, west: &Region) -> Edge {
+    let dir = std::env::temp_dir().join(format!("registry-edge-it-regions-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = make_certs(&dir);
+    let (http, tls, redirect, admin) = (free_port(), free_port(), free_port(), free_port());
+    let yaml = format!(
+        r#"version: 1
+server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, pid_file: {dir}/edge.pid, upgrade_sock: {dir}/upgrade.sock }}
+listeners:
+  - address: "127.0.0.1:{http}"
+admin:
+  address: "127.0.0.1:{admin}"
+registry:
+  login_server: "{global}"
+  public_host: registry.test
+  tls: false
+  connect_timeout: 1s
+  read_timeout: 5s
+  health_check: {{ path: /v2/, interval: 1s, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }}
+  regional_endpoints:
+    - {{ region: eastus, endpoint: "{east_login}" }}
+    - {{ region: westus, endpoint: "{west_login}" }}
+  data_endpoints:
+    - {{ region: eastus, endpoint: "{east_data}", public_host: data.test,
+         health_check: {{ tcp: true, interval: 1s, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }} }}
+    - {{ region: westus, endpoint: "{west_data}", public_host: data.test,
+         health_check: {{ tcp: true, interval: 1s, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }} }}
+{extra}logging:
+  access_log: {dir}/access.log
+"#,
+        dir = dir.display(),
+        global = global.addr,
+        east_login = east.login.addr,
+        west_login = west.login.addr,
+        east_data = east.data.addr,
+        west_data = west.data.addr,
+    );
+    let config = dir.join("edge.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let dummy = || Origin {
+        addr: "127.0.0.1:9".parse().unwrap(),
+        seen: Arc::default(),
+        tasks: Arc::default(),
+    };
+    let edge = Edge {
+        child,
+        dir,
+        http,
+        tls,
+        redirect,
+        v6: None,
+        admin,
+        certs,
+        login: dummy(),
+        data: dummy(),
+        token_seen: Arc::default(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_ok(edge.admin) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "edge did not become ready: {}",
+            std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    edge
+}
+
+fn get_ok(admin: u16) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
+    Some(send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n").status)
 }
