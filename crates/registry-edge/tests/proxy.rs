@@ -2091,7 +2091,7 @@ regions:
     let started = Instant::now();
     loop {
         if pull("127.0.1.50", port).unwrap() == "eastus"
-            && east_login.seen.lock().unwrap().len() > 0
+            && !east_login.seen.lock().unwrap().is_empty()
         {
             break;
         }
