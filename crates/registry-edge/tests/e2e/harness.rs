@@ -74,6 +74,14 @@ pub struct Proc {
     child: Child,
 }
 
+/// A command for `program` that also dies with the test: `setpriv --pdeathsig KILL` execs it
+/// with a parent-death signal (same PID), so that not even a killed test leaves it running.
+fn guarded(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--pdeathsig", "KILL", "--", program]);
+    c
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -85,27 +93,50 @@ impl Drop for Proc {
 /// bulk (images, registry storage) goes, the logs, configurations and curl dumps stay.
 pub struct TempDir(pub PathBuf);
 
+/// Removes the images and the registry storage of an environment's directory, keeping the rest.
+fn remove_bulk(dir: &Path) {
+    let bulky = [
+        "layout-",
+        "pulled-",
+        "curl-pulled-",
+        "storage",
+        "var-lib",
+        "skopeo-tmp",
+    ];
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if bulky.iter().any(|b| name.starts_with(b)) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The bulk left by runs that were killed before they could clean up (their process is gone).
+fn sweep_killed_runs() {
+    for entry in std::fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("registry-edge-e2e-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+            remove_bulk(&entry.path());
+        }
+    }
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if std::thread::panicking() {
+            remove_bulk(&self.0);
+            eprintln!("e2e: kept the logs in {} for inspection", self.0.display());
+        } else {
             let _ = std::fs::remove_dir_all(&self.0);
-            return;
         }
-        let bulky = [
-            "layout-",
-            "pulled-",
-            "curl-pulled-",
-            "storage",
-            "var-lib",
-            "skopeo-tmp",
-        ];
-        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if bulky.iter().any(|b| name.starts_with(b)) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-        eprintln!("e2e: kept the logs in {} for inspection", self.0.display());
     }
 }
 
@@ -250,6 +281,8 @@ impl Harness {
         require_tool("skopeo", "skopeo");
         require_tool("curl", "curl");
         require_tool("unshare", "util-linux");
+        require_tool("setpriv", "util-linux");
+        sweep_killed_runs();
         let dir =
             std::env::temp_dir().join(format!("registry-edge-e2e-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -323,7 +356,7 @@ middleware:
         let registry_log = dir.join("registry.log");
         let log_file = std::fs::File::create(&registry_log).expect("registry log");
         let registry = Proc {
-            child: Command::new("/usr/bin/docker-registry")
+            child: guarded("/usr/bin/docker-registry")
                 .arg("serve")
                 .arg(dir.join("registry.yml"))
                 .stdin(Stdio::null())
@@ -371,7 +404,7 @@ logging:
         std::fs::write(dir.join("edge.yaml"), edge_yaml).expect("edge config");
         let edge_log = dir.join("edge.stderr.log");
         let edge = Proc {
-            child: Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+            child: guarded(env!("CARGO_BIN_EXE_registry-edge"))
                 .args(["run", "-c"])
                 .arg(dir.join("edge.yaml"))
                 .env("RUST_LOG", "info")
@@ -524,7 +557,7 @@ logging:
                     .map(|u| u.split_whitespace().nth(1) == Some("0"))
             })
             .unwrap_or(false);
-        let mut cmd = Command::new("unshare");
+        let mut cmd = guarded("unshare");
         if !root {
             cmd.arg("--map-root-user");
         }
