@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod endpoints;
+mod init;
 mod summary;
 
 /// Exit status for a configuration that does not validate (EX_USAGE): nothing was started.
@@ -39,6 +41,27 @@ enum Command {
         /// old process SIGQUIT once this one has started.
         #[arg(short, long)]
         upgrade: bool,
+    },
+    /// The upstreams of a configuration (login server, token server, regional and data
+    /// endpoints) with their peers, each resolved and probed now.
+    Endpoints {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a configuration from the JSON that `az acr show-endpoints` prints.
+    Init {
+        /// The saved output of `az acr show-endpoints --name <registry>`.
+        #[arg(long, value_name = "FILE")]
+        endpoints: PathBuf,
+        /// The custom domain clients log in to.
+        #[arg(long, value_name = "HOST")]
+        public_host: String,
+        /// The custom domain of the data endpoints (not the public host nor a subdomain of it).
+        #[arg(long, value_name = "HOST")]
+        data_host: String,
+        /// Write here instead of standard output (refuses to overwrite).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// GeoIP: where an address is and what the access policy decides for it.
     Geo {
@@ -76,6 +99,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, upgrade } => run(config, upgrade),
+        Command::Endpoints { config } => {
+            let options = registry_edge_config::Options { check_files: true };
+            match registry_edge_config::load(&config, options) {
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    ExitCode::from(EXIT_INVALID_CONFIG)
+                }
+                Ok(c) => match endpoints::render(&c) {
+                    Ok(text) => {
+                        print!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("registry-edge endpoints: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
+        Command::Init {
+            endpoints,
+            public_host,
+            data_host,
+            output,
+        } => init_command(&endpoints, &public_host, &data_host, output.as_deref()),
         Command::Geo {
             command: GeoCommand::Lookup { address, config },
         } => geo_lookup(address, config),
@@ -193,4 +241,56 @@ fn geo_lookup(address: std::net::IpAddr, path: PathBuf) -> ExitCode {
         ),
     }
     ExitCode::SUCCESS
+}
+
+fn init_command(
+    endpoints: &std::path::Path,
+    public_host: &str,
+    data_host: &str,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let json = match std::fs::read_to_string(endpoints) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("{}: {e}", endpoints.display());
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let yaml = match init::render(&json, public_host, data_host) {
+        Ok(y) => y,
+        Err(e) => {
+            eprintln!("{}: {e}", endpoints.display());
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    // What init writes must pass check: the names given may still be wrong.
+    if let Err(errors) = registry_edge_config::parse(
+        &yaml,
+        "<init>",
+        std::path::Path::new("."),
+        registry_edge_config::Options { check_files: false },
+    ) {
+        eprintln!("{errors}");
+        return ExitCode::from(EXIT_INVALID_CONFIG);
+    }
+    match output {
+        None => {
+            print!("{yaml}");
+            ExitCode::SUCCESS
+        }
+        Some(p) => {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, yaml.as_bytes()));
+            match written {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{}: {e}", p.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

@@ -233,3 +233,123 @@ fn geo_lookup_shows_country_and_decision() {
     assert!(s.contains("country    unknown"), "{s}");
     assert!(s.contains("refuse 451 DENIED (unknown_country)"), "{s}");
 }
+
+#[test]
+fn endpoints_probes_each_peer_now() {
+    use std::io::{Read, Write};
+    // A login server that answers the probe like a registry (401 on /v2/), a data endpoint that
+    // accepts connections, and one that refuses them.
+    let login = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let login_addr = login.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in login.incoming().flatten() {
+            let mut s = s;
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    let data = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = write_temp(
+        "endpoints.yaml",
+        &format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\" }}]\nregistry:\n  login_server: \"{login_addr}\"\n  public_host: r.example\n  tls: false\n  data_endpoints:\n    - {{ region: eastus, endpoint: \"{}\", public_host: d.example }}\n    - {{ region: westus, endpoint: \"{refused}\", public_host: d.example }}\n",
+            data.local_addr().unwrap()
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(["endpoints", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8(out.stdout).unwrap();
+    let line = |role: &str, region: &str| {
+        s.lines()
+            .find(|l| l.starts_with(role) && l.contains(region))
+            .unwrap_or_else(|| panic!("no {role} {region} line in:\n{s}"))
+            .to_string()
+    };
+    assert!(line("login", "-").ends_with("healthy (GET /v2/)"), "{s}");
+    assert!(
+        line("data", "eastus").contains("d.example/_r/eastus/"),
+        "{s}"
+    );
+    assert!(
+        line("data", "eastus").ends_with(" healthy (connect)"),
+        "{s}"
+    );
+    assert!(
+        line("data", "westus").ends_with("unhealthy (connect)"),
+        "{s}"
+    );
+    drop(data);
+}
+
+#[test]
+fn init_writes_a_valid_config_and_refuses_storage_accounts() {
+    let seed = write_temp(
+        "show-endpoints.json",
+        "{\n\"loginServer\": \"contoso.azurecr.io\",\n\"dataEndpoints\": [\n{\n\"region\": \"eastus\",\n\"endpoint\": \"contoso.eastus.data.azurecr.io\",\n},\n]\n}\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args([
+            "init",
+            "--endpoints",
+            seed.to_str().unwrap(),
+            "--public-host",
+            "registry.contoso.com",
+            "--data-host",
+            "data.contoso.com",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = write_temp("init.yaml", &String::from_utf8(out.stdout).unwrap());
+    assert!(check(&["--no-files", "-c", yaml.to_str().unwrap()])
+        .status
+        .success());
+    // The data host may not be a subdomain of the public host.
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args([
+            "init",
+            "--endpoints",
+            seed.to_str().unwrap(),
+            "--public-host",
+            "contoso.com",
+            "--data-host",
+            "data.contoso.com",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let blob = write_temp(
+        "blob.json",
+        r#"{"loginServer":"c.azurecr.io","dataEndpoints":[{"region":"eastus","endpoint":"*.blob.core.windows.net"}]}"#,
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args([
+            "init",
+            "--endpoints",
+            blob.to_str().unwrap(),
+            "--public-host",
+            "r.example",
+            "--data-host",
+            "d.example",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("enable dedicated data endpoints"));
+}
