@@ -98,7 +98,7 @@ pub struct GeoDb {
     name: String,
     /// IPv4 addresses (the IPv4 subtree of an IPv6 database).
     v4: Ranges<u32>,
-    /// IPv6 addresses; empty for an IPv4 database.
+    /// IPv6 addresses outside `::/96`; empty for an IPv4 database.
     v6: Ranges<u128>,
 }
 
@@ -268,7 +268,10 @@ fn survey(reader: &Reader<Vec<u8>>) -> Result<Survey, String> {
             .ok_or_else(|| format!("network {network} does not fit the tree"))?;
         let packed = index::pack(location);
         let in_ipv4 = |a: u128| u32::try_from(a).ok();
-        if ipv6_tree {
+        // IPv6 addresses inside `::/96` are deprecated IPv4-compatible ones: leaves wholly
+        // inside it stay out of the IPv6 table (a gap there asks the tree), which would
+        // otherwise repeat the whole IPv4 table.
+        if ipv6_tree && end > u128::from(u32::MAX) {
             v6.push(start, end, packed)
                 .map_err(|e| format!("{e} at {network}"))?;
         }
