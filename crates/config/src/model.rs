@@ -229,6 +229,27 @@ pub struct Access {
     /// Glob patterns of public repositories; `*` matches any run of characters, `/` included.
     pub repositories_allow: Vec<String>,
     pub rate_limit: Option<RateLimit>,
+    pub security_events: SecurityEvents,
+    pub auto_block: Option<AutoBlock>,
+}
+
+/// Per client address, within `window`: how many distinct repository names refused or absent
+/// (scanning), failed token requests (credential guessing) and embargo refusals make an event.
+#[derive(Debug, Clone)]
+pub struct SecurityEvents {
+    pub window: Duration,
+    pub repository_scan: u32,
+    pub failed_token_requests: u32,
+    pub embargo_hits: u32,
+}
+
+/// After `after` security events of one address within `window`, refuse it for `duration`
+/// (never an address of `allow_cidrs`).
+#[derive(Debug, Clone)]
+pub struct AutoBlock {
+    pub after: u32,
+    pub window: Duration,
+    pub duration: Duration,
 }
 
 #[derive(Debug, Clone)]

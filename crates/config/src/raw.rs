@@ -205,6 +205,27 @@ pub struct RawAccess {
     pub repositories: Option<RawRepositories>,
     #[serde(default)]
     pub rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub security_events: Option<RawSecurityEvents>,
+    #[serde(default)]
+    pub auto_block: Option<RawAutoBlock>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurityEvents {
+    pub window: Option<String>,
+    pub repository_scan: Option<u32>,
+    pub failed_token_requests: Option<u32>,
+    pub embargo_hits: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoBlock {
+    pub after: u32,
+    pub window: String,
+    pub duration: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

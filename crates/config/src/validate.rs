@@ -828,7 +828,59 @@ impl<'a> Validator<'a> {
                 exempt_cidrs: self.cidrs("access.rate_limit.exempt_cidrs", &r.exempt_cidrs),
             }
         });
+        let se = raw.security_events.as_ref();
+        let threshold = |v: &mut Self, key: &str, value: Option<u32>, default: u32| {
+            let n = value.unwrap_or(default);
+            if n == 0 {
+                v.err(
+                    format!("access.security_events.{key}"),
+                    "must be at least 1",
+                );
+                return default;
+            }
+            n
+        };
+        let security_events = SecurityEvents {
+            window: self.positive_duration(
+                "access.security_events.window",
+                se.and_then(|s| s.window.as_deref()),
+                Duration::from_secs(60),
+            ),
+            repository_scan: threshold(
+                self,
+                "repository_scan",
+                se.and_then(|s| s.repository_scan),
+                20,
+            ),
+            failed_token_requests: threshold(
+                self,
+                "failed_token_requests",
+                se.and_then(|s| s.failed_token_requests),
+                10,
+            ),
+            embargo_hits: threshold(self, "embargo_hits", se.and_then(|s| s.embargo_hits), 20),
+        };
+        let auto_block = raw.auto_block.as_ref().map(|a| {
+            if a.after == 0 {
+                self.err("access.auto_block.after", "must be at least 1");
+            }
+            AutoBlock {
+                after: a.after.max(1),
+                window: self.positive_duration(
+                    "access.auto_block.window",
+                    Some(&a.window),
+                    Duration::from_secs(600),
+                ),
+                duration: self.positive_duration(
+                    "access.auto_block.duration",
+                    Some(&a.duration),
+                    Duration::from_secs(900),
+                ),
+            }
+        });
         Access {
+            security_events,
+            auto_block,
             mode,
             embargo_countries,
             unknown_country,

@@ -244,6 +244,17 @@ impl CountryCode {
         std::str::from_utf8(&self.0).unwrap_or("??")
     }
 
+    /// Every code `parse` accepts: the ISO 3166-1 alpha-2 list and `XK`.
+    pub fn all() -> impl Iterator<Item = CountryCode> {
+        ISO_3166_ALPHA2
+            .split(' ')
+            .chain(std::iter::once("XK"))
+            .map(|c| {
+                let b = c.as_bytes();
+                CountryCode([b[0], b[1]])
+            })
+    }
+
     pub fn bytes(&self) -> [u8; 2] {
         self.0
     }

@@ -39,17 +39,32 @@ pub struct HeaderDeadline {
     tail: [u8; 3],
     /// Set when pingora hands the connection back for another request.
     rearm: AtomicBool,
+    /// `registry_edge_http_open_connections`, decremented when the connection is dropped.
+    open: prometheus::IntGauge,
+}
+
+impl Drop for HeaderDeadline {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl HeaderDeadline {
     /// Wraps a new connection, or rearms the wrapper of a connection that comes back for its
     /// next request (never nesting wrappers).
-    pub fn wrap(stream: Stream, idle: Duration, limit: Duration) -> Stream {
+    pub fn wrap(
+        stream: Stream,
+        idle: Duration,
+        limit: Duration,
+        open: &prometheus::IntGauge,
+    ) -> Stream {
         if let Some(me) = stream.as_any().downcast_ref::<HeaderDeadline>() {
             me.rearm.store(true, Ordering::Relaxed);
             return stream;
         }
+        open.inc();
         Box::new(HeaderDeadline {
+            open: open.clone(),
             inner: stream,
             idle,
             limit,
@@ -224,6 +239,7 @@ impl Peek for HeaderDeadline {
 /// deadline.
 pub struct DeadlineApp<A> {
     pub inner: Arc<A>,
+    pub open_connections: prometheus::IntGauge,
     pub idle: Duration,
     pub header_read: Duration,
 }
@@ -237,7 +253,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for DeadlineApp<A> {
     ) -> Option<Stream> {
         self.inner
             .process_new(
-                HeaderDeadline::wrap(stream, self.idle, self.header_read),
+                HeaderDeadline::wrap(stream, self.idle, self.header_read, &self.open_connections),
                 shutdown,
             )
             .await

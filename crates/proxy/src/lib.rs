@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod repo;
 pub mod respond;
 pub mod route;
+pub mod security;
 pub mod select;
 pub mod service;
 pub mod tls;
@@ -78,13 +79,11 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         .map(|i| config.engine.rule_name(i).to_owned())
         .collect();
     let metrics = metrics::Metrics::new(&names)?;
-    let dropped = prometheus::IntCounter::new(
-        "registry_edge_access_log_dropped_lines_total",
-        "Access log lines dropped because the writer fell behind.",
-    )?;
-    metrics.registry.register(Box::new(dropped.clone()))?;
-    let access_log = access_log::AccessLog::start(&config.logging.access_log, dropped)
-        .map_err(BuildError::AccessLog)?;
+    let access_log = access_log::AccessLog::start(
+        &config.logging.access_log,
+        metrics.access_log_dropped.clone(),
+    )
+    .map_err(BuildError::AccessLog)?;
     let upstreams = upstream::Upstreams::new(&config, &metrics)?;
     let geo = match &config.geoip {
         Some(g) => Some(registry_edge_geo::ReloadingDb::open(&g.database)?),
@@ -101,6 +100,15 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         geo,
         service_name: arc_swap::ArcSwapOption::empty(),
         selector: select::Selector::new(&config),
+        security: security::Security::new(
+            &config.access.security_events,
+            config.access.auto_block.as_ref(),
+        ),
+        id_prefix: {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+        },
+        id_counter: std::sync::atomic::AtomicU64::new(0),
         router: route::Router::new(&config),
         engine: config.engine.clone(),
         upstreams,
@@ -148,6 +156,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         let mut service = pingora::services::listening::Service::new(
             format!("listener {i} {}", listener.address),
             deadline::DeadlineApp {
+                open_connections: shared.metrics.open_connections.clone(),
                 inner: Arc::new(proxy),
                 idle: listener.timeouts.idle,
                 header_read: listener.timeouts.header_read,
@@ -156,6 +165,13 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         let mut endpoint = ListenerConfig::tcp(listener.address.to_string());
         if let Some(tls) = &listener.tls {
             let resolver = tls::SniResolver::load(&tls.certificates)?;
+            for (file, expiry) in resolver.expiries() {
+                shared
+                    .metrics
+                    .certificate_expiry
+                    .with_label_values(&[&listener.address.to_string(), &file])
+                    .set(expiry);
+            }
             let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| {
                 BuildError::Tls(tls::TlsError::File {
                     path: listener.address.to_string(),

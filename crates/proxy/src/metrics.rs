@@ -1,13 +1,20 @@
 //! Prometheus metrics. The registry is created at start and passed in (never the process-global
-//! one); every handle is resolved once here, so the request path only increments.
+//! one); every handle the request path touches is resolved once here, so a request only
+//! increments (no label lookups, no string building).
 //!
 //! Naming: `registry_edge_<area>_<name>_<unit>`, counters end in `_total`. Labels are bounded:
-//! route, method (7 values), status class, upstream name (from the configuration), rule name.
+//! route, method (7 values), status class, decision, upstream name (from the configuration), rule
+//! name, country (ISO codes and `unknown`), fixed reason lists. docs/metrics.md lists every
+//! metric; a test fails when the two disagree.
 
+use std::collections::HashMap;
+
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+use registry_edge_config::CountryCode;
 
 use crate::route::Route;
 
@@ -15,6 +22,38 @@ pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Routes as labels; `none` is a request that was not routed (421, 400).
 pub const ROUTES: [&str; 4] = ["login", "token", "data", "none"];
+/// How a request was answered: proxied to an upstream, refused by the access policy, answered
+/// by the edge itself (misroute, redirect, limits, no upstream), or failed while proxying.
+pub const DECISIONS: [&str; 4] = ["proxied", "refused", "edge", "error"];
+/// Reasons of the edge's own answers (see respond.rs and service.rs).
+pub const EDGE_REASONS: [&str; 12] = [
+    "header_too_large",
+    "unknown_host",
+    "unknown_region",
+    "non_canonical_path",
+    "https_required",
+    "redirect_https",
+    "no_upstream_peer",
+    "upstream_timeout",
+    "upstream_error",
+    "bad_request",
+    "internal",
+    "status",
+];
+/// Reasons of the access policy (see policy.rs).
+pub const POLICY_REASONS: [&str; 9] = [
+    "deny_cidr",
+    "embargo",
+    "unknown_country",
+    "read_only",
+    "token_body_too_large",
+    "catalog",
+    "not_public",
+    "rate_limit",
+    "auto_block",
+];
+/// Security event kinds (see security.rs).
+pub const SECURITY_EVENTS: [&str; 3] = ["repository_scan", "credential_guessing", "embargo_hits"];
 
 pub fn route_index(route: Option<Route>) -> usize {
     match route {
@@ -41,7 +80,7 @@ pub fn status_index(status: u16) -> usize {
     usize::from(status / 100).clamp(1, 5) - 1
 }
 
-/// Per-upstream handles, indexed like [`crate::upstream::Upstreams`].
+/// Per-upstream handles, resolved once per pool.
 pub struct UpstreamMetrics {
     /// Requests this upstream served (the last attempt's).
     pub requests: IntCounter,
@@ -52,18 +91,47 @@ pub struct UpstreamMetrics {
     pub retries: IntCounter,
     pub peers: IntGauge,
     pub resolve_failures: IntCounter,
+    /// From the first attempt to the end of the response.
+    pub duration: Histogram,
 }
+
+/// Registers collectors and remembers their names (for the documentation test).
+struct Reg {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Reg {
+    fn add<C: Collector + Clone + 'static>(&mut self, c: C) -> Result<C, prometheus::Error> {
+        for d in c.desc() {
+            self.names.push(d.fq_name.clone());
+        }
+        self.registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+}
+
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
+];
 
 pub struct Metrics {
     pub registry: Registry,
-    /// `[route][method][status class]`.
+    names: Vec<String>,
+    /// `[route][method][status class][decision]`.
     requests: Vec<IntCounter>,
     durations: Vec<Histogram>,
     pub bytes_sent: IntCounter,
+    pub bytes_received: IntCounter,
     pub rewrites: Vec<IntCounter>,
-    pub refused_by_edge: IntCounterVec,
-    /// Policy refusals by reason and mode (`enforce`, or `detect` when only logged).
-    pub policy_decisions: IntCounterVec,
+    edge_responses: Vec<IntCounter>,
+    /// `[reason][enforce, detect]`.
+    refusals: Vec<[IntCounter; 2]>,
+    /// `[country index]` → (allowed, refused); the last entry is `unknown`.
+    geo: Vec<[IntCounter; 2]>,
+    geo_index: HashMap<[u8; 2], usize>,
+    security: Vec<IntCounter>,
+    pub blocks: IntCounter,
     upstream_requests: IntCounterVec,
     upstream_failovers: IntCounterVec,
     upstream_healthy_peers: IntGaugeVec,
@@ -73,178 +141,248 @@ pub struct Metrics {
     upstream_retries: IntCounterVec,
     upstream_peers: IntGaugeVec,
     upstream_resolve_failures: IntCounterVec,
+    upstream_duration: HistogramVec,
     pub ready: IntGauge,
     pub geo_reloads: IntCounterVec,
     pub geo_build_epoch: IntGauge,
+    pub certificate_expiry: IntGaugeVec,
+    pub open_connections: IntGauge,
+    pub access_log_dropped: IntCounter,
+}
+
+fn counter_vec(
+    reg: &mut Reg,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    reg.add(IntCounterVec::new(Opts::new(name, help), labels)?)
+}
+
+fn gauge_vec(
+    reg: &mut Reg,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, prometheus::Error> {
+    reg.add(IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
 impl Metrics {
     /// `rule_names`: the rewrite engine's rules, user then derived.
     pub fn new(rule_names: &[String]) -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let requests_vec = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_http_requests_total",
-                "Requests answered, by route, method and status class.",
-            ),
-            &["route", "method", "status_class"],
+        let mut reg = Reg {
+            registry: Registry::new(),
+            names: Vec::new(),
+        };
+        let requests_vec = counter_vec(
+            &mut reg,
+            "registry_edge_http_requests_total",
+            "Requests answered, by route, method, status class and decision.",
+            &["route", "method", "status_class", "decision"],
         )?;
         let mut requests = Vec::new();
         for r in ROUTES {
             for m in METHODS {
                 for s in STATUS_CLASSES {
-                    requests.push(requests_vec.get_metric_with_label_values(&[r, m, s])?);
+                    for d in DECISIONS {
+                        requests.push(requests_vec.get_metric_with_label_values(&[r, m, s, d])?);
+                    }
                 }
             }
         }
-        let duration_vec = HistogramVec::new(
+        let duration_vec = reg.add(HistogramVec::new(
             HistogramOpts::new(
                 "registry_edge_http_request_duration_seconds",
                 "Time from request start to the end of the response, by route.",
             )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
-                300.0,
-            ]),
+            .buckets(DURATION_BUCKETS.to_vec()),
             &["route"],
-        )?;
+        )?)?;
         let durations = ROUTES
             .iter()
             .map(|r| duration_vec.get_metric_with_label_values(&[r]))
             .collect::<Result<_, _>>()?;
-        let bytes_sent = IntCounter::new(
+        let bytes_sent = reg.add(IntCounter::new(
             "registry_edge_http_response_body_bytes_total",
             "Response body bytes sent to clients.",
-        )?;
-        let rewrites_vec = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_rewrites_applied_total",
-                "Responses (or requests) a rewrite rule changed, by rule.",
-            ),
+        )?)?;
+        let bytes_received = reg.add(IntCounter::new(
+            "registry_edge_http_request_body_bytes_total",
+            "Request body bytes received from clients.",
+        )?)?;
+        let rewrites_vec = counter_vec(
+            &mut reg,
+            "registry_edge_rewrites_applied_total",
+            "Responses (or requests) a rewrite rule changed, by rule.",
             &["rule"],
         )?;
         let rewrites = rule_names
             .iter()
             .map(|n| rewrites_vec.get_metric_with_label_values(&[n]))
             .collect::<Result<_, _>>()?;
-        let refused_by_edge = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_http_edge_responses_total",
-                "Responses the edge wrote itself instead of proxying, by reason.",
-            ),
+        let edge_vec = counter_vec(
+            &mut reg,
+            "registry_edge_http_edge_responses_total",
+            "Responses the edge wrote itself instead of proxying, by reason.",
             &["reason"],
         )?;
-        let policy_decisions = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_access_refusals_total",
-                "Requests the access policy refused (mode=detect: would have refused), by reason.",
-            ),
+        let edge_responses = EDGE_REASONS
+            .iter()
+            .map(|r| edge_vec.get_metric_with_label_values(&[r]))
+            .collect::<Result<_, _>>()?;
+        let refusal_vec = counter_vec(
+            &mut reg,
+            "registry_edge_access_refusals_total",
+            "Requests the access policy refused (mode=detect: would have refused), by reason.",
             &["reason", "mode"],
         )?;
-        let upstream_requests = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_upstream_requests_total",
-                "Requests served by an upstream (the attempt that answered).",
-            ),
+        let refusals = POLICY_REASONS
+            .iter()
+            .map(|r| {
+                Ok([
+                    refusal_vec.get_metric_with_label_values(&[r, "enforce"])?,
+                    refusal_vec.get_metric_with_label_values(&[r, "detect"])?,
+                ])
+            })
+            .collect::<Result<_, prometheus::Error>>()?;
+        let geo_vec = counter_vec(
+            &mut reg,
+            "registry_edge_geo_requests_total",
+            "Routed requests by the client's country (ISO code or unknown) and whether the address and country checks let them through.",
+            &["country", "decision"],
+        )?;
+        let mut geo = Vec::new();
+        let mut geo_index = HashMap::new();
+        for (i, c) in CountryCode::all().enumerate() {
+            geo_index.insert(c.bytes(), i);
+            geo.push([
+                geo_vec.get_metric_with_label_values(&[c.as_str(), "allowed"])?,
+                geo_vec.get_metric_with_label_values(&[c.as_str(), "refused"])?,
+            ]);
+        }
+        geo.push([
+            geo_vec.get_metric_with_label_values(&["unknown", "allowed"])?,
+            geo_vec.get_metric_with_label_values(&["unknown", "refused"])?,
+        ]);
+        let security_vec = counter_vec(
+            &mut reg,
+            "registry_edge_security_events_total",
+            "Security events (a client address crossing an abuse threshold), by kind.",
+            &["kind"],
+        )?;
+        let security = SECURITY_EVENTS
+            .iter()
+            .map(|k| security_vec.get_metric_with_label_values(&[k]))
+            .collect::<Result<_, _>>()?;
+        let blocks = reg.add(IntCounter::new(
+            "registry_edge_security_blocks_total",
+            "Client addresses blocked by access.auto_block (each block once).",
+        )?)?;
+        let upstream_requests = counter_vec(
+            &mut reg,
+            "registry_edge_upstream_requests_total",
+            "Requests served by an upstream (the attempt that answered).",
             &["upstream"],
         )?;
-        let upstream_failovers = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_upstream_failovers_total",
-                "Requests whose preferred regional upstream could not serve them (served by another region or the login server).",
-            ),
+        let upstream_failovers = counter_vec(
+            &mut reg,
+            "registry_edge_upstream_failovers_total",
+            "Requests whose preferred regional upstream could not serve them (served by another region or the login server).",
             &["upstream"],
         )?;
-        let upstream_healthy_peers = IntGaugeVec::new(
-            Opts::new(
-                "registry_edge_upstream_healthy_peers",
-                "Peers of an upstream currently healthy by the probes.",
-            ),
+        let upstream_healthy_peers = gauge_vec(
+            &mut reg,
+            "registry_edge_upstream_healthy_peers",
+            "Peers of an upstream currently healthy by the probes.",
             &["upstream"],
         )?;
-        let peer_healthy = IntGaugeVec::new(
-            Opts::new(
-                "registry_edge_upstream_peer_healthy",
-                "1 when a peer of an upstream is healthy by the probes.",
-            ),
+        let peer_healthy = gauge_vec(
+            &mut reg,
+            "registry_edge_upstream_peer_healthy",
+            "1 when a peer of an upstream is healthy by the probes.",
             &["upstream", "region", "peer"],
         )?;
-        let health_transitions = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_upstream_health_transitions_total",
-                "Peers marked down or up by the probes.",
-            ),
+        let health_transitions = counter_vec(
+            &mut reg,
+            "registry_edge_upstream_health_transitions_total",
+            "Peers marked down or up by the probes.",
             &["upstream", "to"],
         )?;
-        let upstream_connect_errors = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_upstream_connect_errors_total",
-                "Failed connections to an upstream peer.",
-            ),
+        let upstream_connect_errors = counter_vec(
+            &mut reg,
+            "registry_edge_upstream_connect_errors_total",
+            "Failed connections to an upstream peer.",
             &["upstream"],
         )?;
-        let upstream_retries = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_upstream_retries_total",
-                "Requests retried on another connection or peer.",
-            ),
+        let upstream_retries = counter_vec(
+            &mut reg,
+            "registry_edge_upstream_retries_total",
+            "Requests retried on the next peer or region.",
             &["upstream"],
         )?;
-        let upstream_peers = IntGaugeVec::new(
-            Opts::new(
-                "registry_edge_upstream_peers",
-                "Peers currently known for an upstream (resolved or configured).",
-            ),
+        let upstream_peers = gauge_vec(
+            &mut reg,
+            "registry_edge_upstream_peers",
+            "Peers currently known for an upstream (resolved or configured).",
             &["upstream"],
         )?;
-        let upstream_resolve_failures = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_upstream_resolve_failures_total",
-                "Failed name resolutions of an upstream (the last good set is kept).",
-            ),
+        let upstream_resolve_failures = counter_vec(
+            &mut reg,
+            "registry_edge_upstream_resolve_failures_total",
+            "Failed name resolutions of an upstream (the last good set is kept).",
             &["upstream"],
         )?;
-        let ready = IntGauge::new(
+        let upstream_duration = reg.add(HistogramVec::new(
+            HistogramOpts::new(
+                "registry_edge_upstream_duration_seconds",
+                "Time from the first upstream attempt to the end of the response, by the upstream that answered.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["upstream"],
+        )?)?;
+        let ready = reg.add(IntGauge::new(
             "registry_edge_ready",
             "1 when the edge takes traffic (upstreams resolved, not draining).",
-        )?;
-        registry.register(Box::new(requests_vec))?;
-        registry.register(Box::new(duration_vec))?;
-        registry.register(Box::new(bytes_sent.clone()))?;
-        registry.register(Box::new(rewrites_vec))?;
-        registry.register(Box::new(refused_by_edge.clone()))?;
-        registry.register(Box::new(policy_decisions.clone()))?;
-        registry.register(Box::new(upstream_requests.clone()))?;
-        registry.register(Box::new(upstream_failovers.clone()))?;
-        registry.register(Box::new(upstream_healthy_peers.clone()))?;
-        registry.register(Box::new(peer_healthy.clone()))?;
-        registry.register(Box::new(health_transitions.clone()))?;
-        registry.register(Box::new(upstream_connect_errors.clone()))?;
-        registry.register(Box::new(upstream_retries.clone()))?;
-        registry.register(Box::new(upstream_peers.clone()))?;
-        registry.register(Box::new(upstream_resolve_failures.clone()))?;
-        registry.register(Box::new(ready.clone()))?;
-        let geo_reloads = IntCounterVec::new(
-            Opts::new(
-                "registry_edge_geoip_reloads_total",
-                "GeoIP database replacements, by result (ok, refused).",
-            ),
+        )?)?;
+        let geo_reloads = counter_vec(
+            &mut reg,
+            "registry_edge_geoip_reloads_total",
+            "GeoIP database replacements, by result (ok, refused).",
             &["result"],
         )?;
-        let geo_build_epoch = IntGauge::new(
+        let geo_build_epoch = reg.add(IntGauge::new(
             "registry_edge_geoip_build_timestamp_seconds",
             "Build time (Unix seconds) of the GeoIP database in use.",
+        )?)?;
+        let certificate_expiry = gauge_vec(
+            &mut reg,
+            "registry_edge_tls_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix seconds) of each listener certificate in use, by listener and file.",
+            &["listener", "certificate"],
         )?;
-        registry.register(Box::new(geo_reloads.clone()))?;
-        registry.register(Box::new(geo_build_epoch.clone()))?;
+        let open_connections = reg.add(IntGauge::new(
+            "registry_edge_http_open_connections",
+            "Client connections currently open on the proxy listeners.",
+        )?)?;
+        let access_log_dropped = reg.add(IntCounter::new(
+            "registry_edge_access_log_dropped_lines_total",
+            "Access log lines dropped because the writer fell behind.",
+        )?)?;
         Ok(Metrics {
-            registry,
+            registry: reg.registry,
+            names: reg.names,
             requests,
             durations,
             bytes_sent,
+            bytes_received,
             rewrites,
-            refused_by_edge,
-            policy_decisions,
+            edge_responses,
+            refusals,
+            geo,
+            geo_index,
+            security,
+            blocks,
             upstream_requests,
             upstream_failovers,
             upstream_healthy_peers,
@@ -254,10 +392,19 @@ impl Metrics {
             upstream_retries,
             upstream_peers,
             upstream_resolve_failures,
+            upstream_duration,
             ready,
             geo_reloads,
             geo_build_epoch,
+            certificate_expiry,
+            open_connections,
+            access_log_dropped,
         })
+    }
+
+    /// Every metric name registered, for the documentation test.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     pub fn upstream(&self, name: &str) -> Result<UpstreamMetrics, prometheus::Error> {
@@ -281,16 +428,46 @@ impl Metrics {
             resolve_failures: self
                 .upstream_resolve_failures
                 .get_metric_with_label_values(&[name])?,
+            duration: self
+                .upstream_duration
+                .get_metric_with_label_values(&[name])?,
         })
     }
 
-    pub fn request(&self, route: usize, method: usize, status: u16, seconds: f64) {
-        let i = (route * METHODS.len() + method) * STATUS_CLASSES.len() + status_index(status);
+    pub fn request(&self, route: usize, method: usize, status: u16, decision: usize, seconds: f64) {
+        let i = ((route * METHODS.len() + method) * STATUS_CLASSES.len() + status_index(status))
+            * DECISIONS.len()
+            + decision.min(DECISIONS.len() - 1);
         if let Some(c) = self.requests.get(i) {
             c.inc();
         }
         if let Some(h) = self.durations.get(route) {
             h.observe(seconds);
+        }
+    }
+
+    pub fn edge_response(&self, reason: &str) {
+        if let Some(i) = EDGE_REASONS.iter().position(|r| *r == reason) {
+            self.edge_responses[i].inc();
+        }
+    }
+
+    pub fn refusal(&self, reason: &str, detect: bool) {
+        if let Some(i) = POLICY_REASONS.iter().position(|r| *r == reason) {
+            self.refusals[i][usize::from(detect)].inc();
+        }
+    }
+
+    pub fn geo(&self, country: Option<[u8; 2]>, refused: bool) {
+        let i = country
+            .and_then(|c| self.geo_index.get(&c).copied())
+            .unwrap_or(self.geo.len() - 1);
+        self.geo[i][usize::from(refused)].inc();
+    }
+
+    pub fn security_event(&self, kind: &str) {
+        if let Some(i) = SECURITY_EVENTS.iter().position(|k| *k == kind) {
+            self.security[i].inc();
         }
     }
 
@@ -301,5 +478,61 @@ impl Metrics {
         // metric family, which registration already refused.
         let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/metrics.md lists exactly the metrics registered here.
+    #[test]
+    fn documentation_lists_every_metric() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/metrics.md"
+        ))
+        .unwrap();
+        let mut documented: Vec<String> = doc
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .filter(|n| n.starts_with("registry_edge_"))
+            .map(str::to_owned)
+            .collect();
+        documented.sort();
+        let m = Metrics::new(&["r".into()]).unwrap();
+        let mut registered = m.names().to_vec();
+        registered.sort();
+        let missing: Vec<_> = registered
+            .iter()
+            .filter(|n| !documented.contains(n))
+            .collect();
+        let stale: Vec<_> = documented
+            .iter()
+            .filter(|n| !registered.contains(n))
+            .collect();
+        assert!(missing.is_empty(), "undocumented metrics: {missing:?}");
+        assert!(stale.is_empty(), "documented but not registered: {stale:?}");
+    }
+
+    #[test]
+    fn every_label_combination_is_resolved_up_front() {
+        let m = Metrics::new(&[]).unwrap();
+        assert_eq!(
+            m.requests.len(),
+            ROUTES.len() * METHODS.len() * STATUS_CLASSES.len() * DECISIONS.len()
+        );
+        m.request(2, 0, 206, 0, 0.1);
+        m.geo(Some(*b"CU"), true);
+        m.geo(Some(*b"ZZ"), false);
+        m.geo(None, false);
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("registry_edge_http_requests_total{decision=\"proxied\",method=\"GET\",route=\"data\",status_class=\"2xx\"} 1"));
+        assert!(text
+            .contains("registry_edge_geo_requests_total{country=\"CU\",decision=\"refused\"} 1"));
+        assert!(text.contains(
+            "registry_edge_geo_requests_total{country=\"unknown\",decision=\"allowed\"} 2"
+        ));
     }
 }

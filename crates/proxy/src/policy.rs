@@ -88,6 +88,11 @@ impl Policy {
         }
     }
 
+    /// The address is in `allow_cidrs`.
+    pub fn allowed(&self, ip: IpAddr) -> bool {
+        self.allow.contains(ip)
+    }
+
     /// Some repositories are hidden: paths and token scopes must be inspected.
     pub fn filters_repositories(&self) -> bool {
         !self.repositories.everything()

@@ -55,6 +55,10 @@ pub struct Shared {
     /// writes itself.
     pub service_name: arc_swap::ArcSwapOption<String>,
     pub selector: crate::select::Selector,
+    pub security: crate::security::Security,
+    /// Per-process random prefix of request ids.
+    pub id_prefix: u64,
+    pub id_counter: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -83,6 +87,10 @@ pub struct Ctx {
     /// The policy's verdict: `None` passed; `Some(reason)` refused (or would be, in detect mode).
     decision: Option<&'static str>,
     token_path: bool,
+    /// Sent upstream as X-Request-Id and written in the access log.
+    request_id: String,
+    /// When the first upstream attempt started.
+    upstream_start: Option<Instant>,
     /// A token POST whose form body is being collected to drop hidden repositories' scopes.
     token_body: Option<Vec<u8>>,
     host: String,
@@ -225,6 +233,56 @@ impl Edge {
         Ok(true)
     }
 
+    /// Feeds the security event tracker with what this request showed; writes and counts events.
+    fn observe_security(&self, session: &Session, ctx: &Ctx, status: u16) {
+        use crate::security::Observation;
+        let Some(client) = ctx.client_ip else { return };
+        let req = session.req_header();
+        let path = req.uri.path();
+        let mut observations = Vec::new();
+        if ctx.decision == Some("embargo") {
+            observations.push(Observation::EmbargoHit);
+        }
+        if ctx.token_path && (status == 401 || status == 403) {
+            observations.push(Observation::TokenFailure);
+        }
+        // Scanning: names refused as hidden, or absent at the registry on manifests and tags
+        // (a push's 404s on blobs are normal).
+        let named = ctx.decision == Some("not_public")
+            || (status == 404 && (path.contains("/manifests/") || path.ends_with("/tags/list")));
+        let target = if named {
+            crate::repo::target(path, req.uri.query())
+        } else {
+            crate::repo::Target::NoRepository
+        };
+        let first_name = match &target {
+            crate::repo::Target::Repositories(names) => names.first().map(|n| n.as_ref()),
+            crate::repo::Target::Unparsed => Some(path),
+            _ => None,
+        };
+        if let Some(name) = first_name {
+            observations.push(Observation::RepositoryMiss(name));
+        }
+        let exempt = self.shared.policy.allowed(client);
+        for obs in observations {
+            if let Some(ev) = self.shared.security.observe(client, obs, exempt) {
+                self.shared.metrics.security_event(ev.kind.name());
+                if ev.blocked_until_ms.is_some() {
+                    self.shared.metrics.blocks.inc();
+                }
+                self.shared.access_log.write_event(serde_json::json!({
+                    "event": ev.kind.name(),
+                    "client": client.to_string(),
+                    "count": ev.count,
+                    "window_s": self.shared.config.access.security_events.window.as_secs(),
+                    "blocked_for_s": ev.blocked_until_ms.map(|until| {
+                        until.saturating_sub(crate::health::now_ms()) / 1000
+                    }),
+                }));
+            }
+        }
+    }
+
     /// GET and HEAD may go to the next candidate, within the attempt bound.
     fn may_retry(&self, session: &Session, ctx: &Ctx) -> bool {
         let method = &session.req_header().method;
@@ -235,6 +293,18 @@ impl Edge {
     /// Runs the access policy for a routed request.
     fn policy(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
         let client = ctx.client_ip?;
+        if self.shared.security.blocked(client) && !self.shared.policy.allowed(client) {
+            return Some(Refusal {
+                status: 403,
+                code: "DENIED",
+                reason: "auto_block",
+                message: "this address is temporarily refused after repeated suspicious requests"
+                    .into(),
+                retry_after: None,
+                allow: None,
+                challenge_scope: None,
+            });
+        }
         let req = session.req_header();
         let path = req.uri.path();
         ctx.token_path = ctx.route == Some(Route::Token)
@@ -304,11 +374,7 @@ impl Edge {
     /// Answers with one of the edge's own responses, under the same header policy.
     async fn answer(&self, session: &mut Session, ctx: &mut Ctx, r: &EdgeResponse) -> Result<()> {
         ctx.edge_reason = Some(r.reason);
-        self.shared
-            .metrics
-            .refused_by_edge
-            .with_label_values(&[r.reason])
-            .inc();
+        self.shared.metrics.edge_response(r.reason);
         let mut header = r.header(session.req_header().uri.path())?;
         self.rewrite_response(session, &mut header, ctx);
         r.write(session, header).await
@@ -420,8 +486,10 @@ impl ProxyHttp for Edge {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
+        let n = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
         Ctx {
             start: Some(Instant::now()),
+            request_id: format!("{:016x}{n:016x}", self.shared.id_prefix),
             ..Ctx::default()
         }
     }
@@ -473,16 +541,7 @@ impl ProxyHttp for Edge {
         ctx.decision = Some(refusal.reason);
         self.shared
             .metrics
-            .policy_decisions
-            .with_label_values(&[
-                refusal.reason,
-                if self.shared.policy.detect_only() {
-                    "detect"
-                } else {
-                    "enforce"
-                },
-            ])
-            .inc();
+            .refusal(refusal.reason, self.shared.policy.detect_only());
         if self.shared.policy.detect_only() {
             return self.plan_or_refuse(session, ctx).await;
         }
@@ -499,6 +558,7 @@ impl ProxyHttp for Edge {
             ));
         };
         ctx.current = Some(id);
+        ctx.upstream_start.get_or_insert_with(Instant::now);
         Ok(self.shared.upstreams.get(id).http_peer(addr))
     }
 
@@ -613,6 +673,7 @@ impl ProxyHttp for Edge {
                 }
             }
         }
+        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
         let uri = session.req_header().uri.to_string();
         let request_headers = session.req_header().headers.clone();
@@ -714,22 +775,43 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let m = &self.shared.metrics;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let detect = self.shared.policy.detect_only();
+        let decision = if ctx.decision.is_some() && !detect {
+            1
+        } else if e.is_some() {
+            3
+        } else if ctx.edge_reason.is_some() {
+            2
+        } else {
+            0
+        };
         let req = session.req_header();
-        self.shared.metrics.request(
+        m.request(
             route_index(ctx.route),
             method_index(&req.method),
             status,
+            decision,
             elapsed,
         );
-        self.shared
-            .metrics
-            .bytes_sent
-            .inc_by(session.body_bytes_sent() as u64);
+        m.bytes_sent.inc_by(session.body_bytes_sent() as u64);
+        m.bytes_received.inc_by(session.body_bytes_read() as u64);
+        if ctx.route.is_some() && ctx.client_ip.is_some() {
+            let refused = matches!(
+                ctx.decision,
+                Some("deny_cidr" | "embargo" | "unknown_country")
+            );
+            m.geo(ctx.country, refused);
+        }
         if let Some(id) = ctx.current {
             let ups = &self.shared.upstreams;
-            ups.get(id).metrics.requests.inc();
+            let pool = ups.get(id);
+            pool.metrics.requests.inc();
+            if let Some(t) = ctx.upstream_start {
+                pool.metrics.duration.observe(t.elapsed().as_secs_f64());
+            }
             // Served elsewhere than the region the client's location prefers: a failover.
             if let Some(p) = ctx.preferred {
                 if id != PoolId::Regional(p) {
@@ -738,11 +820,17 @@ impl ProxyHttp for Edge {
             }
         }
         for &i in &ctx.rules {
-            if let Some(c) = self.shared.metrics.rewrites.get(i) {
+            if let Some(c) = m.rewrites.get(i) {
                 c.inc();
             }
         }
+        self.observe_security(session, ctx, status);
+        let region = ctx
+            .current
+            .and_then(|id| self.shared.upstreams.get(id).region.as_deref());
+        let req = session.req_header();
         self.shared.access_log.write(AccessEvent {
+            request_id: &ctx.request_id,
             client_ip: ctx.client_ip,
             country: ctx.country,
             decision: ctx.decision,
@@ -756,6 +844,7 @@ impl ProxyHttp for Edge {
             upstream: ctx
                 .current
                 .map(|id| self.shared.upstreams.get(id).name.as_str()),
+            region,
             edge: ctx.edge_reason,
             rules: ctx
                 .rules

@@ -26,10 +26,14 @@ pub enum TlsError {
 struct Loaded {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
+    /// Unix seconds.
+    not_after: i64,
 }
 
 #[derive(Debug, Default)]
 struct CertSet {
+    /// (certificate file, expiry in Unix seconds), in configuration order.
+    expiries: Vec<(String, i64)>,
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` stored as `example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -46,6 +50,11 @@ impl SniResolver {
         Ok(SniResolver {
             set: ArcSwap::from_pointee(build_set(pairs)?),
         })
+    }
+
+    /// Each certificate file with its leaf's expiry (Unix seconds).
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        self.set.load().expiries.clone()
     }
 
     /// Replaces the whole set at once; handshakes in progress keep the set they started with.
@@ -81,6 +90,8 @@ fn build_set(pairs: &[CertificatePair]) -> Result<CertSet, TlsError> {
     let mut set = CertSet::default();
     for pair in pairs {
         let loaded = load_pair(&pair.cert, &pair.key)?;
+        set.expiries
+            .push((pair.cert.display().to_string(), loaded.not_after));
         if set.default.is_none() {
             set.default = Some(loaded.key.clone());
         }
@@ -116,7 +127,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     let Some(leaf) = chain.first() else {
         return Err(file_error(cert, "holds no certificate"));
     };
-    let names = certificate_names(leaf).map_err(|e| file_error(cert, e))?;
+    let (names, not_after) = certificate_names(leaf).map_err(|e| file_error(cert, e))?;
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| file_error(key, format!("no usable PEM private key: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();
@@ -125,11 +136,12 @@ fn load_pair(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     Ok(Loaded {
         key: Arc::new(certified),
         names,
+        not_after,
     })
 }
 
-/// DNS names of the leaf (subjectAltName, else the common name), lower case.
-fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// DNS names of the leaf (subjectAltName, else the common name), lower case, and its expiry.
+fn certificate_names(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("certificate does not parse: {e}"))?;
     let mut names = Vec::new();
@@ -147,5 +159,5 @@ fn certificate_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(names)
+    Ok((names, cert.validity().not_after.timestamp()))
 }

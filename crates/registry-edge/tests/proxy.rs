@@ -379,6 +379,16 @@ fn respond(
                     ],
                     b"",
                 )
+            } else if path.starts_with("/oauth2/token")
+                && req.header("authorization") == Some("Basic d3Jvbmc6d3Jvbmc=")
+            {
+                fixed(
+                    401,
+                    &[],
+                    b"{\"details\":\"incorrect username or password\"}",
+                )
+            } else if path.ends_with("/blobs/sha256:missing") {
+                fixed(404, &[api], b"{\"errors\":[{\"code\":\"BLOB_UNKNOWN\"}]}")
             } else if path.contains("/blobs/") {
                 let data = data.unwrap_or_default();
                 fixed(
@@ -2233,4 +2243,343 @@ registry:
 fn get_ok(admin: u16) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
     Some(send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n").status)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observability: counts after a scripted series, secrets kept out of the log, security events.
+
+fn metrics_text(admin: u16) -> String {
+    String::from_utf8(get(admin, "a", "/metrics", "").body).unwrap()
+}
+
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn metrics_log_and_security_events() {
+    let extra = r#"access:
+  repositories: { allow: ["team/*"] }
+  security_events: { window: 60s, repository_scan: 5, failed_token_requests: 3, embargo_hits: 5 }
+  auto_block: { after: 1, window: 10m, duration: 10m }
+  allow_cidrs: ["127.0.6.200/32"]
+"#;
+    let edge = start_edge_with("observe", HTTP_OPTS, extra);
+    let host = format!("registry.test:{}", edge.http);
+    let data_host = format!("data.test:{}", edge.http);
+
+    // A scripted series.
+    for _ in 0..3 {
+        assert_eq!(
+            get_from("127.0.6.1", edge.http, &host, "/v2/", "").status,
+            401
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            get_from("127.0.6.1", edge.http, "nowhere.example", "/v2/", "").status,
+            421
+        );
+    }
+    assert_eq!(
+        get_from(
+            "127.0.6.1",
+            edge.http,
+            &host,
+            &format!("/v2/team/app/blobs/{DIGEST}"),
+            ""
+        )
+        .status,
+        307
+    );
+    let r = get_from(
+        "127.0.6.1",
+        edge.http,
+        &data_host,
+        &format!("/blob?{SAS}&size=1000"),
+        "",
+    );
+    assert_eq!((r.status, r.body.len()), (200, 1000));
+    assert_eq!(
+        get_from(
+            "127.0.6.1",
+            edge.http,
+            &format!("down.test:{}", edge.http),
+            &format!("/x?{SAS}"),
+            ""
+        )
+        .status,
+        502
+    );
+    // `logging` runs after the response is written: wait until all eight are counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let m = loop {
+        let m = metrics_text(edge.admin);
+        let total: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("registry_edge_http_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if total >= 8.0 || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let req = |route: &str, class: &str, decision: &str| {
+        sample(&m, &format!("registry_edge_http_requests_total{{decision=\"{decision}\",method=\"GET\",route=\"{route}\",status_class=\"{class}\"}}"))
+    };
+    assert_eq!(req("login", "4xx", "proxied"), 3.0);
+    assert_eq!(req("none", "4xx", "edge"), 2.0);
+    assert_eq!(req("login", "3xx", "proxied"), 1.0);
+    assert_eq!(req("data", "2xx", "proxied"), 1.0);
+    assert_eq!(
+        req("data", "5xx", "error"),
+        1.0,
+        "{}",
+        m.lines()
+            .filter(|l| l.starts_with("registry_edge_http_requests_total") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_http_edge_responses_total{reason=\"unknown_host\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_http_edge_responses_total{reason=\"upstream_error\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_rewrites_applied_total{rule=\"registry:www-authenticate\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_rewrites_applied_total{rule=\"registry:location\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_upstream_requests_total{upstream=\"login\"}"
+        ),
+        4.0
+    );
+    assert!(sample(&m, "registry_edge_http_response_body_bytes_total") >= 1000.0);
+    assert!(sample(&m, "registry_edge_http_open_connections") >= 0.0);
+    assert!(m.contains("registry_edge_tls_certificate_expiry_timestamp_seconds{certificate="));
+
+    // A normal pull and push raise no event: the 401 on /v2/, a token, manifests, blobs, and the
+    // 404s a push gets probing for blobs the registry does not have yet.
+    let normal = "127.0.6.2";
+    assert_eq!(get_from(normal, edge.http, &host, "/v2/", "").status, 401);
+    assert_eq!(
+        get_from(
+            normal,
+            edge.http,
+            &host,
+            "/oauth2/token?scope=repository:team/app:pull,push",
+            ""
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get_from(
+            normal,
+            edge.http,
+            &host,
+            "/v2/team/app/manifests/1",
+            "Authorization: Bearer t\r\n"
+        )
+        .status,
+        200
+    );
+    for _ in 0..12 {
+        let mut s = connect_from(normal, edge.http);
+        let r = send(&mut s, &format!("HEAD /v2/team/app/blobs/sha256:missing HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer t\r\n\r\n"));
+        assert_eq!(r.status, 404);
+    }
+    let mut s = connect_from(normal, edge.http);
+    let r = send(&mut s, &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer t\r\nContent-Length: 0\r\n\r\n"));
+    assert_eq!(r.status, 202);
+
+    // A scanner walking repository names: one event, then blocked.
+    let scanner = "127.0.6.3";
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(
+            get_from(
+                scanner,
+                edge.http,
+                &host,
+                &format!("/v2/guess{i}/app/manifests/latest"),
+                "",
+            )
+            .status,
+        );
+        // Observations are made in `logging`, just after the response: let it run.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(&statuses[..5], &[401; 5], "{statuses:?}");
+    assert_eq!(&statuses[5..], &[403; 3], "{statuses:?}");
+    let r = get_from(scanner, edge.http, &host, "/v2/", "");
+    assert_oci_error(&r, 403, "DENIED");
+    // An address of allow_cidrs raises the event but is never blocked.
+    for i in 0..8 {
+        assert_eq!(
+            get_from(
+                "127.0.6.200",
+                edge.http,
+                &host,
+                &format!("/v2/guess{i}/x/manifests/1"),
+                ""
+            )
+            .status,
+            401
+        );
+    }
+    // Credential guessing: failed token requests (the test token server refuses wrong:wrong).
+    for _ in 0..3 {
+        let r = get_from(
+            "127.0.6.5",
+            edge.http,
+            &host,
+            "/oauth2/token?service=x",
+            "Authorization: Basic d3Jvbmc6d3Jvbmc=\r\n",
+        );
+        assert_eq!(r.status, 401);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get_from("127.0.6.5", edge.http, &host, "/oauth2/token?service=x", "").status,
+        403,
+        "blocked after guessing"
+    );
+    let m = metrics_text(edge.admin);
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_security_events_total{kind=\"credential_guessing\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_security_events_total{kind=\"repository_scan\"}"
+        ),
+        2.0
+    );
+    assert_eq!(sample(&m, "registry_edge_security_blocks_total"), 2.0);
+    assert_eq!(
+        sample(
+            &m,
+            "registry_edge_access_refusals_total{mode=\"enforce\",reason=\"auto_block\"}"
+        ),
+        5.0
+    );
+
+    // Secrets never reach a line: Basic and Bearer credentials, cookies, SAS signatures in
+    // queries and paths, tokens in query strings and in token POST bodies.
+    let secrets = [
+        (
+            "Authorization: Basic c2VjcmV0LXVzZXI6c2VjcmV0LXBhc3M=\r\n",
+            "/v2/",
+            host.as_str(),
+        ),
+        (
+            "Authorization: Bearer secret-bearer-token\r\n",
+            "/v2/team/app/manifests/1",
+            host.as_str(),
+        ),
+        ("Cookie: session=secret-cookie\r\n", "/v2/", host.as_str()),
+        (
+            "",
+            "/blob;sig=secret-path-sig/x?sig=secret-query-sig&size=10",
+            data_host.as_str(),
+        ),
+        (
+            "",
+            "/oauth2/token?access_token=secret-query-token&refresh_token=secret-refresh",
+            host.as_str(),
+        ),
+    ];
+    for (header, target, h) in secrets {
+        let _ = get_from("127.0.6.4", edge.http, h, target, header);
+    }
+    let body = "grant_type=password&username=u&password=secret-form-password";
+    let mut s = connect_from("127.0.6.4", edge.http);
+    let r = send(
+        &mut s,
+        &format!("POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = std::fs::read_to_string(edge.dir.join("access.log")).unwrap();
+    for secret in [
+        "c2VjcmV0",
+        "secret-user",
+        "secret-bearer-token",
+        "secret-cookie",
+        "secret-path-sig",
+        "secret-query-sig",
+        "secret-query-token",
+        "secret-refresh",
+        "secret-form-password",
+        "AbC%2B",
+    ] {
+        assert!(!log.contains(secret), "{secret} leaked into the access log");
+    }
+    // Every request line has a request id, and the same id went upstream.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("event").is_some()).collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "repository_scan")
+            .count(),
+        2
+    );
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "credential_guessing" && e["client"] == "127.0.6.5"));
+    assert_eq!(events.iter().filter(|e| e["client"] == scanner).count(), 1);
+    assert!(events
+        .iter()
+        .any(|e| e["client"] == "127.0.6.200" && e["blocked_for_s"].is_null()));
+    assert!(lines
+        .iter()
+        .all(|l| l.get("event").is_some()
+            || l["request_id"].as_str().is_some_and(|id| id.len() == 32)));
+    let last_login = edge
+        .login
+        .seen
+        .lock()
+        .unwrap()
+        .last()
+        .map(|r| r.header("x-request-id").unwrap_or_default().to_string())
+        .unwrap();
+    assert!(
+        lines.iter().any(|l| l["request_id"] == last_login.as_str()),
+        "the upstream saw a logged request id"
+    );
 }
