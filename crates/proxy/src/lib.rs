@@ -94,7 +94,25 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
             .geo_build_epoch
             .set(db.current().build_epoch() as i64);
     }
+    let mut certificates = Vec::new();
+    for listener in &config.listeners {
+        if let Some(tls) = &listener.tls {
+            let resolver = Arc::new(tls::SniResolver::load(&tls.certificates)?);
+            for (file, expiry) in resolver.expiries() {
+                metrics
+                    .certificate_expiry
+                    .with_label_values(&[&listener.address.to_string(), &file])
+                    .set(expiry);
+            }
+            certificates.push(tls::Watched::new(
+                listener.address.to_string(),
+                tls.certificates.clone(),
+                resolver,
+            ));
+        }
+    }
     let shared = Arc::new(Shared {
+        certificates,
         policy: policy::Policy::new(&config.access),
         trusted_proxies: registry_edge_geo::CidrSet::new(&config.clients.trusted_proxies),
         geo,
@@ -163,22 +181,19 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
             },
         );
         let mut endpoint = ListenerConfig::tcp(listener.address.to_string());
-        if let Some(tls) = &listener.tls {
-            let resolver = tls::SniResolver::load(&tls.certificates)?;
-            for (file, expiry) in resolver.expiries() {
-                shared
-                    .metrics
-                    .certificate_expiry
-                    .with_label_values(&[&listener.address.to_string(), &file])
-                    .set(expiry);
-            }
+        if listener.tls.is_some() {
+            let address = listener.address.to_string();
+            let Some(watched) = shared.certificates.iter().find(|w| w.listener == address) else {
+                continue;
+            };
+            let resolver = watched.resolver.clone();
             let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| {
                 BuildError::Tls(tls::TlsError::File {
                     path: listener.address.to_string(),
                     message: e.to_string(),
                 })
             })?;
-            settings.set_cert_resolver(Arc::new(resolver));
+            settings.set_cert_resolver(resolver);
             settings.enable_h2();
             endpoint = endpoint.tls(settings);
         }
@@ -229,6 +244,7 @@ impl BackgroundService for Maintenance {
                 last_resolve = Some(tokio::time::Instant::now());
             }
             self.check_geo().await;
+            self.check_certificates().await;
             self.shared
                 .metrics
                 .ready
@@ -248,6 +264,42 @@ impl BackgroundService for Maintenance {
 }
 
 impl Maintenance {
+    /// Picks up replaced certificate and key files; a broken set is refused, the old one kept.
+    async fn check_certificates(&self) {
+        if self.shared.certificates.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            shared
+                .certificates
+                .iter()
+                .map(|w| (w.listener.clone(), w.check(), w.resolver.expiries()))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(outcomes) = outcomes else { return };
+        let m = &self.shared.metrics;
+        for (listener, outcome, expiries) in outcomes {
+            match outcome {
+                tls::CertCheck::Unchanged => {}
+                tls::CertCheck::Reloaded => {
+                    m.certificate_reloads.with_label_values(&["ok"]).inc();
+                    for (file, expiry) in expiries {
+                        m.certificate_expiry
+                            .with_label_values(&[&listener, &file])
+                            .set(expiry);
+                    }
+                    log::info!("listener {listener}: certificates reloaded");
+                }
+                tls::CertCheck::Refused(e) => {
+                    m.certificate_reloads.with_label_values(&["refused"]).inc();
+                    log::error!("listener {listener}: new certificates refused, keeping the current ones: {e}");
+                }
+            }
+        }
+    }
+
     /// Reads a replaced database off the async threads; the swap itself is atomic.
     async fn check_geo(&self) {
         if self.shared.config.geoip.as_ref().is_none_or(|g| !g.reload) {

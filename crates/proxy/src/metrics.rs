@@ -146,6 +146,7 @@ pub struct Metrics {
     pub geo_reloads: IntCounterVec,
     pub geo_build_epoch: IntGauge,
     pub certificate_expiry: IntGaugeVec,
+    pub certificate_reloads: IntCounterVec,
     pub open_connections: IntGauge,
     pub access_log_dropped: IntCounter,
 }
@@ -361,6 +362,12 @@ impl Metrics {
             "Expiry (Unix seconds) of each listener certificate in use, by listener and file.",
             &["listener", "certificate"],
         )?;
+        let certificate_reloads = counter_vec(
+            &mut reg,
+            "registry_edge_tls_certificate_reloads_total",
+            "Replaced certificate or key files picked up, by result (ok, refused: the old ones stay).",
+            &["result"],
+        )?;
         let open_connections = reg.add(IntGauge::new(
             "registry_edge_http_open_connections",
             "Client connections currently open on the proxy listeners.",
@@ -397,6 +404,7 @@ impl Metrics {
             geo_reloads,
             geo_build_epoch,
             certificate_expiry,
+            certificate_reloads,
             open_connections,
             access_log_dropped,
         })

@@ -55,6 +55,8 @@ pub struct Shared {
     /// writes itself.
     pub service_name: arc_swap::ArcSwapOption<String>,
     pub selector: crate::select::Selector,
+    /// Each TLS listener's certificates, watched for rotation.
+    pub certificates: Vec<crate::tls::Watched>,
     pub security: crate::security::Security,
     /// Per-process random prefix of request ids.
     pub id_prefix: u64,

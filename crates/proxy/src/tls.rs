@@ -161,3 +161,75 @@ fn certificate_names(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), Str
     }
     Ok((names, cert.validity().not_after.timestamp()))
 }
+
+/// A listener's certificate files and resolver, watched for replacement.
+pub struct Watched {
+    pub listener: String,
+    pub pairs: Vec<CertificatePair>,
+    pub resolver: Arc<SniResolver>,
+    stamp: std::sync::Mutex<Vec<Option<FileStamp>>>,
+}
+
+/// What identifies a file's content without reading it: the target after symlinks, inode,
+/// size and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    target: std::path::PathBuf,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::canonicalize(path).ok()?;
+    let m = std::fs::metadata(&target).ok()?;
+    Some(FileStamp {
+        target,
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+    })
+}
+
+fn stamps(pairs: &[CertificatePair]) -> Vec<Option<FileStamp>> {
+    pairs
+        .iter()
+        .flat_map(|p| [stamp(&p.cert), stamp(&p.key)])
+        .collect()
+}
+
+/// The outcome of a check of a listener's files.
+pub enum CertCheck {
+    Unchanged,
+    Reloaded,
+    Refused(TlsError),
+}
+
+impl Watched {
+    pub fn new(listener: String, pairs: Vec<CertificatePair>, resolver: Arc<SniResolver>) -> Self {
+        let stamp = std::sync::Mutex::new(stamps(&pairs));
+        Watched {
+            listener,
+            pairs,
+            resolver,
+            stamp,
+        }
+    }
+
+    /// Reloads the listener's certificates when any file changed (replaced, copied over,
+    /// symlink swapped). A broken set is refused and the old one kept; the same broken files
+    /// are not retried until they change again. Blocking: reads files.
+    pub fn check(&self) -> CertCheck {
+        let now = stamps(&self.pairs);
+        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == now {
+            return CertCheck::Unchanged;
+        }
+        *last = now;
+        match self.resolver.reload(&self.pairs) {
+            Ok(()) => CertCheck::Reloaded,
+            Err(e) => CertCheck::Refused(e),
+        }
+    }
+}

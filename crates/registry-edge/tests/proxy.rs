@@ -2583,3 +2583,85 @@ fn metrics_log_and_security_events() {
         "the upstream saw a logged request id"
     );
 }
+
+#[test]
+fn certificate_rotation_without_restart() {
+    let edge = start_edge("rotate", HTTP_OPTS);
+    let url = format!("https://registry.test:{}/v2/", edge.tls);
+    let resolve = format!("registry.test:{}:127.0.0.1", edge.tls);
+    let status_with = |ca: &Path| {
+        curl(&[
+            "--cacert",
+            ca.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+        .0
+    };
+    assert_eq!(status_with(&edge.certs.ca), "401");
+
+    // New certificates from another CA.
+    let next = edge.dir.join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    let next_certs = make_certs(&next);
+    let reloads = |result: &str| {
+        sample(
+            &metrics_text(edge.admin),
+            &format!("registry_edge_tls_certificate_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    // A broken key first: refused, the old certificate keeps serving.
+    std::fs::write(edge.dir.join("registry.test.key.tmp"), "not a key").unwrap();
+    std::fs::rename(
+        edge.dir.join("registry.test.key.tmp"),
+        edge.dir.join("registry.test.key"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads("refused") < 1.0 {
+        assert!(Instant::now() < deadline, "a broken key was not refused");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        status_with(&edge.certs.ca),
+        "401",
+        "the old certificate still serves"
+    );
+    // Then the new pair, each file renamed into place.
+    for f in ["registry.test.pem", "registry.test.key"] {
+        std::fs::copy(next.join(f), edge.dir.join(format!("{f}.tmp"))).unwrap();
+        std::fs::rename(edge.dir.join(format!("{f}.tmp")), edge.dir.join(f)).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_with(&next_certs.ca) != "401" {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(
+        status_with(&edge.certs.ca),
+        "401",
+        "the old CA no longer verifies the listener"
+    );
+    assert!(reloads("ok") >= 1.0);
+    // The other certificate on the same listener was reloaded with it and still answers.
+    let data = curl(&[
+        "--cacert",
+        edge.certs.ca.to_str().unwrap(),
+        "--resolve",
+        &format!("data.test:{}:127.0.0.1", edge.tls),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://data.test:{}/echo?sig=1", edge.tls),
+    ]);
+    assert_eq!(data.0, "200", "{}", data.1);
+}
