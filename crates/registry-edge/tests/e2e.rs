@@ -91,7 +91,7 @@ fn skopeo_push(
     args.push(digestfile.display().to_string());
     args.push(format!("oci:{}:{}", image.layout.display(), image.tag));
     args.push(format!("docker://{LOGIN_HOST}:{port}/{repo}:{}", image.tag));
-    let tokens_before = h.token.hits.lock().unwrap().len();
+    let tokens_before = h.token.seen();
     h.skopeo(&format!("push {repo}"), &args, godebug);
     let pushed = std::fs::read_to_string(&digestfile).unwrap();
     assert_eq!(
@@ -99,7 +99,7 @@ fn skopeo_push(
         image.manifest_digest,
         "skopeo pushed another manifest"
     );
-    let hits = h.token.hits.lock().unwrap()[tokens_before..].to_vec();
+    let hits = h.token.token_requests_since(tokens_before);
     assert!(
         hits.iter().any(|t| t.grant == "basic"
             && t.granted
@@ -136,11 +136,11 @@ fn skopeo_pull(
     }
     args.push(format!("docker://{LOGIN_HOST}:{port}/{repo}:{}", image.tag));
     args.push(format!("oci:{}:{}", dest.display(), image.tag));
-    let tokens_before = h.token.hits.lock().unwrap().len();
+    let tokens_before = h.token.seen();
     let data_before = h.data.hits.lock().unwrap().len();
     h.skopeo(&format!("pull {repo}"), &args, godebug);
     image::assert_same(image, &dest);
-    let hits = h.token.hits.lock().unwrap()[tokens_before..].to_vec();
+    let hits = h.token.token_requests_since(tokens_before);
     assert!(
         !hits.is_empty() && hits.iter().all(|t| t.grant == "anonymous"),
         "the pull was not anonymous: {hits:?}"
@@ -420,9 +420,13 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
     let r = c.get(&location, &[&auth, "Range: bytes=0-1023"]);
     assert_eq!(r.status, 206, "{r:?}");
     assert_eq!(r.body, read_range(&big.path, 0, 1024));
-    let hits = h.data.hits.lock().unwrap()[data_before..].to_vec();
+    let hits: Vec<data::DataHit> = h.data.hits.lock().unwrap()[data_before..]
+        .iter()
+        .filter(|d| d.path == path)
+        .cloned()
+        .collect();
     assert!(
-        !hits.is_empty()
+        hits.len() == 1
             && hits
                 .iter()
                 .all(|d| !d.authorization && d.range.as_deref() == Some("bytes=0-1023")),
@@ -443,7 +447,7 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
     };
     let form_type = "Content-Type: application/x-www-form-urlencoded";
     let token_url = format!("{o}/oauth2/token");
-    let tokens_before = h.token.hits.lock().unwrap().len();
+    let tokens_before = h.token.seen();
     let r = c.send(
         "POST",
         &token_url,
@@ -489,7 +493,9 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
         token::claims(&access)["access"][0]["actions"],
         serde_json::json!(["pull", "push"])
     );
-    let grants: Vec<(String, String, u16)> = h.token.hits.lock().unwrap()[tokens_before..]
+    let grants: Vec<(String, String, u16)> = h
+        .token
+        .token_requests_since(tokens_before)
         .iter()
         .map(|t| (t.method.clone(), t.grant.clone(), t.status))
         .collect();

@@ -23,6 +23,7 @@ pub const ISSUER: &str = "registry-edge-e2e-token-server";
 #[derive(Clone, Debug)]
 pub struct TokenHit {
     pub method: String,
+    pub path: String,
     /// `anonymous`, `basic`, `password`, `refresh_token`, or `refused`.
     pub grant: String,
     pub service: Option<String>,
@@ -33,6 +34,7 @@ pub struct TokenHit {
 
 pub struct TokenServer {
     pub addr: SocketAddr,
+    /// Every request, the edge's health probes included.
     pub hits: Arc<Mutex<Vec<TokenHit>>>,
     /// PEM of the signing key's self-signed certificate: the registry's `rootcertbundle`.
     pub cert_pem: String,
@@ -159,12 +161,24 @@ impl State {
         };
         let mut hit = TokenHit {
             method: req.method.clone(),
+            path: req.path().to_string(),
             grant: "refused".into(),
             service: None,
             scopes: Vec::new(),
             granted: Vec::new(),
             status: 0,
         };
+        if req.path() == "/v2/" {
+            // The edge probes its upstreams with the login health check (GET /v2/, 401 healthy);
+            // ACR's realm lives on the login server itself, which answers so.
+            return (
+                json(
+                    401,
+                    serde_json::json!({"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}),
+                ),
+                hit,
+            );
+        }
         if req.path() != "/oauth2/token" {
             return (
                 json(404, serde_json::json!({"errors": [{"code": "NOT_FOUND"}]})),
@@ -330,6 +344,21 @@ pub fn start(rt: &tokio::runtime::Runtime, service: &str) -> TokenServer {
         hits,
         cert_pem,
         kid,
+    }
+}
+
+impl TokenServer {
+    /// How many requests it has seen so far.
+    pub fn seen(&self) -> usize {
+        self.hits.lock().expect("token log").len()
+    }
+    /// The token requests (`/oauth2/token`) from the `since`-th request on.
+    pub fn token_requests_since(&self, since: usize) -> Vec<TokenHit> {
+        self.hits.lock().expect("token log")[since..]
+            .iter()
+            .filter(|t| t.path == "/oauth2/token")
+            .cloned()
+            .collect()
     }
 }
 
