@@ -83,6 +83,12 @@ pub fn blob_redirect() -> (u16, HeaderMap) {
     (307, map)
 }
 
+/// The same redirect as a 302, the status the reference architecture's rules were written for.
+pub fn blob_redirect_302() -> (u16, HeaderMap) {
+    let (_, map) = blob_redirect();
+    (302, map)
+}
+
 /// `GET /v2/`: 401 with the Bearer challenge.
 pub fn challenge() -> (u16, HeaderMap) {
     let mut map = HeaderMap::new();

@@ -500,8 +500,16 @@ impl<'a> Validator<'a> {
             timeouts,
         );
         let token_server = raw.token_server.as_deref().and_then(|t| {
-            // The token server shares the login server's peers only by name: its own peers come
-            // from resolving it.
+            // Its peers come from resolving its name. A token server need not serve `/v2/`, so
+            // it is probed by connection, not with the login server's HTTP probe.
+            let probe = RawHealthCheck {
+                tcp: Some(true),
+                interval: raw.health_check.as_ref().and_then(|h| h.interval.clone()),
+                timeout: raw.health_check.as_ref().and_then(|h| h.timeout.clone()),
+                unhealthy_after: raw.health_check.as_ref().and_then(|h| h.unhealthy_after),
+                healthy_after: raw.health_check.as_ref().and_then(|h| h.healthy_after),
+                ..RawHealthCheck::default()
+            };
             self.upstream(
                 "registry",
                 "token_server",
@@ -509,8 +517,8 @@ impl<'a> Validator<'a> {
                 tls,
                 raw.ca_file.as_deref(),
                 &[],
-                raw.health_check.as_ref(),
-                false,
+                Some(&probe),
+                true,
                 timeouts,
             )
         });

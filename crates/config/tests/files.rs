@@ -129,3 +129,26 @@ fn no_files_skips_them() {
     )
     .unwrap();
 }
+
+#[test]
+fn token_server_is_probed_by_connection() {
+    let yaml = "version: 1\nlisteners: [{ address: \"127.0.0.1:1\" }]\nregistry:\n  login_server: reg.azurecr.io\n  public_host: acr.example.com\n  token_server: auth.example.net\n  health_check: { path: /v2/, interval: 3s, unhealthy_after: 4 }\n";
+    let c = parse(
+        yaml,
+        "t.yaml",
+        std::path::Path::new("."),
+        Options { check_files: false },
+    )
+    .unwrap();
+    let t = c.registry.token_server.unwrap();
+    assert!(matches!(
+        t.health_check.kind,
+        registry_edge_config::HealthCheckKind::Tcp
+    ));
+    assert_eq!(t.health_check.interval, std::time::Duration::from_secs(3));
+    assert_eq!(t.health_check.unhealthy_after, 4);
+    assert!(matches!(
+        c.registry.login.health_check.kind,
+        registry_edge_config::HealthCheckKind::Http { .. }
+    ));
+}

@@ -114,6 +114,10 @@ impl HeaderStore for ResponseHeaders<'_> {
     fn headers(&self) -> &http::HeaderMap {
         &self.0.headers
     }
+    fn replace_one(&mut self, name: &http::HeaderName, value: http::HeaderValue) {
+        // One call through pingora's own method keeps its case map in step.
+        let _ = self.0.insert_header(name.clone(), value);
+    }
     fn replace_all(&mut self, name: &http::HeaderName, values: Vec<http::HeaderValue>) {
         self.0.remove_header(name);
         for v in values {
@@ -130,6 +134,10 @@ struct RequestHeaders<'a>(&'a mut RequestHeader);
 impl HeaderStore for RequestHeaders<'_> {
     fn headers(&self) -> &http::HeaderMap {
         &self.0.headers
+    }
+    fn replace_one(&mut self, name: &http::HeaderName, value: http::HeaderValue) {
+        // One call through pingora's own method keeps its case map in step.
+        let _ = self.0.insert_header(name.clone(), value);
     }
     fn replace_all(&mut self, name: &http::HeaderName, values: Vec<http::HeaderValue>) {
         self.0.remove_header(name);

@@ -42,6 +42,13 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
     },
+    /// Replace the running instance with a new process without dropping a connection: starts
+    /// `run --upgrade`, which takes the listening sockets over, then tells the old process
+    /// (from `server.pid_file`) to finish its requests within `server.grace_period` and exit.
+    Upgrade {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// The upstreams of a configuration (login server, token server, regional and data
     /// endpoints) with their peers, each resolved and probed now.
     Endpoints {
@@ -99,6 +106,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, upgrade } => run(config, upgrade),
+        Command::Upgrade { config } => upgrade(&config),
         Command::Endpoints { config } => {
             let options = registry_edge_config::Options { check_files: true };
             match registry_edge_config::load(&config, options) {
@@ -173,8 +181,14 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
     };
+    let pid_file = config.server.pid_file.clone();
     match registry_edge_proxy::build(config, registry_edge_proxy::RunOptions { upgrade }) {
         Ok(server) => {
+            // pingora writes the pid file only when it daemonizes; `upgrade` needs it always.
+            // By now (after bootstrap) an upgrading process holds the sockets.
+            if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+                log::warn!("cannot write the pid file {}: {e}", pid_file.display());
+            }
             log::info!(
                 "registry-edge {} starting with {}",
                 env!("CARGO_PKG_VERSION"),
@@ -293,4 +307,81 @@ fn init_command(
             }
         }
     }
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn upgrade(config_path: &std::path::Path) -> ExitCode {
+    let options = registry_edge_config::Options { check_files: true };
+    let config = match registry_edge_config::load(config_path, options) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: invalid configuration; the running instance is left as it is",
+                errors.file
+            );
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let pid_file = &config.server.pid_file;
+    let Some(old) = read_pid(pid_file) else {
+        eprintln!(
+            "registry-edge upgrade: no running instance in {}",
+            pid_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("registry-edge upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The new process outlives this command: its own process group, stdio inherited (journald
+    // or the terminal keeps its logs).
+    let child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(exe)
+            .arg("run")
+            .arg("-c")
+            .arg(config_path)
+            .arg("--upgrade")
+            .process_group(0)
+            .spawn()
+    };
+    let child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("registry-edge upgrade: cannot start the new process: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let new = child.id() as i32;
+    // The new process waits on the upgrade socket; the old one sends its sockets there on
+    // SIGQUIT, retrying for a few seconds, so the order is safe.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    if let Err(e) = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGQUIT,
+    ) {
+        eprintln!("registry-edge upgrade: cannot signal the old process {old}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while read_pid(pid_file) != Some(new) {
+        if std::time::Instant::now() > deadline {
+            eprintln!("registry-edge upgrade: the new process {new} did not take over within 30 s");
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    println!(
+        "registry-edge upgrade: process {new} serves; process {old} finishes its requests for up to {:?} and exits",
+        config.server.grace_period
+    );
+    ExitCode::SUCCESS
 }

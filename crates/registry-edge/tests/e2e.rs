@@ -823,8 +823,6 @@ fn registry_with_absolute_upstream_urls() {
 /// An upload's status (`GET /v2/<name>/blobs/uploads/<uuid>`) answers 204 with a `Location`;
 /// a registry with absolute URLs puts its upstream authority there.
 #[test]
-#[ignore = "registry-edge bug, reported: the derived Location rule covers 3xx, 201 and 202 but not \
-            the 204 of an upload status, so an absolute upstream Location leaks (docs/testing.md)"]
 fn upload_status_location_is_rewritten() {
     let h = step(
         "start the harness (registry with relativeurls: false, http.host on its upstream authority)",

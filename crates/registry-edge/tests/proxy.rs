@@ -582,6 +582,10 @@ fn start_edge(name: &str, http_opts: &str) -> Edge {
 
 /// `extra`: top-level YAML added to the configuration (geoip, clients, access).
 fn start_edge_with(name: &str, http_opts: &str, extra: &str) -> Edge {
+    start_edge_full(name, http_opts, extra, "1s")
+}
+
+fn start_edge_full(name: &str, http_opts: &str, extra: &str, grace_period: &str) -> Edge {
     let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -608,7 +612,7 @@ fn start_edge_with(name: &str, http_opts: &str, extra: &str) -> Edge {
         r#"version: 1
 server:
   threads: 2
-  grace_period: 1s
+  grace_period: {grace_period}
   graceful_shutdown_timeout: 1s
   pid_file: {dir}/edge.pid
   upgrade_sock: {dir}/upgrade.sock
@@ -2664,4 +2668,113 @@ fn certificate_rotation_without_restart() {
         &format!("https://data.test:{}/echo?sig=1", edge.tls),
     ]);
     assert_eq!(data.0, "200", "{}", data.1);
+}
+
+#[test]
+fn graceful_upgrade_under_load() {
+    // A longer grace period than the download takes.
+    let edge = start_edge_full("upgrade", HTTP_OPTS, "", "30s");
+    let config = edge.dir.join("edge.yaml");
+    let host = format!("registry.test:{}", edge.http);
+    let data_host = format!("data.test:{}", edge.http);
+    let old_pid = edge.child.id();
+    assert_eq!(
+        std::fs::read_to_string(edge.dir.join("edge.pid"))
+            .unwrap()
+            .trim(),
+        old_pid.to_string()
+    );
+
+    // A large blob downloading at a client's pace, and a stream of small requests.
+    let size: u64 = 256 << 20;
+    let port = edge.http;
+    let download = {
+        let data_host = data_host.clone();
+        std::thread::spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(
+                format!("GET /blob?{SAS}&size={size} HTTP/1.1\r\nHost: {data_host}\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+            let mut r = BufReader::with_capacity(64 * 1024, s);
+            let head = read_response(&mut r, true);
+            assert_eq!(head.status, 200);
+            let mut got = 0u64;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut ok = true;
+            while got < size {
+                let n = r.read(&mut buf).unwrap();
+                assert!(n > 0, "download cut at {got}");
+                ok &= buf[..n]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| *b == pattern(got + i as u64));
+                got += n as u64;
+                if got % (8 << 20) < n as u64 {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            (got, ok)
+        })
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let small = {
+        let stop = stop.clone();
+        let host = host.clone();
+        std::thread::spawn(move || {
+            let (mut done, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = std::panic::catch_unwind(|| get(port, &host, "/v2/", "").status);
+                match r {
+                    Ok(401) => done += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (done, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // The new process inherits `upgrade`'s stdio: give it files, not pipes this test would wait on.
+    let status = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(["upgrade", "-c"])
+        .arg(&config)
+        .stdout(std::fs::File::create(edge.dir.join("upgrade.out")).unwrap())
+        .stderr(std::fs::File::create(edge.dir.join("upgrade.err")).unwrap())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(edge.dir.join("upgrade.err")).unwrap_or_default()
+    );
+    let new_pid: u32 = std::fs::read_to_string(edge.dir.join("edge.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(new_pid, old_pid);
+    // The old process drains: /readyz is served by the new one now.
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, failed) = small.join().unwrap();
+    let (got, ok) = download.join().unwrap();
+    // Stop the new process (started through `upgrade`) before asserting, whatever happens: its
+    // grace period is long, so SIGINT (fast shutdown).
+    let _ = Command::new("kill")
+        .args(["-INT", &new_pid.to_string()])
+        .status();
+    assert!(
+        failed.is_empty(),
+        "{} of {} small requests failed: {failed:?}",
+        failed.len(),
+        done + failed.len() as u32
+    );
+    assert!(done > 10, "{done}");
+    assert_eq!(got, size);
+    assert!(ok, "the download's bytes changed across the upgrade");
+    eprintln!(
+        "upgrade under load: {done} small requests, none failed; {size}-byte download intact"
+    );
 }

@@ -22,7 +22,8 @@ pub(crate) const RULES: [DerivedRule; 3] = [
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DerivedRule {
-    /// `Location` on 3xx (blob redirects to the data endpoint), 201 and 202 (uploads).
+    /// `Location` on 3xx (blob redirects to the data endpoint), 201, 202 and 204 (uploads: the
+    /// upload status a registry reports with 204 carries the upload Location too).
     Location,
     /// Every `<URL>` of `Link` (catalog and tag pagination), whatever the status.
     Link,
@@ -49,7 +50,7 @@ impl DerivedRule {
 
     fn applies_to(self, status: u16) -> bool {
         match self {
-            DerivedRule::Location => matches!(status, 300..=399 | 201 | 202),
+            DerivedRule::Location => matches!(status, 300..=399 | 201 | 202 | 204),
             DerivedRule::Link => true,
             DerivedRule::WwwAuthenticate => status == 401,
         }
@@ -59,9 +60,9 @@ impl DerivedRule {
 #[derive(Debug)]
 pub(crate) struct Derived {
     mappings: Box<[Mapping]>,
-    /// Matches any upstream host name, case-insensitively: one multi-literal scan decides
-    /// whether a value can need work at all, before any URL is parsed. `None` when there are
-    /// no upstreams.
+    /// Matches any upstream host name, case-insensitively. A `Link` value lists many URLs,
+    /// mostly relative ones: one multi-literal scan decides whether any of them can need work
+    /// before they are looked at one by one. `None` when there are no upstreams.
     prefilter: Option<Regex>,
 }
 

@@ -65,6 +65,12 @@ pub struct StatusRange {
     pub to: u16,
 }
 
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        self.from <= status && status <= self.to
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConditionSpec {
     pub subject: Subject,

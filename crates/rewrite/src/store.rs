@@ -44,6 +44,15 @@ impl HeaderStore for HeaderMap {
     }
 
     fn replace_one(&mut self, name: &HeaderName, value: HeaderValue) {
+        // In place when the header has a single value: `insert` first reserves room for a new
+        // entry, which reallocates a map that was built full (as parsed and cloned maps are).
+        let mut values = self.get_all(name).iter();
+        if let (Some(_), None) = (values.next(), values.next()) {
+            if let Some(slot) = self.get_mut(name) {
+                *slot = value;
+                return;
+            }
+        }
         self.insert(name.clone(), value);
     }
 }

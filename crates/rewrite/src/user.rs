@@ -66,12 +66,6 @@ enum Mutation {
     Remove(HeaderName),
 }
 
-impl StatusRange {
-    pub fn contains(&self, status: u16) -> bool {
-        self.from <= status && status <= self.to
-    }
-}
-
 pub(crate) fn compile(
     index: usize,
     spec: &RuleSpec,
@@ -280,10 +274,10 @@ fn side_word(side: Side) -> &'static str {
 }
 
 fn build_regex(condition: &ConditionSpec) -> Result<Regex, String> {
-    // Bytes, not str: header values may carry obs-text that is not UTF-8.
+    // Bytes, not str: header values may carry obs-text that is not UTF-8. Unicode stays on
+    // (`.` is a character, `(?i)` folds as .NET does); `Matcher` parses the pattern the same way.
     RegexBuilder::new(&condition.pattern)
         .case_insensitive(!condition.case_sensitive)
-        .unicode(false)
         .build()
         .map_err(|error| format!("invalid pattern: {error}"))
 }

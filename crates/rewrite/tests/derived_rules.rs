@@ -97,9 +97,10 @@ fn dedicated_data_host_gets_no_region_prefix() {
 }
 
 #[test]
-fn upload_locations_on_201_and_202() {
+fn upload_locations_on_201_202_and_204() {
     let engine = contoso();
-    for status in [201, 202] {
+    // 204: the upload status (`GET .../blobs/uploads/<uuid>`) carries the upload's Location.
+    for status in [201, 202, 204] {
         let (fired, location) = location_after(
             &engine,
             &Request::default(),

@@ -4,11 +4,13 @@
 //! The regex crate answers captures for those patterns with a backtracking engine that walks
 //! the whole value byte by byte (about 2 µs for a 100-byte `WWW-Authenticate`). Yet the groups
 //! follow from where CORE matches: with a greedy `(.*)` in front, CORE starts at the rightmost
-//! position where it can (found by one reverse DFA scan), and a trailing `(.*)` takes the rest.
-//! Both dot-stars match any byte of a header value (no `\n` there; with Unicode `.`, any valid
-//! UTF-8), so the answer equals the backtracker's. Where that premise fails for a value (a
-//! `\n`, invalid UTF-8, a group edge inside a character) the fast path declines and the regex
-//! crate answers; a property test checks the two agree.
+//! position where it can; without, at the leftmost; and a trailing `(.*)` takes the rest. That
+//! position takes one DFA scan (a reverse one for the rightmost) when every CORE match has the
+//! same length, as the host-and-path patterns of these rules do, and a few forward searches
+//! otherwise. Both dot-stars match any byte of a header value (no `\n` there; with Unicode `.`,
+//! any valid UTF-8), so the answer equals the backtracker's. Where that premise fails for a
+//! value (a `\n`, invalid UTF-8, a group edge inside a character) the fast path declines and
+//! the regex crate answers; a property test checks the two agree.
 
 use regex::bytes::Regex;
 use regex_automata::hybrid;
@@ -16,6 +18,10 @@ use regex_automata::nfa::thompson;
 use regex_automata::util::pool::Pool;
 use regex_automata::{meta, Anchored, Input};
 use regex_syntax::hir::{Hir, HirKind, Look};
+
+mod byteseq;
+
+use byteseq::ByteSeq;
 
 /// Group spans of one match, by group index (0 = the whole match). Patterns rarely have more
 /// than three groups, and those spans live inline.
@@ -117,7 +123,14 @@ struct DotStar {
     core: meta::Regex,
     /// `.` excludes bytes that are not UTF-8 (Unicode mode), so values must be valid UTF-8.
     unicode_dot: bool,
+    /// How many bytes of an ASCII value any CORE match spans, when that is fixed.
+    ascii_len: Option<usize>,
+    /// CORE as byte sets, when it is a plain sequence of characters.
+    seq: Option<ByteSeq>,
 }
+
+/// Values longer than this get a prefiltered forward check before a reverse scan.
+const LONG_VALUE: usize = 256;
 
 #[derive(Debug)]
 enum Lead {
@@ -268,6 +281,8 @@ impl DotStar {
         Some(DotStar {
             lead,
             trail_group,
+            ascii_len: ascii_len(&core),
+            seq: ByteSeq::new(&core),
             core: core_regex,
             unicode_dot,
         })
@@ -281,6 +296,12 @@ impl DotStar {
             Lead::None | Lead::DotStar { .. } => Input::new(haystack),
         };
         if premise == Premise::Ascii {
+            if let Some(seq) = &self.seq {
+                return Some(match self.lead {
+                    Lead::Start => seq.matches_at(haystack, 0),
+                    Lead::None | Lead::DotStar { .. } => seq.find(haystack, false).is_some(),
+                });
+            }
             return Some(self.core.is_match(input));
         }
         // Any CORE match with its edges on character boundaries makes the pattern match; the
@@ -295,9 +316,12 @@ impl DotStar {
 
     /// Whether the dot-stars can take any part of this value, and how easily.
     fn premise(&self, haystack: &[u8]) -> Option<Premise> {
-        // One pass for the common case: ASCII without a line feed, where every byte is a
-        // whole character that `.` matches.
-        if haystack.iter().all(|&b| b != b'\n' && b.is_ascii()) {
+        // One pass, without early exit so that it vectorises, for the common case: ASCII
+        // without a line feed, where every byte is a whole character that `.` matches.
+        let ascii_line = haystack
+            .iter()
+            .fold(true, |ok, &b| ok & (b < 0x80) & (b != b'\n'));
+        if ascii_line {
             return Some(Premise::Ascii);
         }
         let holds = !haystack.contains(&b'\n')
@@ -313,7 +337,15 @@ impl DotStar {
 
     /// `None` when the fast path cannot answer for this value; `Some(None)` for no match.
     fn locate(&self, haystack: &[u8]) -> Option<Option<Located>> {
-        self.premise(haystack)?;
+        let premise = self.premise(haystack)?;
+        if premise == Premise::Ascii {
+            if let Some(seq) = &self.seq {
+                return Some(self.locate_seq(haystack, seq));
+            }
+            if let Some(len) = self.ascii_len {
+                return self.locate_fixed(haystack, len);
+            }
+        }
         let located = match &self.lead {
             Lead::None => self.core.search(&Input::new(haystack)).map(|m| Located {
                 start: m.start(),
@@ -356,6 +388,66 @@ impl DotStar {
         Some(located)
     }
 
+    /// `locate` for an ASCII value and a CORE of byte sets.
+    fn locate_seq(&self, haystack: &[u8], seq: &ByteSeq) -> Option<Located> {
+        let (start, core_start) = match self.lead {
+            Lead::None => {
+                let at = seq.find(haystack, false)?;
+                (at, at)
+            }
+            Lead::Start => (0, seq.matches_at(haystack, 0).then_some(0)?),
+            Lead::DotStar { .. } => (0, seq.find(haystack, true)?),
+        };
+        Some(Located {
+            start,
+            core_start,
+            core_end: core_start + seq.len(),
+        })
+    }
+
+    /// `locate` for an ASCII value and a CORE that always spans `len` bytes of one: a match's
+    /// start follows from its end and the other way round, so one DFA pass finds it.
+    fn locate_fixed(&self, haystack: &[u8], len: usize) -> Option<Option<Located>> {
+        // Outer `None`: let the general path answer (a DFA that gave up, an impossible span).
+        let (start, core_start, core_end) = match &self.lead {
+            Lead::None => match self.core.search_half(&Input::new(haystack)) {
+                None => return Some(None),
+                Some(end) => {
+                    let start = end.offset().checked_sub(len)?;
+                    (start, start, end.offset())
+                }
+            },
+            Lead::Start => {
+                let input = Input::new(haystack).anchored(Anchored::Yes);
+                match self.core.search_half(&input) {
+                    None => return Some(None),
+                    Some(end) => (0, 0, end.offset()),
+                }
+            }
+            Lead::DotStar { reverse, .. } => {
+                // The reverse scan has no literal prefilter; on a long value a forward check,
+                // which has one, rules out the common no-match case first.
+                if haystack.len() > LONG_VALUE && !self.core.is_match(Input::new(haystack)) {
+                    return Some(None);
+                }
+                let mut cache = reverse.caches.get();
+                let input = Input::new(haystack).earliest(true);
+                match reverse.dfa.try_search_rev(&mut cache, &input).ok()? {
+                    None => return Some(None),
+                    Some(found) => (0, found.offset(), found.offset().checked_add(len)?),
+                }
+            }
+        };
+        if core_end > haystack.len() {
+            return None;
+        }
+        Some(Some(Located {
+            start,
+            core_start,
+            core_end,
+        }))
+    }
+
     /// The rightmost position at or after `from` where CORE matches (`from` being one).
     ///
     /// A header value usually holds CORE once, so looking for a next match from one past the
@@ -391,6 +483,31 @@ impl DotStar {
             spans.set(group, Some((located.core_end, len)));
         }
         spans
+    }
+}
+
+/// The length, in bytes of an ASCII haystack, of every match of `hir`, when all have one:
+/// each class or character takes one byte there (a non-ASCII one never matches at all).
+fn ascii_len(hir: &Hir) -> Option<usize> {
+    match hir.kind() {
+        HirKind::Empty | HirKind::Look(_) => Some(0),
+        HirKind::Literal(literal) => std::str::from_utf8(&literal.0)
+            .ok()
+            .map(|text| text.chars().count()),
+        HirKind::Class(_) => Some(1),
+        HirKind::Repetition(rep) => match rep.max {
+            Some(max) if max == rep.min => ascii_len(&rep.sub)?.checked_mul(max as usize),
+            _ => None,
+        },
+        HirKind::Capture(capture) => ascii_len(&capture.sub),
+        HirKind::Concat(items) => items
+            .iter()
+            .try_fold(0usize, |total, item| total.checked_add(ascii_len(item)?)),
+        HirKind::Alternation(alternatives) => {
+            let mut lengths = alternatives.iter().map(ascii_len);
+            let first = lengths.next()??;
+            lengths.all(|len| len == Some(first)).then_some(first)
+        }
     }
 }
 
@@ -451,6 +568,23 @@ mod tests {
     }
 
     #[test]
+    fn host_and_path_patterns_take_byte_sets() {
+        for pattern in [
+            r"https:\/\/contososecurepublicacr.azurecr.io(.*)$",
+            r"^(.*)https:\/\/contososecurepublicacr.azurecr.io\/oauth2\/token(.*)$",
+            r"^(.*)x[0-9]{3}\.y(.*)$",
+        ] {
+            let m = matcher(pattern, false);
+            assert!(
+                m.fast.as_ref().is_some_and(|f| f.seq.is_some()),
+                "{pattern}"
+            );
+        }
+        let m = matcher(r"(.*)x(?:a|bc)(.*)", false);
+        assert!(m.fast.as_ref().is_some_and(|f| f.seq.is_none()));
+    }
+
+    #[test]
     fn seed_realm_split() {
         let m = matcher(
             r"^(.*)https:\/\/contososecurepublicacr.azurecr.io\/oauth2\/token(.*)$",
@@ -478,6 +612,27 @@ mod tests {
                 found,
                 reference(pattern, true, haystack.as_bytes()),
                 "{pattern}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_values_agree() {
+        let pattern = r"^(.*)https://h(?:ab|cd)\.io/t(.*)$";
+        let m = matcher(pattern, false);
+        let filler = "x".repeat(300);
+        for haystack in [
+            format!("{filler}realm=\"https://h.ab.io/t\""),
+            format!("a=\"https://hab.io/t\",b=\"HTTPS://HCD.IO/T\" {filler}"),
+            format!("{filler}https://hab.io/tt https://hcd.io/t{filler}"),
+        ] {
+            let found = m
+                .captures(haystack.as_bytes())
+                .map(|s| s.as_slice().to_vec());
+            assert_eq!(
+                found,
+                reference(pattern, false, haystack.as_bytes()),
+                "{haystack}"
             );
         }
     }
