@@ -1201,7 +1201,7 @@ fn edge_core() {
     assert_eq!(get(edge.admin, "a", "/readyz", "").status, 200);
     let m = String::from_utf8(get(edge.admin, "a", "/metrics", "").body).unwrap();
     for needle in [
-        "registry_edge_http_requests_total{method=\"GET\",route=\"login\",status_class=\"4xx\"}",
+        "registry_edge_http_requests_total{decision=\"proxied\",method=\"GET\",route=\"login\",status_class=\"4xx\"}",
         "registry_edge_rewrites_applied_total{rule=\"registry:location\"} ",
         "registry_edge_upstream_connect_errors_total{upstream=\"data:westus\"} ",
         "registry_edge_http_edge_responses_total{reason=\"unknown_host\"} ",
