@@ -176,19 +176,8 @@ impl Edge {
     /// The response header policy, for proxied responses and the edge's own alike: derived and
     /// user rules of the rewrite engine.
     fn rewrite_response(&self, session: &Session, response: &mut ResponseHeader, ctx: &mut Ctx) {
-        let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
-        let req = session.req_header();
-        let uri = req.uri.to_string();
-        let origin = public_origin(self.scheme(), &ctx.host);
-        let rctx = RequestContext {
-            client_ip: &client_ip,
-            host: &ctx.host,
-            request_uri: &uri,
-            scheme: self.scheme(),
-            public_port: host_port(&ctx.host),
-            public_origin: &origin,
-            request_headers: &req.headers,
-        };
+        let vars = RewriteVars::new(session, ctx, self.scheme());
+        let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
         let status = response.status.as_u16();
         let applied =
             self.shared
@@ -684,19 +673,9 @@ impl ProxyHttp for Edge {
             }
         }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        let client_ip = ctx.client_ip.map(|i| i.to_string()).unwrap_or_default();
-        let uri = session.req_header().uri.to_string();
-        let request_headers = session.req_header().headers.clone();
-        let origin = public_origin(self.scheme(), &ctx.host);
-        let rctx = RequestContext {
-            client_ip: &client_ip,
-            host: &ctx.host,
-            request_uri: &uri,
-            scheme: self.scheme(),
-            public_port: host_port(&ctx.host),
-            public_origin: &origin,
-            request_headers: &request_headers,
-        };
+        // The client's request is read while the upstream copy is changed: two objects.
+        let vars = RewriteVars::new(session, ctx, self.scheme());
+        let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
         let applied = self
             .shared
             .engine
@@ -867,6 +846,40 @@ impl ProxyHttp for Edge {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok()),
         });
+    }
+}
+
+/// The strings a rewrite context borrows, built once per use.
+struct RewriteVars {
+    client_ip: String,
+    uri: String,
+    origin: String,
+}
+
+impl RewriteVars {
+    fn new(session: &Session, ctx: &Ctx, scheme: &str) -> RewriteVars {
+        RewriteVars {
+            client_ip: ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
+            uri: session.req_header().uri.to_string(),
+            origin: public_origin(scheme, &ctx.host),
+        }
+    }
+
+    fn context<'a>(
+        &'a self,
+        ctx: &'a Ctx,
+        scheme: &'a str,
+        request_headers: &'a http::HeaderMap,
+    ) -> RequestContext<'a> {
+        RequestContext {
+            client_ip: &self.client_ip,
+            host: &ctx.host,
+            request_uri: &self.uri,
+            scheme,
+            public_port: host_port(&ctx.host),
+            public_origin: &self.origin,
+            request_headers,
+        }
     }
 }
 
