@@ -661,15 +661,7 @@ logging:
         tls_wrong = tls_wrong.addr,
         tls_wrong_port = tls_wrong.addr.port(),
     );
-    let config = dir.join("edge.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let child = spawn_edge(&dir, &yaml);
     let edge = Edge {
         child,
         dir,
@@ -683,21 +675,7 @@ logging:
         data,
         token_seen: token.seen.clone(),
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", edge.admin)) {
-            let r = send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n");
-            if r.status == 200 && TcpStream::connect(("127.0.0.1", edge.tls)).is_ok() {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "edge did not become ready: {}",
-            std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&edge, Some(edge.tls));
     edge
 }
 
@@ -2205,15 +2183,7 @@ registry:
         east_data = east.data.addr,
         west_data = west.data.addr,
     );
-    let config = dir.join("edge.yaml");
-    std::fs::write(&config, yaml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args(["run", "-c"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let child = spawn_edge(&dir, &yaml);
     let dummy = || Origin {
         addr: "127.0.0.1:9".parse().unwrap(),
         seen: Arc::default(),
@@ -2232,8 +2202,33 @@ registry:
         data: dummy(),
         token_seen: Arc::default(),
     };
+    wait_ready(&edge, None);
+    edge
+}
+
+/// Writes the configuration into `dir` and starts the edge on it.
+fn spawn_edge(dir: &Path, yaml: &str) -> Child {
+    let config = dir.join("edge.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// Until `/readyz` answers 200 (and `tls_port`, when given, accepts), or fails with the edge's log.
+fn wait_ready(edge: &Edge, tls_port: Option<u16>) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while get_ok(edge.admin) != Some(200) {
+    loop {
+        let ready = TcpStream::connect(("127.0.0.1", edge.admin)).is_ok_and(|mut s| {
+            send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n").status == 200
+        });
+        if ready && tls_port.is_none_or(|p| TcpStream::connect(("127.0.0.1", p)).is_ok()) {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
             "edge did not become ready: {}",
@@ -2241,12 +2236,6 @@ registry:
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    edge
-}
-
-fn get_ok(admin: u16) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", admin)).ok()?;
-    Some(send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n").status)
 }
 
 // ---------------------------------------------------------------------------------------------
