@@ -38,7 +38,9 @@ pub struct Limited {
     pub retry_after_secs: u64,
 }
 
-fn key(ip: IpAddr) -> u128 {
+/// A client address as a slot-table key: IPv4 and IPv6 never collide (the top bit marks IPv4).
+/// Shared with the security event tracker, which keeps its table the same way.
+pub(crate) fn key(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1u128 << 127),
         IpAddr::V6(v6) => u128::from(v6),

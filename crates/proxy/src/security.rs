@@ -21,6 +21,7 @@ use std::sync::Mutex;
 use registry_edge_config::{AutoBlock, SecurityEvents};
 
 use crate::health::now_ms;
+use crate::ratelimit::key;
 
 const SHARDS: usize = 32;
 const SLOTS_PER_SHARD: usize = 512;
@@ -78,13 +79,6 @@ pub struct Security {
     block: Option<AutoBlock>,
     hasher: RandomState,
     shards: Vec<Mutex<Vec<Slot>>>,
-}
-
-fn key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1u128 << 127),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
 }
 
 impl Security {
