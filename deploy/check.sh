@@ -185,8 +185,8 @@ if [ -s "$OUT/systemd.out" ]; then
 fi
 rm -rf "$units"
 echo "  $(cd deploy/systemd && echo *.service *.timer): systemd-analyze verify clean"
-grep -q '^ExecReload=' deploy/systemd/registry-edge.service &&
-  die "registry-edge.service must not have ExecReload: the configuration is not reloaded in place"
+grep -q '^ExecReload=/usr/local/bin/registry-edge reload -c ' deploy/systemd/registry-edge.service ||
+  die "registry-edge.service must reload with ExecReload=/usr/local/bin/registry-edge reload -c FILE"
 echo "  deploy/systemd/registry-edge.sysusers: $(grep -c '^u ' deploy/systemd/registry-edge.sysusers) user"
 
 CURRENT="done"

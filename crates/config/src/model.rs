@@ -30,7 +30,7 @@ pub struct Config {
     pub logging: Logging,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     pub threads: usize,
     pub grace_period: Duration,
@@ -54,7 +54,7 @@ impl Scheme {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: Option<ListenerTls>,
@@ -65,19 +65,19 @@ pub struct Listener {
     pub redirect_to_https: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerTls {
     /// In order: the first one also answers clients that send no SNI.
     pub certificates: Vec<CertificatePair>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CertificatePair {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     /// Total time to read a request's headers.
     pub header_read: Duration,
@@ -87,7 +87,7 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     pub address: SocketAddr,
 }
@@ -119,7 +119,7 @@ pub struct DataEndpoint {
     pub shared_public_host: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     pub authority: Authority,
     pub tls: bool,
@@ -131,7 +131,7 @@ pub struct Upstream {
     pub read_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
     pub interval: Duration,
@@ -140,7 +140,7 @@ pub struct HealthCheck {
     pub healthy_after: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum HealthCheckKind {
     Http {
         path: String,
@@ -195,7 +195,7 @@ impl Continent {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GeoIp {
     pub database: PathBuf,
     pub reload: bool,
@@ -235,7 +235,7 @@ pub struct Access {
 
 /// Per client address, within `window`: how many distinct repository names refused or absent
 /// (scanning), failed token requests (credential guessing) and embargo refusals make an event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SecurityEvents {
     pub window: Duration,
     pub repository_scan: u32,
@@ -245,14 +245,14 @@ pub struct SecurityEvents {
 
 /// After `after` security events of one address within `window`, refuse it for `duration`
 /// (never an address of `allow_cidrs`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AutoBlock {
     pub after: u32,
     pub window: Duration,
     pub duration: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimit {
     pub requests_per_second: f64,
     pub burst: u32,
@@ -267,7 +267,7 @@ pub enum AccessLog {
     Off,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Logging {
     pub access_log: AccessLog,
 }

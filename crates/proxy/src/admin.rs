@@ -56,7 +56,7 @@ impl ServeHttp for Admin {
                     .load(std::sync::atomic::Ordering::Relaxed)
                 {
                     response(503, "text/plain", b"draining\n".to_vec())
-                } else if !self.shared.upstreams.resolved() {
+                } else if !self.shared.generation().upstreams.resolved() {
                     response(503, "text/plain", b"upstreams not resolved\n".to_vec())
                 } else {
                     response(200, "text/plain", b"ready\n".to_vec())

@@ -16,11 +16,13 @@
 pub mod access_log;
 pub mod admin;
 pub mod deadline;
+pub mod generation;
 pub mod headers;
 pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod reload;
 pub mod repo;
 pub mod respond;
 pub mod route;
@@ -44,6 +46,7 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use registry_edge_config::Config;
 
+use crate::generation::Generation;
 use crate::service::{Edge, Shared};
 
 /// How often upstream names are re-resolved.
@@ -55,6 +58,8 @@ const GEO_CHECK_EVERY: Duration = Duration::from_secs(2);
 pub struct RunOptions {
     /// Take the listening sockets over from a running instance (graceful upgrade).
     pub upgrade: bool,
+    /// The configuration file, read again on SIGHUP. `None`: reloads are refused.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,25 +80,20 @@ pub enum BuildError {
 pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> {
     pingora::tls::install_default_crypto_provider();
     let config = Arc::new(config);
-    let names: Vec<String> = (0..config.engine.rule_count())
-        .map(|i| config.engine.rule_name(i).to_owned())
-        .collect();
-    let metrics = metrics::Metrics::new(&names)?;
+    let metrics = metrics::Metrics::new()?;
     let access_log = access_log::AccessLog::start(
         &config.logging.access_log,
         metrics.access_log_dropped.clone(),
     )
     .map_err(BuildError::AccessLog)?;
-    let upstreams = upstream::Upstreams::new(&config, &metrics)?;
-    let geo = match &config.geoip {
-        Some(g) => Some(registry_edge_geo::ReloadingDb::open(&g.database)?),
-        None => None,
-    };
-    if let Some(db) = &geo {
+    let generation = Generation::build(config.clone(), None, &metrics)?;
+    if let Some(db) = &generation.geo {
         metrics
             .geo_build_epoch
             .set(db.current().build_epoch() as i64);
     }
+    metrics.config_generation.set(1);
+    metrics.config_loaded_at.set(reload::unix_now());
     let mut certificates = Vec::new();
     for listener in &config.listeners {
         if let Some(tls) = &listener.tls {
@@ -112,28 +112,19 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         }
     }
     let shared = Arc::new(Shared {
+        current: arc_swap::ArcSwap::from_pointee(generation),
+        config_path: options.config_path.clone(),
         certificates,
-        policy: policy::Policy::new(&config.access),
-        trusted_proxies: registry_edge_geo::CidrSet::new(&config.clients.trusted_proxies),
-        geo,
         service_name: arc_swap::ArcSwapOption::empty(),
-        selector: select::Selector::new(&config),
-        security: security::Security::new(
-            &config.access.security_events,
-            config.access.auto_block.as_ref(),
-        ),
         id_prefix: {
             use std::hash::BuildHasher;
             std::collections::hash_map::RandomState::new().hash_one(std::process::id())
         },
         id_counter: std::sync::atomic::AtomicU64::new(0),
-        router: route::Router::new(&config),
-        engine: config.engine.clone(),
-        upstreams,
         metrics,
         access_log,
         draining: AtomicBool::new(false),
-        config: config.clone(),
+        reloading: tokio::sync::Mutex::new(()),
     });
 
     let s = &config.server;
@@ -225,8 +216,9 @@ struct NoCallbacks;
 #[async_trait]
 impl pingora::listeners::TlsAccept for NoCallbacks {}
 
-/// Resolves upstream names at start and then periodically; marks the edge as draining when
-/// pingora starts its graceful shutdown, so that `/readyz` takes it out of rotation.
+/// Resolves upstream names at start and then periodically; reloads the configuration on
+/// SIGHUP; marks the edge as draining when pingora starts its graceful shutdown, so that
+/// `/readyz` takes it out of rotation.
 struct Maintenance {
     shared: Arc<Shared>,
 }
@@ -234,13 +226,19 @@ struct Maintenance {
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        for id in self.shared.upstreams.ids() {
-            tokio::spawn(probe_loop(self.shared.clone(), id));
-        }
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, configuration reload is off: {e}");
+                None
+            }
+        };
+        spawn_probes(&self.shared, &self.shared.generation());
         let mut last_resolve: Option<tokio::time::Instant> = None;
         loop {
             if last_resolve.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY) {
-                self.shared.upstreams.resolve_all().await;
+                self.shared.generation().upstreams.resolve_all().await;
                 last_resolve = Some(tokio::time::Instant::now());
             }
             self.check_geo().await;
@@ -249,6 +247,12 @@ impl BackgroundService for Maintenance {
                 .metrics
                 .ready
                 .set(i64::from(self.shared.ready()));
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
@@ -257,9 +261,22 @@ impl BackgroundService for Maintenance {
                         return;
                     }
                 }
+                Some(()) = hup => {
+                    log::info!("SIGHUP: reloading the configuration");
+                    if let (_, Some(generation)) = reload::reload(&self.shared).await {
+                        spawn_probes(&self.shared, &generation);
+                    }
+                }
                 _ = tokio::time::sleep(GEO_CHECK_EVERY) => {}
             }
         }
+    }
+}
+
+/// One probe loop per upstream of a generation; they end when it is replaced.
+fn spawn_probes(shared: &Arc<Shared>, generation: &Arc<generation::Generation>) {
+    for id in generation.upstreams.ids() {
+        tokio::spawn(probe_loop(shared.clone(), generation.clone(), id));
     }
 }
 
@@ -302,12 +319,12 @@ impl Maintenance {
 
     /// Reads a replaced database off the async threads; the swap itself is atomic.
     async fn check_geo(&self) {
-        if self.shared.config.geoip.as_ref().is_none_or(|g| !g.reload) {
+        let generation = self.shared.generation();
+        if generation.config.geoip.as_ref().is_none_or(|g| !g.reload) {
             return;
         }
-        let shared = self.shared.clone();
         let outcome =
-            tokio::task::spawn_blocking(move || shared.geo.as_ref().map(|g| g.check())).await;
+            tokio::task::spawn_blocking(move || generation.geo.as_ref().map(|g| g.check())).await;
         let m = &self.shared.metrics;
         match outcome {
             Ok(Some(registry_edge_geo::ReloadOutcome::Reloaded { build_epoch })) => {
@@ -325,14 +342,22 @@ impl Maintenance {
     }
 }
 
-/// Probes every peer of one upstream each interval and applies the thresholds.
-async fn probe_loop(shared: Arc<Shared>, id: upstream::PoolId) {
+/// Probes every peer of one upstream each interval and applies the thresholds, until its
+/// generation is replaced by a reload.
+async fn probe_loop(
+    shared: Arc<Shared>,
+    generation: Arc<generation::Generation>,
+    id: upstream::PoolId,
+) {
     let connector = pingora::connectors::TransportConnector::new(None);
-    let pool = shared.upstreams.get(id);
+    let pool = generation.upstreams.get(id);
     let hc = pool.health_check.clone();
     let region = pool.region.clone().unwrap_or_default();
     loop {
         tokio::time::sleep(hc.interval).await;
+        if generation.retired() {
+            return;
+        }
         let peers = pool.peers();
         let mut healthy = 0;
         for p in peers.iter() {

@@ -123,7 +123,7 @@ pub struct Metrics {
     durations: Vec<Histogram>,
     pub bytes_sent: IntCounter,
     pub bytes_received: IntCounter,
-    pub rewrites: Vec<IntCounter>,
+    rewrites: IntCounterVec,
     edge_responses: Vec<IntCounter>,
     /// `[reason][enforce, detect]`.
     refusals: Vec<[IntCounter; 2]>,
@@ -144,6 +144,11 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     pub ready: IntGauge,
     pub geo_reloads: IntCounterVec,
+    /// `[ok, refused]`.
+    pub config_reloads: [IntCounter; 2],
+    pub config_generation: IntGauge,
+    pub config_restart_pending: IntGauge,
+    pub config_loaded_at: IntGauge,
     pub geo_build_epoch: IntGauge,
     pub certificate_expiry: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
@@ -170,8 +175,7 @@ fn gauge_vec(
 }
 
 impl Metrics {
-    /// `rule_names`: the rewrite engine's rules, user then derived.
-    pub fn new(rule_names: &[String]) -> Result<Metrics, prometheus::Error> {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
         let mut reg = Reg {
             registry: Registry::new(),
             names: Vec::new(),
@@ -218,10 +222,6 @@ impl Metrics {
             "Responses (or requests) a rewrite rule changed, by rule.",
             &["rule"],
         )?;
-        let rewrites = rule_names
-            .iter()
-            .map(|n| rewrites_vec.get_metric_with_label_values(&[n]))
-            .collect::<Result<_, _>>()?;
         let edge_vec = counter_vec(
             &mut reg,
             "registry_edge_http_edge_responses_total",
@@ -352,6 +352,28 @@ impl Metrics {
             "GeoIP database replacements, by result (ok, refused).",
             &["result"],
         )?;
+        let reloads_vec = counter_vec(
+            &mut reg,
+            "registry_edge_config_reloads_total",
+            "Configuration reloads (SIGHUP or `registry-edge reload`), by result (ok, refused).",
+            &["result"],
+        )?;
+        let config_reloads = [
+            reloads_vec.get_metric_with_label_values(&["ok"])?,
+            reloads_vec.get_metric_with_label_values(&["refused"])?,
+        ];
+        let config_generation = reg.add(IntGauge::new(
+            "registry_edge_config_generation",
+            "Number of the configuration in force: 1 at start, one more at each applied reload.",
+        )?)?;
+        let config_restart_pending = reg.add(IntGauge::new(
+            "registry_edge_config_restart_pending",
+            "1 when the last reloaded file changed settings that only a restart or upgrade applies.",
+        )?)?;
+        let config_loaded_at = reg.add(IntGauge::new(
+            "registry_edge_config_loaded_timestamp_seconds",
+            "When (Unix seconds) the configuration in force was loaded.",
+        )?)?;
         let geo_build_epoch = reg.add(IntGauge::new(
             "registry_edge_geoip_build_timestamp_seconds",
             "Build time (Unix seconds) of the GeoIP database in use.",
@@ -383,7 +405,7 @@ impl Metrics {
             durations,
             bytes_sent,
             bytes_received,
-            rewrites,
+            rewrites: rewrites_vec,
             edge_responses,
             refusals,
             geo,
@@ -402,6 +424,10 @@ impl Metrics {
             upstream_duration,
             ready,
             geo_reloads,
+            config_reloads,
+            config_generation,
+            config_restart_pending,
+            config_loaded_at,
             geo_build_epoch,
             certificate_expiry,
             certificate_reloads,
@@ -413,6 +439,42 @@ impl Metrics {
     /// Every metric name registered, for the documentation test.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// One counter per rewrite rule of an engine (user rules, then derived), by index.
+    pub fn rewrite_counters(
+        &self,
+        rule_names: &[&str],
+    ) -> Result<Vec<IntCounter>, prometheus::Error> {
+        rule_names
+            .iter()
+            .map(|n| self.rewrites.get_metric_with_label_values(&[n]))
+            .collect()
+    }
+
+    /// After a reload removed an upstream: its series go (a missing series is not an error).
+    pub fn forget_upstream(&self, name: &str, region: &str, peers: &[std::net::SocketAddr]) {
+        let _ = self.upstream_requests.remove_label_values(&[name]);
+        let _ = self.upstream_failovers.remove_label_values(&[name]);
+        let _ = self.upstream_healthy_peers.remove_label_values(&[name]);
+        let _ = self.upstream_connect_errors.remove_label_values(&[name]);
+        let _ = self.upstream_retries.remove_label_values(&[name]);
+        let _ = self.upstream_peers.remove_label_values(&[name]);
+        let _ = self.upstream_resolve_failures.remove_label_values(&[name]);
+        let _ = self.upstream_duration.remove_label_values(&[name]);
+        for to in ["up", "down"] {
+            let _ = self.health_transitions.remove_label_values(&[name, to]);
+        }
+        for p in peers {
+            let _ = self
+                .peer_healthy
+                .remove_label_values(&[name, region, &p.to_string()]);
+        }
+    }
+
+    /// After a reload removed a rewrite rule.
+    pub fn forget_rewrite(&self, rule: &str) {
+        let _ = self.rewrites.remove_label_values(&[rule]);
     }
 
     pub fn upstream(&self, name: &str) -> Result<UpstreamMetrics, prometheus::Error> {
@@ -509,7 +571,8 @@ mod tests {
             .map(str::to_owned)
             .collect();
         documented.sort();
-        let m = Metrics::new(&["r".into()]).unwrap();
+        let m = Metrics::new().unwrap();
+        m.rewrite_counters(&["r"]).unwrap();
         let mut registered = m.names().to_vec();
         registered.sort();
         let missing: Vec<_> = registered
@@ -526,7 +589,7 @@ mod tests {
 
     #[test]
     fn every_label_combination_is_resolved_up_front() {
-        let m = Metrics::new(&[]).unwrap();
+        let m = Metrics::new().unwrap();
         assert_eq!(
             m.requests.len(),
             ROUTES.len() * METHODS.len() * STATUS_CLASSES.len() * DECISIONS.len()

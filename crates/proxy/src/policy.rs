@@ -66,11 +66,20 @@ pub struct Policy {
     allow: CidrSet,
     read_only: bool,
     repositories: Allow,
-    rate: Option<(RateLimiter, CidrSet)>,
+    rate: Option<(std::sync::Arc<RateLimiter>, CidrSet)>,
 }
 
 impl Policy {
     pub fn new(a: &Access) -> Policy {
+        Policy::renewed(a, None)
+    }
+
+    /// The policy of a reloaded configuration: the rate limiter's buckets carry over from
+    /// `previous` when its rate and burst are unchanged, so that a reload never refills them.
+    pub fn renewed(a: &Access, previous: Option<&Policy>) -> Policy {
+        let kept = previous
+            .and_then(|p| p.rate.as_ref())
+            .map(|(limiter, _)| limiter.clone());
         Policy {
             mode: a.mode,
             embargo: a.embargo_countries.iter().map(CountryCode::bytes).collect(),
@@ -80,10 +89,12 @@ impl Policy {
             read_only: a.read_only,
             repositories: Allow::new(&a.repositories_allow),
             rate: a.rate_limit.as_ref().map(|r| {
-                (
-                    RateLimiter::new(r.requests_per_second, r.burst),
-                    CidrSet::new(&r.exempt_cidrs),
-                )
+                let limiter = kept
+                    .filter(|l| l.same_settings(r.requests_per_second, r.burst))
+                    .unwrap_or_else(|| {
+                        std::sync::Arc::new(RateLimiter::new(r.requests_per_second, r.burst))
+                    });
+                (limiter, CidrSet::new(&r.exempt_cidrs))
             }),
         }
     }

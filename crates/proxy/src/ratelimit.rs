@@ -66,6 +66,11 @@ impl RateLimiter {
         }
     }
 
+    /// Whether this limiter already enforces this rate and burst.
+    pub fn same_settings(&self, requests_per_second: f64, burst: u32) -> bool {
+        self.rate == requests_per_second && self.burst == f64::from(burst)
+    }
+
     pub fn check(&self, ip: IpAddr) -> Result<(), Limited> {
         self.check_at(ip, self.epoch.elapsed().as_nanos() as u64)
     }

@@ -82,6 +82,11 @@ pub struct Security {
 }
 
 impl Security {
+    /// Whether this tracker already runs with these settings (a reload keeps its table then).
+    pub fn same_settings(&self, cfg: &SecurityEvents, block: Option<&AutoBlock>) -> bool {
+        self.cfg == *cfg && self.block.as_ref() == block
+    }
+
     pub fn new(cfg: &SecurityEvents, block: Option<&AutoBlock>) -> Security {
         Security {
             cfg: cfg.clone(),

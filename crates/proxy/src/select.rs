@@ -146,7 +146,7 @@ geoip: { database: /x.mmdb }
     #[test]
     fn nearest_region_then_the_others_then_the_login_server() {
         let c = config();
-        let metrics = Metrics::new(&[]).unwrap();
+        let metrics = Metrics::new().unwrap();
         let ups = Upstreams::new(&c, &metrics).unwrap();
         let s = Selector::new(&c);
         use PoolId::*;

@@ -24,48 +24,51 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use registry_edge_config::{Config, Listener};
-use registry_edge_rewrite::{Engine, HeaderStore, RequestContext};
+use registry_edge_config::Listener;
+use registry_edge_rewrite::{HeaderStore, RequestContext};
 
 use crate::access_log::{AccessEvent, AccessLog};
+use crate::generation::Generation;
 use crate::headers;
 use crate::metrics::{method_index, route_index, Metrics};
-use crate::policy::{Policy, Refusal};
+use crate::policy::Refusal;
 use crate::respond::EdgeResponse;
-use crate::route::{host_port, normalise_host, Misroute, Route, Router};
-use crate::upstream::{PoolId, Upstreams};
+use crate::route::{host_port, normalise_host, Misroute, Route};
+use crate::upstream::PoolId;
 
 /// At most this many attempts (first try included) for an idempotent request whose connection
 /// failed before anything was sent.
 const MAX_ATTEMPTS: usize = 3;
 
-/// State shared by every listener's service and the admin app.
+/// State shared by every listener's service and the admin app, for the life of the process.
+/// What a configuration reload changes is in the current [`Generation`].
 pub struct Shared {
-    pub config: Arc<Config>,
-    pub router: Router,
-    pub upstreams: Upstreams,
+    pub current: arc_swap::ArcSwap<Generation>,
+    /// The file a reload reads (the one the process started with).
+    pub config_path: Option<std::path::PathBuf>,
     pub metrics: Metrics,
-    pub engine: Arc<Engine>,
     pub access_log: AccessLog,
     pub draining: AtomicBool,
-    pub policy: Policy,
-    pub trusted_proxies: registry_edge_geo::CidrSet,
-    pub geo: Option<registry_edge_geo::ReloadingDb>,
     /// The registry's `service=` as last seen in its challenges, for the challenges the edge
     /// writes itself.
     pub service_name: arc_swap::ArcSwapOption<String>,
-    pub selector: crate::select::Selector,
     /// Each TLS listener's certificates, watched for rotation.
     pub certificates: Vec<crate::tls::Watched>,
-    pub security: crate::security::Security,
     /// Per-process random prefix of request ids.
     pub id_prefix: u64,
     pub id_counter: std::sync::atomic::AtomicU64,
+    /// One reload at a time.
+    pub reloading: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.upstreams.resolved()
+        !self.draining.load(Ordering::Relaxed) && self.current.load().upstreams.resolved()
+    }
+
+    /// The configuration in force now.
+    pub fn generation(&self) -> Arc<Generation> {
+        self.current.load_full()
     }
 }
 
@@ -75,8 +78,9 @@ pub struct Edge {
     pub listener: Listener,
 }
 
-#[derive(Default)]
 pub struct Ctx {
+    /// The configuration this request runs under, from its start to its end.
+    gen: Arc<Generation>,
     start: Option<Instant>,
     route: Option<Route>,
     strip_prefix: usize,
@@ -179,10 +183,10 @@ impl Edge {
         let vars = RewriteVars::new(session, ctx, self.scheme());
         let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
         let status = response.status.as_u16();
-        let applied =
-            self.shared
-                .engine
-                .apply_response(status, &mut ResponseHeaders(response), &rctx);
+        let applied = ctx
+            .gen
+            .engine
+            .apply_response(status, &mut ResponseHeaders(response), &rctx);
         ctx.rules.extend(applied.iter());
     }
 
@@ -218,7 +222,7 @@ impl Edge {
         let message = match ctx.route {
             Some(Route::Data(i)) => format!(
                 "region {} cannot serve this blob right now; retry the download",
-                self.shared
+                ctx.gen
                     .upstreams
                     .get(PoolId::Data(i))
                     .region
@@ -262,9 +266,9 @@ impl Edge {
         if let Some(name) = first_name {
             observations.push(Observation::RepositoryMiss(name));
         }
-        let exempt = self.shared.policy.allowed(client);
+        let exempt = ctx.gen.policy.allowed(client);
         for obs in observations {
-            if let Some(ev) = self.shared.security.observe(client, obs, exempt) {
+            if let Some(ev) = ctx.gen.security.observe(client, obs, exempt) {
                 self.shared.metrics.security_event(ev.kind.name());
                 if ev.blocked_until_ms.is_some() {
                     self.shared.metrics.blocks.inc();
@@ -273,7 +277,7 @@ impl Edge {
                     "event": ev.kind.name(),
                     "client": client.to_string(),
                     "count": ev.count,
-                    "window_s": self.shared.config.access.security_events.window.as_secs(),
+                    "window_s": ctx.gen.config.access.security_events.window.as_secs(),
                     "blocked_for_s": ev.blocked_until_ms.map(|until| {
                         until.saturating_sub(crate::health::now_ms()) / 1000
                     }),
@@ -292,7 +296,7 @@ impl Edge {
     /// Runs the access policy for a routed request.
     fn policy(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
         let client = ctx.client_ip?;
-        if self.shared.security.blocked(client) && !self.shared.policy.allowed(client) {
+        if ctx.gen.security.blocked(client) && !ctx.gen.policy.allowed(client) {
             return Some(Refusal {
                 status: 403,
                 code: "DENIED",
@@ -308,8 +312,8 @@ impl Edge {
         let path = req.uri.path();
         ctx.token_path = ctx.route == Some(Route::Token)
             || (ctx.route == Some(Route::Login)
-                && self
-                    .shared
+                && ctx
+                    .gen
                     .config
                     .registry
                     .token_paths
@@ -320,7 +324,7 @@ impl Edge {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        self.shared.policy.decide(&crate::policy::Request {
+        ctx.gen.policy.decide(&crate::policy::Request {
             client,
             country: ctx.country,
             method: &req.method,
@@ -347,8 +351,8 @@ impl Edge {
         }
         if let Some(scope) = refusal.challenge_scope {
             let origin = public_origin(self.scheme(), &ctx.host);
-            let token_path = self
-                .shared
+            let token_path = ctx
+                .gen
                 .config
                 .registry
                 .token_paths
@@ -359,7 +363,7 @@ impl Edge {
                 .service_name
                 .load_full()
                 .map(|s| s.as_ref().clone())
-                .unwrap_or_else(|| self.shared.upstreams.login.host_header.clone());
+                .unwrap_or_else(|| ctx.gen.upstreams.login.host_header.clone());
             let mut challenge =
                 format!("Bearer realm=\"{origin}{token_path}\",service=\"{service}\"");
             if !scope.is_empty() {
@@ -446,17 +450,14 @@ impl Edge {
     /// The (pool, peer) pairs for a routed request: the data endpoint of exactly its region; the
     /// token server; or the login side's regions in order of preference.
     fn plan(&self, ctx: &mut Ctx) -> Vec<(PoolId, std::net::SocketAddr)> {
-        let ups = &self.shared.upstreams;
+        let ups = &ctx.gen.upstreams;
         let key = ctx.client_ip.map_or(0, client_key);
         let pools = match ctx.route {
             None => Vec::new(),
             Some(Route::Data(i)) => vec![PoolId::Data(i)],
             Some(Route::Token) => vec![PoolId::Token],
             Some(Route::Login) => {
-                let plan = self
-                    .shared
-                    .selector
-                    .login_plan(ups, ctx.country, ctx.continent);
+                let plan = ctx.gen.selector.login_plan(ups, ctx.country, ctx.continent);
                 ctx.preferred = plan.preferred;
                 plan.pools
             }
@@ -487,9 +488,27 @@ impl ProxyHttp for Edge {
     fn new_ctx(&self) -> Ctx {
         let n = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
         Ctx {
+            gen: self.shared.generation(),
             start: Some(Instant::now()),
+            route: None,
+            strip_prefix: 0,
+            misroute: None,
+            client_ip: None,
+            peer_ip: None,
+            country: None,
+            continent: None,
+            decision: None,
+            token_path: false,
             request_id: format!("{:016x}{n:016x}", self.shared.id_prefix),
-            ..Ctx::default()
+            upstream_start: None,
+            token_body: None,
+            host: String::new(),
+            attempt: 0,
+            candidates: Vec::new(),
+            preferred: None,
+            current: None,
+            edge_reason: None,
+            rules: Vec::new(),
         }
     }
 
@@ -509,17 +528,17 @@ impl ProxyHttp for Edge {
                 .get_all("x-forwarded-for")
                 .iter()
                 .map(|v| v.as_bytes());
-            let client = registry_edge_geo::client_address(peer, xff, &self.shared.trusted_proxies);
+            let client = registry_edge_geo::client_address(peer, xff, &ctx.gen.trusted_proxies);
             ctx.client_ip = Some(client.ip);
             ctx.peer_ip = Some(peer);
-            if let Some(geo) = &self.shared.geo {
+            if let Some(geo) = &ctx.gen.geo {
                 let loc = geo.current().lookup(client.ip);
                 ctx.country = loc.country;
                 ctx.continent = loc.continent;
             }
         }
         ctx.host = request_host(req).unwrap_or_default().to_owned();
-        match self.shared.router.route(request_host(req), req.uri.path()) {
+        match ctx.gen.router.route(request_host(req), req.uri.path()) {
             Ok(r) => {
                 ctx.route = Some(r.route);
                 ctx.strip_prefix = r.strip_prefix;
@@ -540,8 +559,8 @@ impl ProxyHttp for Edge {
         ctx.decision = Some(refusal.reason);
         self.shared
             .metrics
-            .refusal(refusal.reason, self.shared.policy.detect_only());
-        if self.shared.policy.detect_only() {
+            .refusal(refusal.reason, ctx.gen.policy.detect_only());
+        if ctx.gen.policy.detect_only() {
             return self.plan_or_refuse(session, ctx).await;
         }
         let r = self.edge_refusal(ctx, refusal);
@@ -558,7 +577,7 @@ impl ProxyHttp for Edge {
         };
         ctx.current = Some(id);
         ctx.upstream_start.get_or_insert_with(Instant::now);
-        Ok(self.shared.upstreams.get(id).http_peer(addr))
+        Ok(ctx.gen.upstreams.get(id).http_peer(addr))
     }
 
     fn fail_to_connect(
@@ -569,7 +588,7 @@ impl ProxyHttp for Edge {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(id) = ctx.current {
-            let pool = self.shared.upstreams.get(id);
+            let pool = ctx.gen.upstreams.get(id);
             pool.metrics.connect_errors.inc();
             if let Some(addr) = peer.address().as_inet() {
                 pool.back_off(*addr);
@@ -602,7 +621,7 @@ impl ProxyHttp for Edge {
             );
         if early && self.may_retry(session, ctx) {
             if let Some(id) = ctx.current {
-                let pool = self.shared.upstreams.get(id);
+                let pool = ctx.gen.upstreams.get(id);
                 if let Some(addr) = peer.address().as_inet() {
                     pool.back_off(*addr);
                 }
@@ -631,10 +650,10 @@ impl ProxyHttp for Edge {
         let (Some(route), Some(id)) = (ctx.route, ctx.current) else {
             return Ok(());
         };
-        let pool = self.shared.upstreams.get(id);
+        let pool = ctx.gen.upstreams.get(id);
         let peer_trusted = ctx
             .peer_ip
-            .is_some_and(|ip| self.shared.trusted_proxies.contains(ip));
+            .is_some_and(|ip| ctx.gen.trusted_proxies.contains(ip));
         headers::upstream_request(
             upstream,
             &headers::Forwarding {
@@ -649,7 +668,7 @@ impl ProxyHttp for Edge {
         )?;
         if ctx.token_path
             && upstream.method == http::Method::POST
-            && self.shared.policy.filters_repositories()
+            && ctx.gen.policy.filters_repositories()
         {
             // The form body is collected (it is small: read-only caps it) and sent again without
             // the hidden scopes, so its length is not known yet.
@@ -659,7 +678,7 @@ impl ProxyHttp for Edge {
         }
         if ctx.token_path {
             if let Some(q) = upstream.uri.query() {
-                if let Some(filtered) = self.shared.policy.filter_token_query(q) {
+                if let Some(filtered) = ctx.gen.policy.filter_token_query(q) {
                     let pq = if filtered.is_empty() {
                         upstream.uri.path().to_owned()
                     } else {
@@ -676,8 +695,8 @@ impl ProxyHttp for Edge {
         // The client's request is read while the upstream copy is changed: two objects.
         let vars = RewriteVars::new(session, ctx, self.scheme());
         let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
-        let applied = self
-            .shared
+        let applied = ctx
+            .gen
             .engine
             .apply_request(&mut RequestHeaders(upstream), &rctx);
         ctx.rules.extend(applied.iter());
@@ -705,8 +724,8 @@ impl ProxyHttp for Edge {
         }
         if end_of_stream {
             let text = String::from_utf8_lossy(collected);
-            let filtered = self
-                .shared
+            let filtered = ctx
+                .gen
                 .policy
                 .filter_token_query(&text)
                 .unwrap_or_else(|| text.into_owned());
@@ -767,7 +786,7 @@ impl ProxyHttp for Edge {
         let m = &self.shared.metrics;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.start.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        let detect = self.shared.policy.detect_only();
+        let detect = ctx.gen.policy.detect_only();
         let decision = if ctx.decision.is_some() && !detect {
             1
         } else if e.is_some() {
@@ -795,7 +814,7 @@ impl ProxyHttp for Edge {
             m.geo(ctx.country, refused);
         }
         if let Some(id) = ctx.current {
-            let ups = &self.shared.upstreams;
+            let ups = &ctx.gen.upstreams;
             let pool = ups.get(id);
             pool.metrics.requests.inc();
             if let Some(t) = ctx.upstream_start {
@@ -809,14 +828,14 @@ impl ProxyHttp for Edge {
             }
         }
         for &i in &ctx.rules {
-            if let Some(c) = m.rewrites.get(i) {
+            if let Some(c) = ctx.gen.rewrites.get(i) {
                 c.inc();
             }
         }
         self.observe_security(session, ctx, status);
         let region = ctx
             .current
-            .and_then(|id| self.shared.upstreams.get(id).region.as_deref());
+            .and_then(|id| ctx.gen.upstreams.get(id).region.as_deref());
         let req = session.req_header();
         self.shared.access_log.write(AccessEvent {
             request_id: &ctx.request_id,
@@ -832,13 +851,13 @@ impl ProxyHttp for Edge {
             route: ctx.route.map(Route::label),
             upstream: ctx
                 .current
-                .map(|id| self.shared.upstreams.get(id).name.as_str()),
+                .map(|id| ctx.gen.upstreams.get(id).name.as_str()),
             region,
             edge: ctx.edge_reason,
             rules: ctx
                 .rules
                 .iter()
-                .map(|&i| self.shared.engine.rule_name(i))
+                .map(|&i| ctx.gen.engine.rule_name(i))
                 .collect(),
             error: e.map(|e| e.etype().as_str()),
             user_agent: req

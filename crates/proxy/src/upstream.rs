@@ -197,6 +197,37 @@ impl Pool {
         peer
     }
 
+    /// After a reload: takes over what `old` knows about the same upstream (same host, port and
+    /// kind of peer list): its resolved peers, and every peer's health.
+    fn adopt(&self, old: &Pool) {
+        if old.name != self.name
+            || old.host != self.host
+            || old.port != self.port
+            || old.static_peers != self.static_peers
+        {
+            return;
+        }
+        let known = old.peers.load();
+        if self.static_peers {
+            let next: Vec<PeerEntry> = self
+                .peers
+                .load()
+                .iter()
+                .map(|p| PeerEntry {
+                    addr: p.addr,
+                    health: known
+                        .iter()
+                        .find(|k| k.addr == p.addr)
+                        .map_or_else(|| p.health.clone(), |k| k.health.clone()),
+                })
+                .collect();
+            self.peers.store(Arc::new(next));
+        } else {
+            self.metrics.peers.set(known.len() as i64);
+            self.peers.store(known.clone());
+        }
+    }
+
     /// Re-resolves the name; keeps the last good set when resolution fails or finds nothing.
     pub async fn resolve(&self) {
         if self.static_peers {
@@ -306,6 +337,21 @@ impl Upstreams {
         })
     }
 
+    /// After a reload: each pool takes over the peers and health of the running pool of the
+    /// same name when it names the same upstream.
+    pub fn adopt(&self, old: &Upstreams) {
+        for pool in self.all() {
+            if let Some(o) = old.all().find(|o| o.name == pool.name) {
+                pool.adopt(o);
+            }
+        }
+    }
+
+    /// The first pool without a peer (nothing resolved yet), by name.
+    pub fn unresolved(&self) -> Option<&str> {
+        self.all().find(|p| !p.has_peers()).map(|p| p.name.as_str())
+    }
+
     pub fn get(&self, id: PoolId) -> &Pool {
         match id {
             PoolId::Login => &self.login,
@@ -363,7 +409,7 @@ mod tests {
     #[test]
     fn failed_resolution_keeps_the_last_good_set() {
         let config = config();
-        let metrics = Metrics::new(&[]).unwrap();
+        let metrics = Metrics::new().unwrap();
         let ups = Upstreams::new(&config, &metrics).unwrap();
         let pool = &ups.login;
         assert!(!pool.has_peers());
@@ -385,7 +431,7 @@ mod tests {
     #[test]
     fn usable_peers_rotate_by_client_and_skip_backed_off_ones() {
         let config = config();
-        let metrics = Metrics::new(&[]).unwrap();
+        let metrics = Metrics::new().unwrap();
         let ups = Upstreams::new(&config, &metrics).unwrap();
         let pool = &ups.login;
         let a: SocketAddr = "192.0.2.1:443".parse().unwrap();

@@ -9,7 +9,7 @@ use registry_edge_proxy::metrics::Metrics;
 use registry_edge_proxy::upstream::{PoolId, Upstreams};
 
 pub fn render(config: &Config) -> Result<String, String> {
-    let metrics = Metrics::new(&[]).map_err(|e| e.to_string())?;
+    let metrics = Metrics::new().map_err(|e| e.to_string())?;
     let ups = Upstreams::new(config, &metrics).map_err(|e| e.to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,6 +5,8 @@
 //! registry-edge check --no-files -c conf/registry-edge.yaml # skip certificate and GeoIP files (CI)
 //! registry-edge run -c conf/local.yaml                      # serve
 //! registry-edge run -c conf/local.yaml --upgrade            # take the sockets of a running instance
+//! registry-edge reload -c conf/local.yaml                   # apply a changed file (SIGHUP)
+//! registry-edge upgrade -c conf/local.yaml                  # replace the process, sockets kept
 //! ```
 
 use std::path::PathBuf;
@@ -46,6 +48,14 @@ enum Command {
     /// `run --upgrade`, which takes the listening sockets over, then tells the old process
     /// (from `server.pid_file`) to finish its requests within `server.grace_period` and exit.
     Upgrade {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Apply a changed configuration file to the running instance without a restart: the
+    /// file is validated here first, then the instance (from `server.pid_file`) is sent SIGHUP
+    /// and its verdict is printed (exit 0 applied, 1 refused). Listener, `server:`, admin and
+    /// logging changes need `upgrade`.
+    Reload {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -107,6 +117,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config, upgrade } => run(config, upgrade),
         Command::Upgrade { config } => upgrade(&config),
+        Command::Reload { config } => reload(&config),
         Command::Endpoints { config } => {
             let options = registry_edge_config::Options { check_files: true };
             match registry_edge_config::load(&config, options) {
@@ -182,7 +193,11 @@ fn run(path: PathBuf, upgrade: bool) -> ExitCode {
         }
     };
     let pid_file = config.server.pid_file.clone();
-    match registry_edge_proxy::build(config, registry_edge_proxy::RunOptions { upgrade }) {
+    let options = registry_edge_proxy::RunOptions {
+        upgrade,
+        config_path: Some(path.clone()),
+    };
+    match registry_edge_proxy::build(config, options) {
         Ok(server) => {
             // pingora writes the pid file only when it daemonizes; `upgrade` needs it always.
             // By now (after bootstrap) an upgrading process holds the sockets.
@@ -384,4 +399,71 @@ fn upgrade(config_path: &std::path::Path) -> ExitCode {
         config.server.grace_period
     );
     ExitCode::SUCCESS
+}
+
+fn reload(config_path: &std::path::Path) -> ExitCode {
+    let options = registry_edge_config::Options { check_files: true };
+    let config = match registry_edge_config::load(config_path, options) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "{}: invalid configuration; the running instance keeps its own",
+                errors.file
+            );
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+    };
+    let pid_file = &config.server.pid_file;
+    let Some(pid) = read_pid(pid_file) else {
+        eprintln!(
+            "registry-edge reload: no running instance in {}",
+            pid_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let status_file = registry_edge_proxy::reload::status_path(pid_file);
+    let before = std::fs::read_to_string(&status_file).ok();
+    if let Err(e) = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    ) {
+        eprintln!("registry-edge reload: cannot signal process {pid}: {e}");
+        return ExitCode::FAILURE;
+    }
+    // The instance validates again (it reads the file itself) and resolves new upstreams.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = std::fs::read_to_string(&status_file).ok();
+        if let Some(text) = now.filter(|t| Some(t) != before.as_ref()) {
+            let mut lines = text.lines();
+            let ok = lines.next().is_some_and(|l| l.ends_with(" ok"));
+            let details: Vec<&str> = lines.collect();
+            if ok {
+                println!(
+                    "registry-edge reload: process {pid} applied {}",
+                    config_path.display()
+                );
+                for l in details {
+                    println!("  {l}");
+                }
+                return ExitCode::SUCCESS;
+            }
+            eprintln!(
+                "registry-edge reload: process {pid} refused the file and keeps its configuration:"
+            );
+            for l in details {
+                eprintln!("  {l}");
+            }
+            return ExitCode::FAILURE;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "registry-edge reload: process {pid} wrote no verdict to {} within 30 s; see its log",
+                status_file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

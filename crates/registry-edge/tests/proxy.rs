@@ -2659,6 +2659,58 @@ fn certificate_rotation_without_restart() {
     assert_eq!(data.0, "200", "{}", data.1);
 }
 
+/// A large blob downloading at a client's pace (8 MiB, then a pause): (bytes, all bytes right).
+fn slow_download(port: u16, data_host: &str, size: u64) -> std::thread::JoinHandle<(u64, bool)> {
+    let data_host = data_host.to_owned();
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(
+            format!("GET /blob?{SAS}&size={size} HTTP/1.1\r\nHost: {data_host}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut r = BufReader::with_capacity(64 * 1024, s);
+        let head = read_response(&mut r, true);
+        assert_eq!(head.status, 200);
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut ok = true;
+        while got < size {
+            let n = r.read(&mut buf).unwrap();
+            assert!(n > 0, "download cut at {got}");
+            ok &= buf[..n]
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == pattern(got + i as u64));
+            got += n as u64;
+            if got % (8 << 20) < n as u64 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        (got, ok)
+    })
+}
+
+/// `GET /v2/` (a 401 challenge) on a new connection each, until `stop`: (answered, failures).
+fn small_requests(
+    port: u16,
+    host: &str,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(u32, Vec<String>)> {
+    let host = host.to_owned();
+    std::thread::spawn(move || {
+        let (mut done, mut failed) = (0u32, Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = std::panic::catch_unwind(|| get(port, &host, "/v2/", "").status);
+            match r {
+                Ok(401) => done += 1,
+                other => failed.push(format!("{other:?}")),
+            }
+        }
+        (done, failed)
+    })
+}
+
 #[test]
 fn graceful_upgrade_under_load() {
     // A longer grace period than the download takes.
@@ -2677,53 +2729,9 @@ fn graceful_upgrade_under_load() {
     // A large blob downloading at a client's pace, and a stream of small requests.
     let size: u64 = 256 << 20;
     let port = edge.http;
-    let download = {
-        let data_host = data_host.clone();
-        std::thread::spawn(move || {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s.write_all(
-                format!("GET /blob?{SAS}&size={size} HTTP/1.1\r\nHost: {data_host}\r\n\r\n")
-                    .as_bytes(),
-            )
-            .unwrap();
-            let mut r = BufReader::with_capacity(64 * 1024, s);
-            let head = read_response(&mut r, true);
-            assert_eq!(head.status, 200);
-            let mut got = 0u64;
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut ok = true;
-            while got < size {
-                let n = r.read(&mut buf).unwrap();
-                assert!(n > 0, "download cut at {got}");
-                ok &= buf[..n]
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| *b == pattern(got + i as u64));
-                got += n as u64;
-                if got % (8 << 20) < n as u64 {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            (got, ok)
-        })
-    };
+    let download = slow_download(port, &data_host, size);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let small = {
-        let stop = stop.clone();
-        let host = host.clone();
-        std::thread::spawn(move || {
-            let (mut done, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let r = std::panic::catch_unwind(|| get(port, &host, "/v2/", "").status);
-                match r {
-                    Ok(401) => done += 1,
-                    other => failed.push(format!("{other:?}")),
-                }
-            }
-            (done, failed)
-        })
-    };
+    let small = small_requests(port, &host, stop.clone());
     std::thread::sleep(Duration::from_millis(500));
     // The new process inherits `upgrade`'s stdio: give it files, not pipes this test would wait on.
     let status = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
@@ -2766,4 +2774,152 @@ fn graceful_upgrade_under_load() {
     eprintln!(
         "upgrade under load: {done} small requests, none failed; {size}-byte download intact"
     );
+}
+
+fn start_upload(port: u16, host: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    send(
+        &mut s,
+        &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
+    )
+}
+
+/// `registry-edge reload -c FILE`: (success, stdout + stderr).
+fn reload_command(config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(["reload", "-c"])
+        .arg(config)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn config_reload_under_load() {
+    let edge = start_edge_with("reload", HTTP_OPTS, "");
+    let config = edge.dir.join("edge.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let host = format!("registry.test:{}", edge.http);
+    let data_host = format!("data.test:{}", edge.http);
+    let port = edge.http;
+    let gauge = |series: &str| sample(&metrics_text(edge.admin), series);
+    assert_eq!(gauge("registry_edge_config_generation"), 1.0);
+    assert_eq!(uploads(&edge, &host).status, 202, "writes pass before");
+    assert_eq!(
+        get(port, &host, "/v2/", "").header("x-frame-options"),
+        Some("DENY")
+    );
+
+    // A download in flight and a stream of small requests across every reload below.
+    let size: u64 = 192 << 20;
+    let download = slow_download(port, &data_host, size);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let small = small_requests(port, &host, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+
+    // 1. Policy and rewrites change; the login upstream's settings too (its peers and their
+    //    health are kept: no request may find it without a peer).
+    let changed = original
+        .replace(
+            "rewrites:\n",
+            "access:\n  read_only: true\n  deny_cidrs: [\"127.0.9.0/24\"]\nrewrites:\n",
+        )
+        .replace("value: DENY", "value: SAMEORIGIN")
+        .replace("read_timeout: 2s", "read_timeout: 3s");
+    std::fs::write(&config, &changed).unwrap();
+    let (ok, out) = reload_command(&config);
+    assert!(ok, "{out}");
+    assert!(out.contains("generation 2"), "{out}");
+    assert!(out.contains("applied: registry, access, rewrites"), "{out}");
+    assert!(!out.contains("restart required"), "{out}");
+    assert_oci_error(&start_upload(port, &host), 405, "UNSUPPORTED");
+    assert_eq!(
+        get(port, &host, "/v2/", "").header("x-frame-options"),
+        Some("SAMEORIGIN")
+    );
+    assert_eq!(get_from("127.0.9.9", port, &host, "/v2/", "").status, 403);
+    assert_eq!(gauge("registry_edge_config_generation"), 2.0);
+    assert_eq!(
+        gauge("registry_edge_config_reloads_total{result=\"ok\"}"),
+        1.0
+    );
+
+    // 2. An invalid file: `reload` refuses it before signalling (exit 64) ...
+    let broken = changed.replace("read_only: true", "read_only: maybe");
+    std::fs::write(&config, &broken).unwrap();
+    let (ok, out) = reload_command(&config);
+    assert!(!ok);
+    assert!(
+        out.contains("edge.yaml:") && out.contains("read_only"),
+        "{out}"
+    );
+    // ... and the process refuses it on a bare SIGHUP: logged, counted, old one kept.
+    let pid = edge.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge("registry_edge_config_reloads_total{result=\"refused\"}") < 1.0 {
+        assert!(Instant::now() < deadline, "the refusal was not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = std::fs::read_to_string(edge.dir.join("edge.pid.reload")).unwrap();
+    assert!(
+        status.lines().next().unwrap().ends_with(" refused"),
+        "{status}"
+    );
+    assert!(status.contains("read_only"), "{status}");
+    let log = std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap();
+    assert!(log.contains("configuration reload refused"), "{log}");
+    assert_eq!(gauge("registry_edge_config_generation"), 2.0);
+    assert_oci_error(&start_upload(port, &host), 405, "UNSUPPORTED");
+
+    // 3. Listener and server settings need a restart: reported, running values kept, the rest
+    //    applied.
+    let restart_only = changed
+        .replace(
+            "graceful_shutdown_timeout: 1s",
+            "graceful_shutdown_timeout: 2s",
+        )
+        .replace(
+            "max_request_header_bytes: 4096",
+            "max_request_header_bytes: 2048",
+        )
+        .replace("read_only: true", "read_only: false");
+    std::fs::write(&config, &restart_only).unwrap();
+    let (ok, out) = reload_command(&config);
+    assert!(ok, "{out}");
+    assert!(out.contains("generation 3"), "{out}");
+    assert!(out.contains("applied: access"), "{out}");
+    assert!(
+        out.contains("restart required") && out.contains("listeners, server"),
+        "{out}"
+    );
+    assert_eq!(gauge("registry_edge_config_restart_pending"), 1.0);
+    assert_eq!(uploads(&edge, &host).status, 202, "writes pass again");
+    // The running header limit (4096) still applies, not the file's 2048.
+    let long = format!("X-Long: {}\r\n", "a".repeat(3000));
+    assert_eq!(get(port, &host, "/v2/", &long).status, 401);
+
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, failed) = small.join().unwrap();
+    let (got, intact) = download.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} small requests failed across reloads: {failed:?}",
+        failed.len(),
+        done + failed.len() as u32
+    );
+    assert!(done > 10, "{done}");
+    assert_eq!(got, size);
+    assert!(intact, "the download's bytes changed across the reloads");
+    eprintln!("config reload under load: 3 reloads (2 applied, 1 refused), {done} small requests, none failed; {size}-byte download intact");
 }

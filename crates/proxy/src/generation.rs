@@ -1,0 +1,156 @@
+//! A configuration in force: everything a request reads from the configuration, built together
+//! and swapped as one. Each request takes the generation current when it starts
+//! (`ProxyHttp::new_ctx`) and keeps it to its end, so that a reload never changes the rules under
+//! a request in flight.
+//!
+//! What a reload keeps: upstream peers and their health for upstreams that name the same host
+//! and port, the rate limiter's buckets and the security tracker's table when their settings
+//! are unchanged, and the GeoIP database when its path is unchanged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use registry_edge_config::Config;
+use registry_edge_geo::{CidrSet, ReloadingDb};
+use registry_edge_rewrite::Engine;
+
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::route::Router;
+use crate::security::Security;
+use crate::select::Selector;
+use crate::upstream::Upstreams;
+use crate::BuildError;
+
+pub struct Generation {
+    /// 1 for the configuration the process started with, one more at each applied reload.
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub upstreams: Upstreams,
+    pub engine: Arc<Engine>,
+    pub policy: Policy,
+    pub trusted_proxies: CidrSet,
+    pub geo: Option<Arc<ReloadingDb>>,
+    pub selector: Selector,
+    pub security: Arc<Security>,
+    /// One counter per rule of `engine`, by index.
+    pub rewrites: Vec<IntCounter>,
+    /// Set once another generation replaced this one: its probe loops stop.
+    retired: AtomicBool,
+}
+
+impl Generation {
+    /// Builds a generation from a validated configuration. Reads files (CA files, the GeoIP
+    /// database when its path is new): call it off the async threads.
+    pub fn build(
+        config: Arc<Config>,
+        previous: Option<&Generation>,
+        metrics: &Metrics,
+    ) -> Result<Generation, BuildError> {
+        let names: Vec<&str> = (0..config.engine.rule_count())
+            .map(|i| config.engine.rule_name(i))
+            .collect();
+        let rewrites = metrics.rewrite_counters(&names)?;
+        let upstreams = Upstreams::new(&config, metrics)?;
+        if let Some(prev) = previous {
+            upstreams.adopt(&prev.upstreams);
+        }
+        let geo = match &config.geoip {
+            None => None,
+            Some(g) => match previous
+                .and_then(|p| p.geo.as_ref())
+                .filter(|db| db.path() == g.database)
+            {
+                Some(db) => Some(db.clone()),
+                None => Some(Arc::new(ReloadingDb::open(&g.database)?)),
+            },
+        };
+        let a = &config.access;
+        let security = match previous
+            .map(|p| &p.security)
+            .filter(|s| s.same_settings(&a.security_events, a.auto_block.as_ref()))
+        {
+            Some(s) => s.clone(),
+            None => Arc::new(Security::new(&a.security_events, a.auto_block.as_ref())),
+        };
+        Ok(Generation {
+            number: previous.map_or(1, |p| p.number + 1),
+            router: Router::new(&config),
+            policy: Policy::renewed(a, previous.map(|p| &p.policy)),
+            trusted_proxies: CidrSet::new(&config.clients.trusted_proxies),
+            selector: Selector::new(&config),
+            engine: config.engine.clone(),
+            upstreams,
+            geo,
+            security,
+            rewrites,
+            retired: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    pub fn retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings a running process cannot change: its listeners (addresses, TLS, timeouts, limits:
+/// they are fixed into the listening services), `server:` (threads, pid file, upgrade socket,
+/// grace periods), the admin address and the access log's destination.
+pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if running.listeners != new.listeners {
+        changed.push("listeners");
+    }
+    if running.server != new.server {
+        changed.push("server");
+    }
+    if running.admin != new.admin {
+        changed.push("admin");
+    }
+    if running.logging != new.logging {
+        changed.push("logging");
+    }
+    changed
+}
+
+/// `new` with the running process's values of the settings only a restart changes, so that the
+/// generation describes what actually serves.
+pub fn keep_running_settings(running: &Config, mut new: Config) -> Config {
+    new.listeners = running.listeners.clone();
+    new.server = running.server.clone();
+    new.admin = running.admin.clone();
+    new.logging = running.logging.clone();
+    new
+}
+
+/// The sections a reload changes, for the log line that reports it.
+pub fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
+    let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
+    let mut changed = Vec::new();
+    if d(&running.registry) != d(&new.registry) {
+        changed.push("registry");
+    }
+    if running.local_region != new.local_region || d(&running.regions) != d(&new.regions) {
+        changed.push("regions");
+    }
+    if running.geoip != new.geoip {
+        changed.push("geoip");
+    }
+    if running.clients.trusted_proxies != new.clients.trusted_proxies {
+        changed.push("clients");
+    }
+    if d(&running.access) != d(&new.access) {
+        changed.push("access");
+    }
+    if d(&running.rewrites) != d(&new.rewrites) {
+        changed.push("rewrites");
+    }
+    changed
+}
