@@ -49,6 +49,8 @@ use registry_edge_config::Config;
 use crate::generation::Generation;
 use crate::service::{Edge, Shared};
 
+/// Per-connection L4 read buffer of the listeners (see `build`).
+const L4_READ_BUFFER: usize = 0;
 /// How often upstream names are re-resolved.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// How often the GeoIP database file is checked for a replacement.
@@ -171,7 +173,13 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 header_read: listener.timeouts.header_read,
             },
         );
-        let mut endpoint = ListenerConfig::tcp(listener.address.to_string());
+        // No L4 read buffer: pingora's default is 64 KiB per connection, most of an idle
+        // connection's memory. HTTP/1 heads are read into pingora's own 4 KiB buffer, bodies
+        // into its body buffer, and TLS records into rustls's: a second buffer under them only
+        // adds a copy.
+        let mut endpoint = ListenerConfig::tcp(listener.address.to_string()).l4_buffer(
+            pingora::protocols::l4::stream::L4BufferSettings::default().read(L4_READ_BUFFER),
+        );
         if listener.tls.is_some() {
             let address = listener.address.to_string();
             let Some(watched) = shared.certificates.iter().find(|w| w.listener == address) else {

@@ -25,7 +25,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use registry_edge_config::Listener;
-use registry_edge_rewrite::{HeaderStore, RequestContext};
+use registry_edge_rewrite::{HeaderStore, RequestContext, Var};
 
 use crate::access_log::{AccessEvent, AccessLog};
 use crate::generation::Generation;
@@ -164,7 +164,11 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
 
 /// Bytes of a request head as a client sent it (request line and header lines).
 fn header_bytes(req: &RequestHeader) -> usize {
-    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let uri = &req.uri;
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
     req.headers
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
@@ -868,7 +872,8 @@ impl ProxyHttp for Edge {
     }
 }
 
-/// The strings a rewrite context borrows, built once per use.
+/// The strings a rewrite context borrows, built once per use, and only those some rule reads
+/// (none, unless user rules use `{var_client_ip}`, `{var_request_uri}` or `{var_public_origin}`).
 struct RewriteVars {
     client_ip: String,
     uri: String,
@@ -877,10 +882,22 @@ struct RewriteVars {
 
 impl RewriteVars {
     fn new(session: &Session, ctx: &Ctx, scheme: &str) -> RewriteVars {
+        let uses = |v| ctx.gen.engine.uses_var(v);
         RewriteVars {
-            client_ip: ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
-            uri: session.req_header().uri.to_string(),
-            origin: public_origin(scheme, &ctx.host),
+            client_ip: match ctx.client_ip {
+                Some(ip) if uses(Var::ClientIp) => ip.to_string(),
+                _ => String::new(),
+            },
+            uri: if uses(Var::RequestUri) {
+                session.req_header().uri.to_string()
+            } else {
+                String::new()
+            },
+            origin: if uses(Var::PublicOrigin) {
+                public_origin(scheme, &ctx.host)
+            } else {
+                String::new()
+            },
         }
     }
 

@@ -72,6 +72,8 @@ pub struct Engine {
     request_rules: Box<[(usize, UserRule)]>,
     response_rules: Box<[(usize, UserRule)]>,
     derived: Option<Derived>,
+    /// The variables some user rule reads.
+    vars_read: Box<[Var]>,
 }
 
 impl Engine {
@@ -100,7 +102,23 @@ impl Engine {
         if derived.is_some() {
             names.extend(derived::RULES.iter().map(|rule| rule.name().into()));
         }
+        let vars_read = [
+            Var::ClientIp,
+            Var::Host,
+            Var::RequestUri,
+            Var::Scheme,
+            Var::PublicOrigin,
+        ]
+        .into_iter()
+        .filter(|v| {
+            request_rules
+                .iter()
+                .chain(response_rules.iter())
+                .any(|(_, rule)| rule.reads_var(*v))
+        })
+        .collect();
         Ok(Engine {
+            vars_read,
             names: names.into_boxed_slice(),
             request_rules: request_rules.into_boxed_slice(),
             response_rules: response_rules.into_boxed_slice(),
@@ -157,6 +175,13 @@ impl Engine {
     /// User rules plus derived rules.
     pub fn rule_count(&self) -> usize {
         self.names.len()
+    }
+
+    /// Whether some rule reads `var` from the [`RequestContext`]. A caller may leave the
+    /// context's string for a variable no rule reads empty, and save building it per request
+    /// (the derived rules read only `scheme`, `host`, `public_port` and the headers).
+    pub fn uses_var(&self, var: Var) -> bool {
+        self.vars_read.contains(&var)
     }
 }
 

@@ -60,6 +60,24 @@ enum Action {
     },
 }
 
+impl UserRule {
+    /// Whether a condition or a template of this rule reads `var`.
+    pub(crate) fn reads_var(&self, var: Var) -> bool {
+        let in_conditions = self
+            .conditions
+            .iter()
+            .any(|c| c.subject == CompiledSubject::Var(var));
+        let in_templates = self.actions.iter().any(|a| match a {
+            Action::Set { template, .. } => template
+                .segments
+                .iter()
+                .any(|s| matches!(s, Segment::Var(v) if *v == var)),
+            Action::Delete { .. } => false,
+        });
+        in_conditions || in_templates
+    }
+}
+
 enum Mutation {
     ReplaceOne(HeaderName, HeaderValue),
     Replace(HeaderName, Vec<HeaderValue>),

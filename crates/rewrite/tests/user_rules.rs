@@ -411,3 +411,40 @@ fn obs_text_values_are_matched_as_bytes() {
     let got: Vec<&[u8]> = map.get_all("x-name").iter().map(|v| v.as_bytes()).collect();
     assert_eq!(got, [&b"cafe"[..], &b"other"[..]]);
 }
+
+#[test]
+fn the_engine_says_which_variables_its_rules_read() {
+    let all = [
+        Var::ClientIp,
+        Var::Host,
+        Var::RequestUri,
+        Var::Scheme,
+        Var::PublicOrigin,
+    ];
+    let none = engine(&[rule(vec![], vec![marker()])], None);
+    assert!(all.iter().all(|v| !none.uses_var(*v)));
+    let in_condition = engine(
+        &[rule(vec![var(Var::ClientIp, "^203\\.")], vec![marker()])],
+        None,
+    );
+    assert!(in_condition.uses_var(Var::ClientIp));
+    assert!(!in_condition.uses_var(Var::RequestUri));
+    let in_request_template = engine(
+        &[rule(
+            vec![],
+            vec![set(Side::Request, "X-Uri", "{var_request_uri}")],
+        )],
+        None,
+    );
+    assert!(in_request_template.uses_var(Var::RequestUri));
+    assert!(!in_request_template.uses_var(Var::PublicOrigin));
+    let in_response_template = engine(
+        &[rule(
+            vec![],
+            vec![set(Side::Response, "X-O", "at {var_public_origin}")],
+        )],
+        None,
+    );
+    assert!(in_response_template.uses_var(Var::PublicOrigin));
+    assert!(!in_response_template.uses_var(Var::ClientIp));
+}
