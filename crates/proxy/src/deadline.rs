@@ -16,7 +16,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID,
     UniqueIDType, ALPN,
@@ -29,8 +30,14 @@ pub struct HeaderDeadline {
     inner: Stream,
     idle: Duration,
     limit: Duration,
-    /// The deadline in force: for the first byte, then for the rest of the head.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// The deadline in force (for the first byte, then for the rest of the head) when `armed`;
+    /// one timer per connection, reset for each head.
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+    /// Bytes read ahead by [`Peek::try_peek`] (the wait for a request's first byte), served
+    /// before anything else.
+    held: [u8; HOLD],
+    held_len: u8,
     /// A byte of the current head has arrived (the timer is the header deadline).
     started: bool,
     /// The head has ended: pass everything through.
@@ -68,7 +75,10 @@ impl HeaderDeadline {
             inner: stream,
             idle,
             limit,
-            timer: None,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now() + idle)),
+            armed: false,
+            held: [0; HOLD],
+            held_len: 0,
             started: false,
             done: false,
             tail: [0; 3],
@@ -76,19 +86,22 @@ impl HeaderDeadline {
         })
     }
 
+    /// Looks for the blank line that ends the head in `new`, continuing from the last bytes seen.
     fn scan(&mut self, new: &[u8]) {
-        let mut window = [0u8; 4];
-        window[..3].copy_from_slice(&self.tail);
-        for &b in new {
-            window.copy_within(1.., 0);
-            window[3] = b;
-            if &window == b"\r\n\r\n" {
-                self.done = true;
-                self.timer = None;
-                return;
-            }
+        if head_ends(&mut self.tail, new) {
+            self.done = true;
+            self.armed = false;
         }
-        self.tail.copy_from_slice(&window[1..]);
+    }
+
+    /// A byte of a head arrived: from now on the header deadline applies.
+    fn head_started(&mut self) {
+        if !self.started {
+            self.started = true;
+            let deadline = Instant::now() + self.limit;
+            self.timer.as_mut().reset(deadline);
+            self.armed = true;
+        }
     }
 }
 
@@ -110,37 +123,42 @@ impl AsyncRead for HeaderDeadline {
         let me = &mut *self;
         if me.rearm.swap(false, Ordering::Relaxed) {
             me.done = false;
-            me.timer = None;
+            me.armed = false;
             me.started = false;
             me.tail = [0; 3];
+        }
+        if me.held_len > 0 {
+            let n = usize::from(me.held_len).min(buf.remaining());
+            let before = buf.filled().len();
+            buf.put_slice(&me.held[..n]);
+            me.held.copy_within(n.., 0);
+            me.held_len -= n as u8;
+            if !me.done && n > 0 {
+                me.head_started();
+                me.scan(&buf.filled()[before..]);
+            }
+            return Poll::Ready(Ok(()));
         }
         if me.done {
             return Pin::new(&mut me.inner).poll_read(cx, buf);
         }
-        let idle = me.idle;
-        let timer = me
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + idle)));
-        {
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "request headers not received in time",
-                )));
-            }
+        if !me.armed {
+            let deadline = Instant::now() + me.idle;
+            me.timer.as_mut().reset(deadline);
+            me.armed = true;
+        }
+        if me.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request headers not received in time",
+            )));
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            let filled = buf.filled();
-            if filled.len() > before {
-                if !me.started {
-                    me.started = true;
-                    let deadline = Instant::now() + me.limit;
-                    me.timer = Some(Box::pin(tokio::time::sleep_until(deadline)));
-                }
-                let new = &filled[before..];
-                me.scan(new);
+            if buf.filled().len() > before {
+                me.head_started();
+                me.scan(&buf.filled()[before..]);
             }
         }
         r
@@ -228,15 +246,65 @@ impl GetSocketDigest for HeaderDeadline {
     }
 }
 
+/// Waits for and reads the first bytes of the next head into the wrapper's own small buffer,
+/// where the next read finds them again: the wait for a request costs no buffer of pingora's.
+/// Longer peeks go to the stream under the wrapper.
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if buf.len() > HOLD || self.held_len > 0 {
+            return self.inner.try_peek(buf).await;
+        }
+        let mut got = 0;
+        while got < buf.len() {
+            let n = {
+                let mut rb = ReadBuf::new(&mut buf[got..]);
+                std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_read(cx, &mut rb)).await?;
+                rb.filled().len()
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            got += n;
+        }
+        self.held[..got].copy_from_slice(&buf[..got]);
+        self.held_len = got as u8;
+        Ok(true)
     }
 }
 
+/// Whether `new` completes the blank line that ends a head, given the `tail` (last 3 bytes) seen
+/// before it; updates `tail`.
+fn head_ends(tail: &mut [u8; 3], new: &[u8]) -> bool {
+    // Across the boundary: the last 3 bytes seen and the first 3 new ones.
+    let mut edge = [0u8; 6];
+    edge[..3].copy_from_slice(tail);
+    let k = new.len().min(3);
+    edge[3..3 + k].copy_from_slice(&new[..k]);
+    if edge[..3 + k].windows(4).any(|w| w == b"\r\n\r\n")
+        || memchr::memmem::find(new, b"\r\n\r\n").is_some()
+    {
+        return true;
+    }
+    if new.len() >= 3 {
+        tail.copy_from_slice(&new[new.len() - 3..]);
+    } else {
+        let mut t = [0u8; 6];
+        t[..3].copy_from_slice(tail);
+        t[3..3 + new.len()].copy_from_slice(new);
+        tail.copy_from_slice(&t[new.len()..new.len() + 3]);
+    }
+    false
+}
+
+/// Bytes [`HeaderDeadline`] can hold for a peek.
+const HOLD: usize = 8;
+
 /// Wraps a pingora app so that every connection it serves reads its request heads under the
-/// deadline.
+/// deadline, and runs HTTP/1 connections' request loop itself: between requests (and before the
+/// first) a connection waits for its next byte here, holding only its stream, and pingora's
+/// per-request state (its session, buffers and the proxy's future, tens of KiB) exists only
+/// while a request is being served. HTTP/2 connections go to pingora's own loop.
 pub struct DeadlineApp<A> {
     pub inner: Arc<A>,
     pub open_connections: prometheus::IntGauge,
@@ -244,22 +312,101 @@ pub struct DeadlineApp<A> {
     pub header_read: Duration,
 }
 
+impl<A: HttpServerApp + Send + Sync + 'static> DeadlineApp<A> {
+    /// Until the first byte of the next request head: `false` when the client closed, the
+    /// `idle` deadline passed or the server is shutting down.
+    async fn next_head(&self, stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
+        let mut byte = [0u8; 1];
+        let mut shutdown = shutdown.clone();
+        if *shutdown.borrow() {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            r = tokio::time::timeout(self.idle, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(true))),
+            _ = shutdown.changed() => false,
+        }
+    }
+}
+
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for DeadlineApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for DeadlineApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.inner
-            .process_new(
-                HeaderDeadline::wrap(stream, self.idle, self.header_read, &self.open_connections),
-                shutdown,
-            )
-            .await
+        let mut stream =
+            HeaderDeadline::wrap(stream, self.idle, self.header_read, &self.open_connections);
+        let options = self.inner.server_options();
+        let h1 = matches!(stream.selected_alpn_proto(), None | Some(ALPN::H1))
+            && !options.is_some_and(|o| o.h2c || o.force_custom);
+        if !h1 {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        // pingora's HTTP/1 loop (apps::HttpServerApp's ServerApp), with the wait outside it.
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            if !self.next_head(&mut stream, shutdown).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if first {
+                first = false;
+                session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                session.set_keepalive_reuses_remaining(
+                    options.and_then(|o| o.keepalive_request_limit),
+                );
+            } else if let Some(s) = settings.take() {
+                s.apply_to_session(&mut session);
+            }
+            let (next, persistent) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            // Rearms the head deadlines of the same wrapper for the next request.
+            stream =
+                HeaderDeadline::wrap(next, self.idle, self.header_read, &self.open_connections);
+            settings = persistent;
+        }
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        self.inner.http_cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_ends;
+
+    /// Split anywhere, in up to three pieces: the end is found in the piece that completes it,
+    /// never before.
+    #[test]
+    fn the_blank_line_is_found_across_any_split() {
+        let head = b"GET /v2/ HTTP/1.1\r\nHost: a\r\nX: \r\n\r\n";
+        let end = head.len();
+        for i in 0..=end {
+            for j in i..=end {
+                let mut tail = [0u8; 3];
+                let pieces = [&head[..i], &head[i..j], &head[j..]];
+                let mut seen = 0;
+                let mut found_at = None;
+                for p in pieces {
+                    seen += p.len();
+                    if head_ends(&mut tail, p) {
+                        found_at = Some(seen);
+                        break;
+                    }
+                }
+                assert_eq!(found_at, Some(end), "split at {i}, {j}");
+            }
+        }
+        let mut tail = [0u8; 3];
+        assert!(!head_ends(&mut tail, b"GET / HTTP/1.1\r\nA: b\r\n"));
+        assert!(!head_ends(&mut tail, b"\r"));
+        assert!(head_ends(&mut tail, b"\n"));
     }
 }

@@ -21,16 +21,20 @@ pub struct Forwarding<'a> {
 }
 
 pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<()> {
-    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    let pq = if f.strip_prefix > 0 {
-        pq.get(f.strip_prefix..).unwrap_or("/")
-    } else {
-        pq
-    };
-    let uri: http::Uri = pq
-        .parse()
-        .or_err(InvalidHTTPHeader, "request target is not a valid path")?;
-    req.set_uri(uri);
+    // Origin form already (the usual case): the target goes up as the client sent it.
+    let origin_form = req.uri.scheme().is_none() && req.uri.authority().is_none();
+    if f.strip_prefix > 0 || !origin_form {
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let pq = if f.strip_prefix > 0 {
+            pq.get(f.strip_prefix..).unwrap_or("/")
+        } else {
+            pq
+        };
+        let uri: http::Uri = pq
+            .parse()
+            .or_err(InvalidHTTPHeader, "request target is not a valid path")?;
+        req.set_uri(uri);
+    }
     req.insert_header(http::header::HOST, f.host_header)?;
 
     let peer = f.client_ip.map(|ip| ip.to_string()).unwrap_or_default();

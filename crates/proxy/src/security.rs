@@ -118,6 +118,10 @@ impl Security {
 
     /// The address is refused by auto_block right now.
     pub fn blocked(&self, ip: IpAddr) -> bool {
+        if self.block.is_none() {
+            // Without auto_block no address is ever blocked: no table look-up per request.
+            return false;
+        }
         let now = now_ms();
         self.with_slot(ip, now, |s| s.blocked_until > now)
     }

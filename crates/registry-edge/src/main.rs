@@ -14,6 +14,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: pingora allocates and frees many small objects per
+/// request (header maps, buffers, boxed futures); docs/performance.md has the measurement.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod endpoints;
 mod init;
 mod summary;

@@ -1,0 +1,1140 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: the origin direct, nginx and registry-edge doing the same job.
+
+Started by benches/load/run (which installs what is missing and builds the release binaries);
+see benches/load/README.md for what each figure means and how it is measured. Everything runs
+on loopback; every process this script starts is recorded by PID and stopped on exit, Ctrl-C or
+error. Prints a table and writes the same figures to target/load/last-run.json.
+"""
+
+import argparse
+import hashlib
+import http.client
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+EDGE_BIN = os.path.join(ROOT, "target", "release", "registry-edge")
+MMDB_BIN = os.path.join(ROOT, "target", "release", "examples", "load_mmdb")
+RESULT_JSON = os.path.join(ROOT, "target", "load", "last-run.json")
+
+# Upstream names (sent as Host to the origin) and the public names clients use.
+LOGIN_HOST = "contosoacr.azurecr.io"
+DATA_HOST = "contosoacr.eastus.data.azurecr.io"
+PUBLIC_HOST = "registry.example.test"
+PUBLIC_DATA_HOST = "data.example.test"
+EMBARGO = ["CU", "IR", "KP", "SY", "RU"]
+
+LOAD_CORE = 0  # wrk, curl, the TLS and idle-connection clients, the origin
+PROXY_CORE = 1  # nginx's worker and registry-edge, one at a time
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+GIB = 1 << 30
+# Open files for the servers and the harness: 65536, or the hard limit when that is lower
+# (a container without CAP_SYS_RESOURCE cannot raise it). Set in main().
+NOFILE = 65536
+
+LABELS = {"origin": "origin direct", "nginx": "nginx", "edge": "registry-edge"}
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+class HarnessError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: every one started here is recorded by PID and stopped on exit.
+
+
+class Processes:
+    def __init__(self):
+        self.running = {}  # pid -> (name, Popen, stop signal, extra pids)
+
+    def start(self, name, argv, stop_signal, log_path):
+        out = open(log_path, "ab")
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=ROOT,
+        )
+        out.close()
+        self.running[proc.pid] = [name, proc, stop_signal, []]
+        return proc
+
+    def adopt_children(self, pid):
+        """nginx workers: recorded so that they are stopped even if their master is lost."""
+        if pid in self.running:
+            self.running[pid][3] = children(pid)
+
+    def stop(self, pid, timeout=15.0):
+        entry = self.running.pop(pid, None)
+        if entry is None:
+            return
+        name, proc, stop_signal, extra = entry
+        if isinstance(proc, multiprocessing.process.BaseProcess):
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout)
+            return
+        if proc.poll() is None:
+            try:
+                os.kill(pid, stop_signal)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log(f"  {name} (pid {pid}) did not stop in {timeout:.0f}s: SIGKILL")
+                os.kill(pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        for child in extra:  # still there only if the master died without them
+            if proc_name(child).startswith("nginx") and proc_ppid(child) in (pid, 1):
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def stop_all(self):
+        for pid in list(reversed(list(self.running))):
+            self.stop(pid)
+
+
+PROCS = Processes()
+
+
+def run(argv, timeout=None, check=True, **kw):
+    """A short-lived command; recorded while it runs so that a signal also stops it."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, cwd=kw.pop("cwd", ROOT), **kw)
+    PROCS.running[proc.pid] = [argv[0], proc, signal.SIGTERM, []]
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        PROCS.stop(proc.pid)
+        raise HarnessError(f"{' '.join(argv)}: no answer within {timeout}s")
+    except BaseException:  # Ctrl-C, SIGTERM: stop it before unwinding
+        PROCS.stop(proc.pid)
+        raise
+    PROCS.running.pop(proc.pid, None)
+    if check and proc.returncode != 0:
+        raise HarnessError(f"{' '.join(argv)} exited {proc.returncode}:\n{out}{err}")
+    return proc.returncode, out, err
+
+
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# --------------------------------------------------------------------------------------------
+# /proc
+
+
+def proc_fields(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        text = f.read()
+    return text[text.rindex(")") + 2:].split()  # from field 3 (state) on
+
+
+def proc_ppid(pid):
+    try:
+        return int(proc_fields(pid)[1])
+    except (OSError, ValueError):
+        return -1
+
+
+def proc_name(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return [p for p in (int(d) for d in os.listdir("/proc") if d.isdigit())
+                if proc_ppid(p) == pid]
+
+
+def cpu_seconds(pids):
+    """utime + stime (fields 14, 15 of /proc/PID/stat) of the processes, all threads."""
+    total = 0
+    for pid in pids:
+        f = proc_fields(pid)
+        total += int(f[11]) + int(f[12])
+    return total / CLK_TCK
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise HarnessError(f"no VmRSS for pid {pid}")
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def core_busy(core):
+    """(busy, total) jiffies of one core from /proc/stat."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                idle = v[3] + v[4]
+                return sum(v[:8]) - idle, sum(v[:8])
+    return 0, 0
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+class Meter:
+    """A server's CPU time over an interval, and what else kept its core busy meanwhile (other
+    processes on this machine: the figures are only as clean as that share is small)."""
+
+    def __init__(self, server):
+        self.server = server
+        self.core = PROXY_CORE if server.key != "origin" else LOAD_CORE
+        self.cpu_s = self.others_s = self.elapsed_s = 0.0
+
+    def __enter__(self):
+        self.t0 = time.time()
+        self.cpu0 = self.server.cpu()
+        self.busy0 = core_busy(self.core)[0]
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed_s += time.time() - self.t0
+        cpu = self.server.cpu() - self.cpu0
+        self.cpu_s += cpu
+        busy = (core_busy(self.core)[0] - self.busy0) / CLK_TCK
+        self.others_s += max(0.0, busy - cpu)
+        return False
+
+    def note(self, what):
+        """For proxies: one line on the interval; a warning when others took over 5 %."""
+        if self.server.key == "origin":
+            return {}
+        share = self.others_s / max(1e-9, self.elapsed_s)
+        if share > 0.05:
+            log(f"  WARNING: other processes took {share:.0%} of core {self.core} during the "
+                f"{what} ({self.others_s:.1f} s of {self.elapsed_s:.1f} s): figures disturbed")
+        return {"core_others_s": self.others_s, "core_others_share": share}
+
+
+def wait_quiet(max_wait):
+    """Waits (up to max_wait s) until both cores are under 10 % busy over a second: another
+    build or test run on the machine would be measured with the proxy."""
+    waited = 0
+    while True:
+        a = [core_busy(c) for c in (LOAD_CORE, PROXY_CORE)]
+        time.sleep(1.0)
+        b = [core_busy(c) for c in (LOAD_CORE, PROXY_CORE)]
+        shares = [(b[i][0] - a[i][0]) / max(1, b[i][1] - a[i][1]) for i in (0, 1)]
+        if max(shares) < 0.10 or waited >= max_wait:
+            if waited:
+                log(f"  (waited {waited} s for a quiet machine; cores now "
+                    f"{shares[0]:.0%} / {shares[1]:.0%} busy)")
+            return waited
+        waited += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+
+
+def free_port(_taken=set()):
+    """A free loopback port below the ephemeral range (32768-60999 here), so that none of the
+    many client connections can hold it when a server is restarted."""
+    low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    rng = __import__("random").Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise HarnessError("no free port below the ephemeral range")
+
+
+def render(template, out, subs):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for key, value in subs.items():
+        text = text.replace(f"@{key}@", value)
+    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+    if left:
+        raise HarnessError(f"{template}: unfilled placeholders {left}")
+    with open(out, "w") as f:
+        f.write(text)
+    return out
+
+
+def wait_http(port, host, path, expect, what, timeout=20.0):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path, headers={"Host": host})
+            r = c.getresponse()
+            r.read()
+            c.close()
+            if r.status == expect:
+                return
+            last = f"status {r.status}"
+        except OSError as e:
+            last = str(e)
+        time.sleep(0.1)
+    raise HarnessError(f"{what} not ready on port {port}: {last}")
+
+
+class Env:
+    """The run directory, ports, generated files and rendered configurations."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dir = tempfile.mkdtemp(prefix="registry-edge-load.")
+        os.chmod(self.dir, 0o755)  # nginx workers run as www-data and read www/
+        for d in ("www", "tls", "origin-tmp", "nginx-tmp"):
+            os.makedirs(os.path.join(self.dir, d))
+        self.ports = {k: free_port() for k in
+                      ("ORIGIN_PORT", "NGINX_PORT", "NGINX_TLS_PORT", "EDGE_PORT",
+                       "EDGE_TLS_PORT", "EDGE_ADMIN_PORT")}
+        self.mmdb = os.path.join(self.dir, "geo.mmdb")
+        self.addresses_file = os.path.join(self.dir, "addresses.txt")
+        self.blob = os.path.join(self.dir, "www", "blob.bin")
+        self.notes = {}
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def prepare(self):
+        a = self.args
+        _, _, err = run([MMDB_BIN, self.mmdb, self.addresses_file, str(a.addresses)])
+        self.notes["mmdb"] = err.strip().removeprefix("load_mmdb: ").replace(self.dir + "/", "")
+        self.addresses = []
+        with open(self.addresses_file) as f:
+            for line in f:
+                ip, country = line.split()
+                self.addresses.append((ip, country))
+
+        # The blob: a sparse file (reads as zeros, from no disk), so the figures are the
+        # proxies' and the loopback's, not a disk's.
+        with open(self.blob, "wb") as f:
+            f.truncate(a.blob_mib << 20)
+        self.blob_size = a.blob_mib << 20
+        # Read once: the first read of a hole fills the page cache (zeroed pages), several
+        # times slower than the reads that follow; no transfer measured should pay for it.
+        buf = bytearray(1 << 20)
+        with open(self.blob, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": "sha256:" + hashlib.sha256(b"config").hexdigest(),
+                       "size": 1469},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": "sha256:" + hashlib.sha256(bytes([i])).hexdigest(),
+                        "size": 3_000_000 + 7919 * i} for i in range(6)],
+            "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
+        }
+        body = json.dumps(manifest, indent=3).encode()
+        with open(self.path("www", "manifest.json"), "wb") as f:
+            f.write(body)
+        self.manifest_len = len(body)
+        self.manifest_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", self.path("tls", "key.pem"),
+             "-out", self.path("tls", "cert.pem"), "-days", "7", "-subj", f"/CN={PUBLIC_HOST}",
+             "-addext", f"subjectAltName=DNS:{PUBLIC_HOST},DNS:{PUBLIC_DATA_HOST}"])
+
+        subs = dict({k: str(v) for k, v in self.ports.items()},
+                    DIR=self.dir, LOGIN_HOST=LOGIN_HOST, DATA_HOST=DATA_HOST,
+                    LOGIN_HOST_RE=re.escape(LOGIN_HOST).replace("\\-", "-"),
+                    MANIFEST_DIGEST=self.manifest_digest, MMDB=self.mmdb,
+                    EMBARGO_MAP="\n".join(f"        {c} 1;" for c in EMBARGO),
+                    EMBARGO_YAML=", ".join(EMBARGO), NOFILE=str(NOFILE))
+        self.origin_conf = render("origin.nginx.conf", self.path("origin.nginx.conf"), subs)
+        self.nginx_conf = render("nginx.conf", self.path("nginx.conf"), subs)
+        self.edge_conf = render("registry-edge.yaml", self.path("registry-edge.yaml"), subs)
+        for conf in (self.origin_conf, self.nginx_conf):
+            run(["nginx", "-t", "-q", "-c", conf, "-p", self.dir + "/", "-g", "daemon off;"])
+        run([EDGE_BIN, "check", "-q", "-c", self.edge_conf])
+
+
+# --------------------------------------------------------------------------------------------
+# Servers
+
+
+def pinned(core, argv):
+    return ["taskset", "-c", str(core), "prlimit", f"--nofile={NOFILE}:{NOFILE}"] + argv
+
+
+class Server:
+    """One running server: its PIDs for CPU and RSS, its ports and Host names."""
+
+    def __init__(self, key, env):
+        self.key = key
+        self.env = env
+        self.master = None
+        self.pids = []
+        self.worker = None
+
+    def start(self):
+        env = self.env
+        p = env.ports
+        if self.key == "origin":
+            argv = pinned(LOAD_CORE, ["nginx", "-c", env.origin_conf, "-p", env.dir + "/",
+                                      "-g", "daemon off;"])
+            proc = PROCS.start("origin nginx", argv, signal.SIGTERM, env.path("origin.out"))
+            self.port, self.host, self.data_host = p["ORIGIN_PORT"], LOGIN_HOST, DATA_HOST
+            wait_http(self.port, LOGIN_HOST, "/v2/", 401, "origin", timeout=20)
+        elif self.key == "nginx":
+            argv = pinned(PROXY_CORE, ["nginx", "-c", env.nginx_conf, "-p", env.dir + "/",
+                                       "-g", "daemon off;"])
+            proc = PROCS.start("nginx", argv, signal.SIGTERM, env.path("nginx.out"))
+            self.port, self.tls_port = p["NGINX_PORT"], p["NGINX_TLS_PORT"]
+            self.host = f"{PUBLIC_HOST}:{self.port}"
+            self.data_host = f"{PUBLIC_DATA_HOST}:{self.port}"
+            wait_http(self.port, self.host, "/v2/", 401, "nginx", timeout=20)
+        else:
+            argv = pinned(PROXY_CORE, [EDGE_BIN, "run", "-c", env.edge_conf])
+            proc = PROCS.start("registry-edge", argv, signal.SIGINT, env.path("edge.out"))
+            self.port, self.tls_port = p["EDGE_PORT"], p["EDGE_TLS_PORT"]
+            self.host = f"{PUBLIC_HOST}:{self.port}"
+            self.data_host = f"{PUBLIC_DATA_HOST}:{self.port}"
+            wait_http(p["EDGE_ADMIN_PORT"], "127.0.0.1", "/readyz", 200, "registry-edge", 30)
+            wait_http(self.port, self.host, "/v2/", 401, "registry-edge", timeout=20)
+        self.master = proc.pid
+        if self.key in ("origin", "nginx"):
+            workers = children(self.master)
+            if len(workers) != 1:
+                raise HarnessError(f"{self.key}: expected one worker, found {workers}")
+            self.worker = workers[0]
+            PROCS.adopt_children(self.master)
+            self.pids = [self.master, self.worker]
+        else:
+            self.worker = self.master
+            self.pids = [self.master]
+        want = {LOAD_CORE if self.key == "origin" else PROXY_CORE}
+        for pid in self.pids:
+            got = os.sched_getaffinity(pid)
+            if got != want:
+                raise HarnessError(f"{self.key} pid {pid} runs on cores {got}, not {want}")
+        return self
+
+    def stop(self):
+        if self.master:
+            PROCS.stop(self.master)
+            self.master = None
+
+    def cpu(self):
+        return cpu_seconds(self.pids)
+
+    def rss(self):
+        return {"total": sum(rss_bytes(p) for p in self.pids), "worker": rss_bytes(self.worker)}
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: both proxies do the job before anything is measured.
+
+
+def request(port, method, path, headers, tls=False):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, path, headers=headers)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r, body
+
+
+def functional_checks(server, env, origin_location):
+    h = {"Host": server.host, "X-Forwarded-For": "8.8.8.8", "User-Agent": "registry-edge-load/check"}
+    failures = []
+
+    def expect(cond, what):
+        if not cond:
+            failures.append(what)
+
+    r, _ = request(server.port, "GET", "/v2/", h)
+    realm = f'realm="http://{server.host}/oauth2/token"'
+    expect(r.status == 401 and realm in (r.getheader("WWW-Authenticate") or ""),
+           f"/v2/: want 401 with {realm}, got {r.status} {r.getheader('WWW-Authenticate')}")
+    r, body = request(server.port, "GET", "/v2/library/app/manifests/latest", h)
+    expect(r.status == 200 and r.getheader("Docker-Content-Digest") == env.manifest_digest
+           and "sha256:" + hashlib.sha256(body).hexdigest() == env.manifest_digest,
+           f"manifest: {r.status} digest {r.getheader('Docker-Content-Digest')}")
+    r, _ = request(server.port, "HEAD", "/v2/library/app/manifests/latest", h)
+    expect(r.status == 200 and r.getheader("Docker-Content-Digest") == env.manifest_digest,
+           f"HEAD manifest: {r.status}")
+    r, _ = request(server.port, "GET", env.blob_path, h)
+    location = r.getheader("Location") or ""
+    want = origin_location.replace(f"http://{DATA_HOST}/", f"http://{server.data_host}/")
+    expect(r.status == 307 and location == want,
+           f"blob: want 307 to {want}, got {r.status} {location}")
+    r, _ = request(server.port, "GET", "/oauth2/token?service=x", h)
+    expect(r.status == 200, f"token: {r.status}")
+    embargoed = next(ip for ip, c in env.addresses if c in EMBARGO)
+    r, _ = request(server.port, "GET", "/v2/", dict(h, **{"X-Forwarded-For": embargoed}))
+    expect(r.status == 451, f"embargoed {embargoed}: {r.status}")
+    # Through a second trusted hop, the embargoed client is still found.
+    r, _ = request(server.port, "GET", "/v2/",
+                   dict(h, **{"X-Forwarded-For": f"{embargoed}, 127.0.0.9"}))
+    expect(r.status == 451, f"embargoed {embargoed} behind 127.0.0.9: {r.status}")
+    r, _ = request(server.port, "GET", "/v2/", {"Host": "other.example.test"})
+    expect(r.status == 421, f"other host: {r.status}")
+    if failures:
+        raise HarnessError(f"{LABELS[server.key]} does not do the job:\n  " + "\n  ".join(failures))
+    return location
+
+
+def geo_check(server, env, sample):
+    """Each sampled address in X-Forwarded-For: 451 exactly for the embargoed countries, and
+    the country in the proxy's access log is the one load_mmdb assigned."""
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    wrong = []
+    for ip, country in sample:
+        c.request("GET", "/v2/", headers={"Host": server.host, "X-Forwarded-For": ip,
+                                          "User-Agent": "registry-edge-load/geo-check"})
+        r = c.getresponse()
+        r.read()
+        want = 451 if country in EMBARGO else 401
+        if r.status != want:
+            wrong.append(f"{ip} ({country}): {r.status}, want {want}")
+    c.close()
+    time.sleep(1.6)  # nginx flushes its buffered log within 1 s; registry-edge when idle
+    log_file = env.path("nginx-access.log" if server.key == "nginx" else "edge-access.log")
+    seen = {}
+    with open(log_file) as f:
+        for line in f:
+            if "geo-check" not in line:
+                continue
+            e = json.loads(line)
+            seen[e.get("client")] = e.get("country") or "--"
+    mismatched = [f"{ip}: log {seen.get(ip)}, mmdb {country}" for ip, country in sample
+                  if seen.get(ip, "?") != country]
+    return {"addresses": len(sample), "decisions_wrong": wrong, "countries_wrong": mismatched}
+
+
+def tls_details(port):
+    _, out, _ = run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+                     PUBLIC_HOST, "-tls1_3"], timeout=10, check=False)
+    got = {}
+    for key, pattern in (("protocol", r"New, (\S+), Cipher is"),
+                         ("cipher", r"Cipher is (\S+)"),
+                         ("signature", r"Peer signature type: (\S+)"),
+                         ("key_exchange", r"Server Temp Key: ([^\n]+)"),
+                         ("public_key_bits", r"Server public key is (\d+) bit")):
+        m = re.search(pattern, out)
+        got[key] = m.group(1) if m else None
+    return got
+
+
+# --------------------------------------------------------------------------------------------
+# Measurements
+
+
+def wrk_mix(server, env, duration, connections, host=None):
+    argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
+            "--latency", "-s", os.path.join(HERE, "mix.lua"), f"http://127.0.0.1:{server.port}/",
+            "--", env.addresses_file, host or server.host, ",".join(EMBARGO), "1"]
+    _, out, _ = run(argv, timeout=duration + 60)
+    line = next((l for l in out.splitlines() if l.startswith("MIX ")), None)
+    if line is None:
+        raise HarnessError(f"wrk printed no MIX line:\n{out}")
+    mix = json.loads(line[4:])
+    mix["rps"] = mix["requests"] / (mix["duration_us"] / 1e6)
+    return mix
+
+
+def measure_mix(server, env, args):
+    wait_quiet(args.wait_quiet)
+    warm = wrk_mix(server, env, args.warmup, args.connections)
+    log(f"  warm-up ({args.warmup}s, not measured): {warm['rps']:,.0f} requests/s")
+    with Meter(server) as meter:
+        mix = wrk_mix(server, env, args.duration, args.connections)
+    rss = server.rss()
+    statuses = {int(k): v for k, v in mix["statuses"].items()}
+    unexpected = {k: v for k, v in statuses.items() if k not in (200, 307, 401, 451)}
+    errors = {k: v for k, v in mix["errors"].items() if v and k != "status"}
+    cpu = meter.cpu_s
+    result = {
+        "requests": mix["requests"], "duration_s": mix["duration_us"] / 1e6,
+        "requests_per_s": mix["rps"], "latency_us": mix["latency_us"],
+        "statuses": statuses, "unexpected_statuses": unexpected, "socket_errors": errors,
+        "share_451": statuses.get(451, 0) / max(1, mix["requests"]),
+        "cpu_s": cpu, "cpu_us_per_request": cpu * 1e6 / max(1, mix["requests"]),
+        "warmup_requests_per_s": warm["rps"],
+        "rss_bytes": rss["total"], "rss_worker_bytes": rss["worker"],
+    }
+    st = " ".join(f"{k}:{v}" for k, v in sorted(statuses.items()))
+    log(f"  mix ({args.duration}s, {args.connections} connections): {mix['rps']:,.0f} requests/s, "
+        f"p50 {mix['latency_us']['p50'] / 1000:.2f} ms, p99 {mix['latency_us']['p99'] / 1000:.2f} ms, "
+        f"statuses {st}")
+    if unexpected or errors:
+        log(f"  WARNING: unexpected statuses {unexpected} socket errors {errors}")
+    result.update(meter.note("mix"))
+    return result
+
+
+def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0):
+    wait_quiet(quiet_wait)
+    results = []
+    meter = Meter(server)
+    for _ in range(runs):
+        argv = ["taskset", "-c", str(core), "curl", "-s", "-o", "/dev/null", "-w",
+                "%{http_code} %{time_total} %{size_download}"]
+        if resolve:
+            argv += ["--resolve", resolve]
+        else:
+            argv += ["-H", f"Host: {DATA_HOST}"]
+        argv.append(url)
+        cpu0 = meter.cpu_s
+        with meter:
+            _, out, _ = run(argv, timeout=600)
+        code, seconds, size = out.split()
+        if code != "200" or int(size) != env.blob_size:
+            raise HarnessError(f"blob through {LABELS[server.key]}: status {code}, {size} bytes")
+        results.append({"seconds": float(seconds), "cpu_s": meter.cpu_s - cpu0})
+    secs = [r["seconds"] for r in results]
+    cpus = [r["cpu_s"] for r in results]
+    gib = env.blob_size / GIB
+    median_s = statistics.median(secs)
+    return dict({
+        "curl_core": core, "runs": results, "seconds_median": median_s,
+        "mb_per_s": env.blob_size / 1e6 / median_s,
+        "cpu_ms_per_gib": statistics.median(cpus) * 1000 / gib,
+    }, **meter.note("blob transfers"))
+
+
+def read_responses(socks, sel, deadline):
+    """Reads one HTTP response (headers + Content-Length body) on each socket."""
+    pending = {s.fileno(): [s, b""] for s in socks}
+    for s in socks:
+        sel.register(s, selectors.EVENT_READ)
+    statuses = {}
+    while pending and time.time() < deadline:
+        for key, _ in sel.select(timeout=1.0):
+            fd = key.fd
+            s, buf = pending[fd]
+            try:
+                data = s.recv(65536)
+            except ConnectionError:
+                data = b""
+            if not data:
+                statuses["closed"] = statuses.get("closed", 0) + 1
+                sel.unregister(s)
+                del pending[fd]
+                continue
+            buf += data
+            pending[fd][1] = buf
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            m = re.search(rb"\r\ncontent-length:\s*(\d+)", buf[:end], re.I)
+            if len(buf) - end - 4 >= (int(m.group(1)) if m else 0):
+                status = int(buf[9:12])
+                statuses[status] = statuses.get(status, 0) + 1
+                sel.unregister(s)
+                del pending[fd]
+    for fd, (s, _) in pending.items():
+        sel.unregister(s)
+    statuses["unanswered"] = len(pending)
+    return statuses
+
+
+def measure_idle(server, env, n, quiet_wait=0):
+    """RSS of the proxy per idle client connection: n fresh connections, then the same after
+    one keepalive request each."""
+    pid = server.worker
+    wait_quiet(quiet_wait)
+    base = rss_bytes(pid)
+    base_fds = open_fds(pid)
+    socks = []
+    t0 = time.time()
+    try:
+        sources = [f"127.0.0.{i}" for i in range(1, 9)]
+        for i in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.bind((sources[i % len(sources)], 0))
+            s.connect(("127.0.0.1", server.port))
+            socks.append(s)
+        opened_s = time.time() - t0
+        # Wait until the proxy holds them all (or 10 s), then 2 s more to settle.
+        deadline = time.time() + 10
+        while open_fds(pid) - base_fds < n and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)
+        fresh = rss_bytes(pid)
+        fresh_fds = open_fds(pid) - base_fds
+        req = (f"GET /v2/ HTTP/1.1\r\nHost: {server.host}\r\n"
+               f"User-Agent: registry-edge-load/idle\r\n\r\n").encode()
+        # In waves of 100, so that the figure is what stays per connection, not the
+        # high-water mark of 8,000 requests in flight at once.
+        sel = selectors.DefaultSelector()
+        statuses = {}
+        for i in range(0, n, 100):
+            wave = socks[i:i + 100]
+            for s in wave:
+                s.sendall(req)
+            for k, v in read_responses(wave, sel, time.time() + 30).items():
+                statuses[k] = statuses.get(k, 0) + v
+        sel.close()
+        time.sleep(2.0)
+        after = rss_bytes(pid)
+        after_fds = open_fds(pid) - base_fds
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(1.0)
+    closed = rss_bytes(pid)
+    result = {
+        "connections": n, "open_seconds": opened_s,
+        "rss_before_bytes": base, "rss_fresh_bytes": fresh, "rss_after_request_bytes": after,
+        "rss_after_close_bytes": closed,
+        "proxy_fds_fresh": fresh_fds, "proxy_fds_after_request": after_fds,
+        "bytes_per_connection_fresh": (fresh - base) / n,
+        "bytes_per_connection_after_request": (after - base) / n,
+        "responses": statuses,
+    }
+    log(f"  idle: {n} connections opened in {opened_s:.1f}s (proxy fds +{fresh_fds}); RSS "
+        f"{base / 2**20:.1f} -> {fresh / 2**20:.1f} MiB fresh -> {after / 2**20:.1f} MiB after "
+        f"one request each (responses {statuses}) -> {closed / 2**20:.1f} MiB closed")
+    return result
+
+
+def tls_client(port, host, seconds, queue):
+    """Full TLS 1.3 handshakes, one GET /v2/ each with Connection: close; never offers a
+    session back (a new SSLContext session each time: no resumption)."""
+    os.sched_setaffinity(0, {LOAD_CORE})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    req = (f"GET /v2/ HTTP/1.1\r\nHost: {host}\r\nUser-Agent: registry-edge-load/tls\r\n"
+           f"Connection: close\r\n\r\n").encode()
+    done = failed = reused = 0
+    statuses = {}
+    versions = set()
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname=PUBLIC_HOST) as s:
+                    s.sendall(req)
+                    buf = b""
+                    while True:
+                        d = s.recv(65536)
+                        if not d:
+                            break
+                        buf += d
+                    versions.add(s.version())
+                    reused += int(s.session_reused)
+            status = int(buf[9:12]) if buf.startswith(b"HTTP/1.1 ") else 0
+            statuses[status] = statuses.get(status, 0) + 1
+            done += 1
+        except (OSError, ValueError):
+            failed += 1
+    queue.put({"connections": done, "failed": failed, "reused": reused,
+               "statuses": statuses, "versions": sorted(v for v in versions if v)})
+
+
+def measure_tls(server, seconds, clients, quiet_wait=0):
+    wait_quiet(quiet_wait)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=tls_client, args=(server.tls_port, server.host.replace(
+        str(server.port), str(server.tls_port)), seconds, queue)) for _ in range(clients)]
+    with Meter(server) as meter:
+        for p in procs:
+            p.start()
+            PROCS.running[p.pid] = ["tls client", p, signal.SIGTERM, []]
+        parts = [queue.get(timeout=seconds + 60) for _ in procs]
+        for p in procs:
+            p.join()
+            PROCS.running.pop(p.pid, None)
+    total = {"connections": 0, "failed": 0, "reused": 0, "statuses": {}, "versions": set()}
+    for part in parts:
+        for k in ("connections", "failed", "reused"):
+            total[k] += part[k]
+        for k, v in part["statuses"].items():
+            total["statuses"][k] = total["statuses"].get(k, 0) + v
+        total["versions"].update(part["versions"])
+    total["versions"] = sorted(total["versions"])
+    cpu = meter.cpu_s
+    total.update(seconds=seconds, clients=clients, cpu_s=cpu,
+                 connections_per_s=total["connections"] / seconds,
+                 cpu_us_per_connection=cpu * 1e6 / max(1, total["connections"]))
+    log(f"  TLS: {total['connections']} full handshakes in {seconds}s ({total['connections_per_s']:,.0f}/s, "
+        f"{clients} clients on core {LOAD_CORE}), versions {total['versions']}, resumed "
+        f"{total['reused']}, failed {total['failed']}, statuses {total['statuses']}")
+    total.update(meter.note("TLS connections"))
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def fmt(v, spec, dash="—"):
+    return dash if v is None else format(v, spec)
+
+
+def get(d, *keys):
+    for k in keys:
+        if d is None:
+            return None
+        d = d.get(k)
+    return d
+
+
+def report(results, env, args, environment):
+    rows = [k for k in ("origin", "nginx", "edge") if k in results]
+    kb = 1024.0
+
+    disturbed = []
+
+    def row(k):
+        r = results[k]
+        mix, blob, idle, tls = r.get("mix"), r.get("blob"), r.get("idle"), r.get("tls")
+        proxy = k != "origin"
+
+        def star(phase):
+            if (get(phase, "core_others_share") or 0) > 0.05:
+                disturbed.append(k)
+                return "*"
+            return ""
+
+        m, b, t = star(mix), star(blob), star(tls)
+        return [
+            LABELS[k],
+            fmt(get(mix, "requests_per_s"), ",.0f") + m,
+            fmt(get(mix, "latency_us", "p50") and mix["latency_us"]["p50"] / 1000, ".2f") + m,
+            fmt(get(mix, "latency_us", "p99") and mix["latency_us"]["p99"] / 1000, ".2f") + m,
+            fmt(get(mix, "cpu_us_per_request") if proxy else None, ".1f") + m,
+            fmt(get(blob, "seconds_median"), ".2f") + b,
+            fmt(get(blob, "mb_per_s"), ",.0f") + b,
+            fmt(get(blob, "cpu_ms_per_gib") if proxy else None, ",.0f") + b,
+            fmt(get(mix, "rss_bytes") / 2**20 if proxy and mix else None, ".1f")
+            + (f" ({mix['rss_worker_bytes'] / 2**20:.1f})" if k == "nginx" and mix else ""),
+            fmt(get(idle, "bytes_per_connection_fresh") and idle["bytes_per_connection_fresh"] / kb, ".2f"),
+            fmt(get(idle, "bytes_per_connection_after_request") and idle["bytes_per_connection_after_request"] / kb, ".2f"),
+            fmt(get(tls, "cpu_us_per_connection"), ",.0f") + t,
+        ]
+
+    head1 = ["", "requests/s", "p50", "p99", "CPU/req", "1 GiB", "blob", "CPU/GiB", "RSS mix",
+             "idle/conn", "idle/conn", "TLS CPU"]
+    head2 = ["", "(mix)", "ms", "ms", "µs", "s", "MB/s", "ms", "MiB", "fresh KiB", "1 req KiB",
+             "µs/conn"]
+    table = [head1, head2] + [row(k) for k in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head1))]
+    log()
+    log("=" * (sum(widths) + 2 * len(widths)))
+    for i, r in enumerate(table):
+        log("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)))
+        if i == 1:
+            log("-" * (sum(widths) + 2 * len(widths)))
+    log("=" * (sum(widths) + 2 * len(widths)))
+    log("CPU = the proxy's utime+stime from /proc (nginx: master + worker) over the measured "
+        "interval; RSS mix = VmRSS after the mix (nginx: master + worker (worker alone)).")
+    if disturbed:
+        log("* other processes took over 5 % of the proxy's core during this measurement "
+            "(see the WARNING lines): read it as disturbed.")
+
+    ratios = {}
+
+    def ratio(name, a, b, target, better):
+        if a is None or b is None or b == 0:
+            return
+        v = a / b
+        met = v <= target if better == "le" else v >= target
+        ratios[name] = {"value": v, "target": f"{'≤' if better == 'le' else '≥'} {target}",
+                        "met": met}
+
+    e, n, o = results.get("edge"), results.get("nginx"), results.get("origin")
+    ratio("CPU per request, registry-edge / nginx", get(e, "mix", "cpu_us_per_request"),
+          get(n, "mix", "cpu_us_per_request"), 1.0, "le")
+    ratio("p99 latency, registry-edge / nginx", get(e, "mix", "latency_us", "p99"),
+          get(n, "mix", "latency_us", "p99"), 1.0, "le")
+    ratio("requests/s, registry-edge / nginx", get(e, "mix", "requests_per_s"),
+          get(n, "mix", "requests_per_s"), 1.0, "ge")
+    ratio("blob CPU per GiB, registry-edge / nginx", get(e, "blob", "cpu_ms_per_gib"),
+          get(n, "blob", "cpu_ms_per_gib"), 1.0, "le")
+    ratio("TLS CPU per new connection, registry-edge / nginx",
+          get(e, "tls", "cpu_us_per_connection"), get(n, "tls", "cpu_us_per_connection"), 0.7, "le")
+    ratio("blob throughput, registry-edge / origin direct", get(e, "blob", "mb_per_s"),
+          get(o, "blob", "mb_per_s"), 0.95, "ge")
+    ratio("blob throughput, nginx / origin direct", get(n, "blob", "mb_per_s"),
+          get(o, "blob", "mb_per_s"), 0.95, "ge")
+    absolute = {}
+    if get(e, "mix", "rss_bytes") is not None:
+        v = e["mix"]["rss_bytes"] / 2**20
+        absolute["registry-edge RSS under the mix (MiB)"] = {"value": v, "target": "< 64 MB",
+                                                             "met": v * 2**20 < 64e6}
+    for key, label in (("bytes_per_connection_fresh", "fresh"),
+                       ("bytes_per_connection_after_request", "after one request")):
+        v = get(e, "idle", key)
+        if v is not None:
+            absolute[f"registry-edge RSS per idle connection, {label} (KiB)"] = {
+                "value": v / kb, "target": "≤ 4 KB", "met": v <= 4000}
+    if ratios or absolute:
+        log()
+        width = max(len(k) for k in list(ratios) + list(absolute))
+        log("Ratios".ljust(width) + "   value  target   met")
+        for k, v in ratios.items():
+            log(f"{k.ljust(width)}  {v['value']:6.2f}  {v['target']:<7}  {'yes' if v['met'] else 'no'}")
+        for k, v in absolute.items():
+            log(f"{k.ljust(width)}  {v['value']:6.2f}  {v['target']:<7}  {'yes' if v['met'] else 'no'}")
+
+    log()
+    log("Environment")
+    for k, v in environment.items():
+        log(f"  {k}: {v}")
+
+    os.makedirs(os.path.dirname(RESULT_JSON), exist_ok=True)
+    out = {"environment": environment,
+           "results": {LABELS[k]: results[k] for k in rows},
+           "ratios": ratios, "absolute": absolute}
+    with open(RESULT_JSON, "w") as f:
+        json.dump(out, f, indent=2, sort_keys=False, default=str)
+    log(f"  figures as JSON: {os.path.relpath(RESULT_JSON, ROOT)}")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def environment_notes(env, args):
+    def first_line(argv):
+        try:
+            _, out, err = run(argv, timeout=10, check=False)
+            return (out or err).strip().splitlines()[0]
+        except (HarnessError, OSError, IndexError):
+            return "?"
+
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    _, status, _ = run(["git", "status", "--porcelain", "--", "crates", "Cargo.lock"],
+                       check=False)
+    commit = first_line(["git", "rev-parse", "--short", "HEAD"])
+    return {
+        "registry-edge": f"{first_line([EDGE_BIN, '--version'])}, git {commit}"
+                         + (" + uncommitted changes under crates/" if status.strip() else ""),
+        "nginx": first_line(["nginx", "-v"]) + " (Debian), modules geoip2 + headers-more",
+        "wrk": first_line(["wrk", "-v"]),
+        "machine": f"{os.cpu_count()} cores, {cpu}, Linux {platform.release()}",
+        "pinning": f"proxies (nginx master+worker, registry-edge all threads) on core {PROXY_CORE}; "
+                   f"origin nginx, wrk, curl and the Python clients on core {LOAD_CORE}",
+        "workers": "nginx worker_processes 1; registry-edge server.threads 1",
+        "mix": f"wrk -t1 -c{args.connections}, {args.warmup}s warm-up then {args.duration}s "
+               f"measured, mix.lua (25% HEAD + 20% GET manifest, 30% blob 307, 15% /v2/ 401, "
+               f"10% token), X-Forwarded-For from {args.addresses} addresses (HEAD: "
+               f"Content-Length 0 from the origin and no embargoed address, for wrk; README)",
+        "blob": f"{args.blob_mib} MiB sparse file (zeros, read once into the page cache), curl "
+                f"on core {LOAD_CORE} (with the origin) to the origin and through each proxy's "
+                f"data host, {args.blob_runs} runs each, median time and median proxy CPU",
+        "idle": f"{args.idle_connections} connections from 127.0.0.1-8 to a restarted proxy, "
+                f"RSS (nginx: worker) 2 s after opening, then 2 s after one GET /v2/ each",
+        "tls": f"TLS 1.3, ECDSA P-256 certificate, Python ssl clients ({args.tls_clients} "
+               f"processes) for {args.tls_seconds}s, full handshake + GET /v2/ + close each",
+        "geoip": env.notes.get("mmdb", "?"),
+        "load average": loadavg(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", default="15s", help="measured wrk run (default 15s)")
+    ap.add_argument("--warmup", default="5s", help="unmeasured wrk run before it (default 5s)")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    ap.add_argument("--only", action="append", choices=["origin", "nginx", "edge"],
+                    help="measure only this (repeatable; default all three)")
+    ap.add_argument("--skip-blob", action="store_true")
+    ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--skip-tls", action="store_true")
+    ap.add_argument("--blob-mib", type=int, default=1024, help="blob size (default 1024 MiB)")
+    ap.add_argument("--blob-runs", type=int, default=3)
+    ap.add_argument("--idle-connections", type=int, default=8000)
+    ap.add_argument("--tls-seconds", default="10s")
+    ap.add_argument("--tls-clients", type=int, default=3)
+    ap.add_argument("--addresses", type=int, default=4096, help="X-Forwarded-For addresses")
+    ap.add_argument("--wait-quiet", type=int, default=120, metavar="S",
+                    help="before each measurement, wait up to S seconds for both cores to be "
+                         "under 10%% busy (other builds, tests); default 120, 0 to skip")
+    ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs)")
+    args = ap.parse_args()
+    for k in ("duration", "warmup", "tls_seconds"):
+        setattr(args, k, int(str(getattr(args, k)).rstrip("s")))
+    only = args.only or ["origin", "nginx", "edge"]
+
+    if os.cpu_count() < 2:
+        raise HarnessError("needs two cores: one for the proxies, one for the load")
+    # Also SIGINT: a shell starts background jobs with it ignored, and Python then leaves it so.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    global NOFILE
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, max(hard, NOFILE)))
+    except (ValueError, OSError):
+        NOFILE = hard
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if NOFILE < 2 * args.idle_connections + 1000:
+        raise HarnessError(f"open files limited to {NOFILE}: too few for "
+                           f"{args.idle_connections} idle connections (and their upstreams)")
+    os.sched_setaffinity(0, {LOAD_CORE})
+
+    env = Env(args)
+    log(f"registry-edge load harness: run directory {env.dir}")
+    results = {}
+    try:
+        env.prepare()
+        log(f"  {env.notes['mmdb']}")
+        environment = environment_notes(env, args)
+        origin = Server("origin", env).start()
+        # The blob path, and the Location the origin gives for it (the SAS query must come back
+        # unchanged through both proxies).
+        digest = "0" * 60 + "beef"
+        env.blob_path = f"/v2/library/app/blobs/sha256:{digest}"
+        r, _ = request(origin.port, "GET", env.blob_path, {"Host": LOGIN_HOST})
+        origin_location = r.getheader("Location")
+        if r.status != 307 or not origin_location:
+            raise HarnessError(f"origin blob redirect: {r.status}")
+        sample = [a for a in env.addresses if a[1] in EMBARGO][:100]
+        sample += [a for a in env.addresses if a[1] not in EMBARGO][:100]
+
+        if "origin" in only:
+            log(f"\n== origin direct (nginx on core {LOAD_CORE}, port {origin.port})")
+            res = results["origin"] = {}
+            res["mix"] = measure_mix(origin, env, args)
+            res["mix"]["note"] = "cpu is the origin's own"
+            log(f"  origin CPU per request: {res['mix']['cpu_us_per_request']:.1f} µs")
+            if not args.skip_blob:
+                # curl where it is when a proxy is measured: on core 0 with the origin, so the
+                # only difference through a proxy is the proxy on core 1. Once more with curl
+                # on core 1 instead, for reference (not used in the ratios).
+                url = f"http://127.0.0.1:{origin.port}" + origin_location.split(DATA_HOST, 1)[1]
+                res["blob"] = measure_blob(origin, env, url, None, args.blob_runs, LOAD_CORE,
+                                           args.wait_quiet)
+                other = measure_blob(origin, env, url, None, 1, PROXY_CORE)
+                res["blob_curl_on_proxy_core"] = other
+                log(f"  blob: {res['blob']['seconds_median']:.2f} s, {res['blob']['mb_per_s']:,.0f} "
+                    f"MB/s (curl on core {PROXY_CORE} instead: {other['seconds_median']:.2f} s, "
+                    f"{other['mb_per_s']:,.0f} MB/s, not used in the ratios)")
+
+        for key in ("nginx", "edge"):
+            if key not in only:
+                continue
+            log(f"\n== {LABELS[key]} (core {PROXY_CORE}), load average {loadavg()}")
+            server = Server(key, env).start()
+            res = results[key] = {}
+            try:
+                location = functional_checks(server, env, origin_location)
+                res["tls_handshake"] = tls_details(server.tls_port)
+                res["geo"] = geo_check(server, env, sample)
+                g = res["geo"]
+                log(f"  checks: 401 realm, 307 Location (SAS query unchanged), manifest digest, "
+                    f"451 embargo (also behind a second trusted hop), 421 other host: ok")
+                log(f"  geo: {g['addresses']} addresses ({sum(1 for a in sample if a[1] in EMBARGO)} "
+                    f"embargoed): {len(g['decisions_wrong'])} wrong decisions, "
+                    f"{len(g['countries_wrong'])} access-log countries differing from the MMDB")
+                for w in (g["decisions_wrong"] + g["countries_wrong"])[:5]:
+                    log(f"    {w}")
+                t = res["tls_handshake"]
+                log(f"  TLS: {t['protocol']} {t['cipher']}, {t['signature']} "
+                    f"({t['public_key_bits']}-bit key), key exchange {t['key_exchange']}")
+                res["mix"] = measure_mix(server, env, args)
+                if not args.skip_blob:
+                    host_port = location.split("/")[2]
+                    res["blob"] = measure_blob(server, env, location, f"{host_port}:127.0.0.1",
+                                               args.blob_runs, LOAD_CORE, args.wait_quiet)
+                    log(f"  blob: {res['blob']['seconds_median']:.2f} s, "
+                        f"{res['blob']['mb_per_s']:,.0f} MB/s, proxy CPU "
+                        f"{res['blob']['cpu_ms_per_gib']:,.0f} ms/GiB")
+                if not args.skip_tls:
+                    res["tls"] = measure_tls(server, args.tls_seconds, args.tls_clients,
+                                             args.wait_quiet)
+                if not args.skip_idle:
+                    # On a new process, so that memory the mix freed is not what the
+                    # connections reuse; a few requests first for lazy start-up allocations.
+                    server.stop()
+                    server.start()
+                    geo_check(server, env, sample[:20] + sample[-20:])
+                    res["idle"] = measure_idle(server, env, args.idle_connections,
+                                               args.wait_quiet)
+            finally:
+                server.stop()
+        origin.stop()
+
+        # A geo cross-check from registry-edge's own command line.
+        if "edge" in only:
+            picks = [a for a in env.addresses if a[1] in EMBARGO][:2] + \
+                    [a for a in env.addresses if a[1] not in EMBARGO and a[1] != "--"][:2] + \
+                    [a for a in env.addresses if a[1] == "--"][:1]
+            agree = 0
+            for ip, country in picks:
+                _, out, _ = run([EDGE_BIN, "geo", "lookup", ip, "-c", env.edge_conf], check=False)
+                m = re.search(r"country\s+(\S+)", out)
+                got = m.group(1) if m else "?"
+                agree += (got == country) or (got == "unknown" and country == "--")
+            environment["geo lookup"] = (f"registry-edge geo lookup agrees with the generated "
+                                         f"list on {agree}/{len(picks)} addresses")
+        environment["load average at the end"] = loadavg()
+        report(results, env, args, environment)
+    finally:
+        PROCS.stop_all()
+        if args.keep:
+            log(f"run directory kept: {env.dir}")
+        else:
+            shutil.rmtree(env.dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except HarnessError as e:
+        PROCS.stop_all()
+        print(f"harness: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        PROCS.stop_all()
+        print("harness: interrupted; everything it started is stopped", file=sys.stderr)
+        sys.exit(130)
