@@ -489,6 +489,11 @@ fn client_key(ip: IpAddr) -> u64 {
 impl ProxyHttp for Edge {
     type CTX = Ctx;
 
+    /// No downstream modules: pingora's default adds a (disabled) response compression module,
+    /// which still costs an allocation and a header inspection per request. Registry content is
+    /// compressed layers and small JSON; the edge passes `Content-Encoding` through untouched.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         let n = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
         Ctx {
