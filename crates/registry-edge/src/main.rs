@@ -333,7 +333,12 @@ fn read_pid(path: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn upgrade(config_path: &std::path::Path) -> ExitCode {
+/// For `upgrade` and `reload`: the validated file and the process in its `server.pid_file`.
+/// An invalid file exits 64 before anything is signalled.
+fn validated_and_running(
+    config_path: &std::path::Path,
+    command: &str,
+) -> Result<(registry_edge_config::Config, i32), ExitCode> {
     let options = registry_edge_config::Options { check_files: true };
     let config = match registry_edge_config::load(config_path, options) {
         Ok(c) => c,
@@ -343,17 +348,25 @@ fn upgrade(config_path: &std::path::Path) -> ExitCode {
                 "{}: invalid configuration; the running instance is left as it is",
                 errors.file
             );
-            return ExitCode::from(EXIT_INVALID_CONFIG);
+            return Err(ExitCode::from(EXIT_INVALID_CONFIG));
         }
     };
-    let pid_file = &config.server.pid_file;
-    let Some(old) = read_pid(pid_file) else {
+    let Some(pid) = read_pid(&config.server.pid_file) else {
         eprintln!(
-            "registry-edge upgrade: no running instance in {}",
-            pid_file.display()
+            "registry-edge {command}: no running instance in {}",
+            config.server.pid_file.display()
         );
-        return ExitCode::FAILURE;
+        return Err(ExitCode::FAILURE);
     };
+    Ok((config, pid))
+}
+
+fn upgrade(config_path: &std::path::Path) -> ExitCode {
+    let (config, old) = match validated_and_running(config_path, "upgrade") {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let pid_file = &config.server.pid_file;
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => {
@@ -407,26 +420,11 @@ fn upgrade(config_path: &std::path::Path) -> ExitCode {
 }
 
 fn reload(config_path: &std::path::Path) -> ExitCode {
-    let options = registry_edge_config::Options { check_files: true };
-    let config = match registry_edge_config::load(config_path, options) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!(
-                "{}: invalid configuration; the running instance keeps its own",
-                errors.file
-            );
-            return ExitCode::from(EXIT_INVALID_CONFIG);
-        }
+    let (config, pid) = match validated_and_running(config_path, "reload") {
+        Ok(found) => found,
+        Err(code) => return code,
     };
     let pid_file = &config.server.pid_file;
-    let Some(pid) = read_pid(pid_file) else {
-        eprintln!(
-            "registry-edge reload: no running instance in {}",
-            pid_file.display()
-        );
-        return ExitCode::FAILURE;
-    };
     let status_file = registry_edge_proxy::reload::status_path(pid_file);
     let before = std::fs::read_to_string(&status_file).ok();
     if let Err(e) = nix::sys::signal::kill(
