@@ -2822,6 +2822,27 @@ fn config_reload_under_load() {
     let small = small_requests(port, &host, stop.clone());
     std::thread::sleep(Duration::from_millis(300));
 
+    // An upload in flight across the reload: its head passed the policy before, its body ends
+    // after; it finishes under the configuration it started with.
+    let mut upload = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = send(
+        &mut upload,
+        &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
+    );
+    assert_eq!(started.status, 202);
+    let target = started
+        .header("location")
+        .unwrap()
+        .strip_prefix(&format!("http://{host}"))
+        .unwrap()
+        .to_string();
+    upload
+        .write_all(
+            format!("PATCH {target} HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+
     // 1. Policy and rewrites change; the login upstream's settings too (its peers and their
     //    health are kept: no request may find it without a peer).
     let changed = original
@@ -2837,6 +2858,17 @@ fn config_reload_under_load() {
     assert!(out.contains("generation 2"), "{out}");
     assert!(out.contains("applied: registry, access, rewrites"), "{out}");
     assert!(!out.contains("restart required"), "{out}");
+    upload.write_all(b"6\r\n world\r\n0\r\n\r\n").unwrap();
+    let finished = read_response(&mut BufReader::new(upload.try_clone().unwrap()), false);
+    assert_eq!(
+        finished.status, 202,
+        "the upload in flight finishes: {finished:?}"
+    );
+    assert_eq!(
+        finished.header("x-frame-options"),
+        Some("DENY"),
+        "under the rules it started with"
+    );
     assert_oci_error(&start_upload(port, &host), 405, "UNSUPPORTED");
     assert_eq!(
         get(port, &host, "/v2/", "").header("x-frame-options"),
