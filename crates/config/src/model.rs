@@ -92,7 +92,7 @@ pub struct Admin {
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Registry {
     pub login: Upstream,
     /// `registry.public_host`, lower case.
@@ -103,13 +103,13 @@ pub struct Registry {
     pub data_endpoints: Vec<DataEndpoint>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RegionalEndpoint {
     pub region: String,
     pub upstream: Upstream,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DataEndpoint {
     pub region: String,
     pub upstream: Upstream,
@@ -150,7 +150,7 @@ pub enum HealthCheckKind {
     Tcp,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RegionRule {
     pub region: String,
     pub countries: Vec<CountryCode>,
@@ -218,7 +218,7 @@ pub enum UnknownCountry {
     Deny,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Access {
     pub mode: AccessMode,
     pub embargo_countries: Vec<CountryCode>,

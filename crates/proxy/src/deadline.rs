@@ -247,28 +247,30 @@ impl GetSocketDigest for HeaderDeadline {
 }
 
 /// Waits for and reads the first bytes of the next head into the wrapper's own small buffer,
-/// where the next read finds them again: the wait for a request costs no buffer of pingora's.
-/// Longer peeks go to the stream under the wrapper.
+/// where the next read (or peek) finds them again: the wait for a request costs no buffer of
+/// pingora's. Longer peeks go to the stream under the wrapper, unless bytes are held here, which
+/// that stream cannot show (then: not supported, `false`).
 #[async_trait]
 impl Peek for HeaderDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        if buf.len() > HOLD || self.held_len > 0 {
+        if buf.len() > HOLD {
+            if self.held_len > 0 {
+                return Ok(false);
+            }
             return self.inner.try_peek(buf).await;
         }
-        let mut got = 0;
-        while got < buf.len() {
-            let n = {
-                let mut rb = ReadBuf::new(&mut buf[got..]);
-                std::future::poll_fn(|cx| Pin::new(&mut self.inner).poll_read(cx, &mut rb)).await?;
-                rb.filled().len()
-            };
+        while usize::from(self.held_len) < buf.len() {
+            let have = usize::from(self.held_len);
+            let (inner, held) = (&mut self.inner, &mut self.held);
+            let mut rb = ReadBuf::new(&mut held[have..buf.len()]);
+            std::future::poll_fn(|cx| Pin::new(&mut *inner).poll_read(cx, &mut rb)).await?;
+            let n = rb.filled().len();
             if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
-            got += n;
+            self.held_len += n as u8;
         }
-        self.held[..got].copy_from_slice(&buf[..got]);
-        self.held_len = got as u8;
+        buf.copy_from_slice(&self.held[..buf.len()]);
         Ok(true)
     }
 }

@@ -132,12 +132,11 @@ pub fn keep_running_settings(running: &Config, mut new: Config) -> Config {
 
 /// The sections a reload changes, for the log line that reports it.
 pub fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
-    let d = |x: &dyn std::fmt::Debug| format!("{x:?}");
     let mut changed = Vec::new();
-    if d(&running.registry) != d(&new.registry) {
+    if running.registry != new.registry {
         changed.push("registry");
     }
-    if running.local_region != new.local_region || d(&running.regions) != d(&new.regions) {
+    if running.local_region != new.local_region || running.regions != new.regions {
         changed.push("regions");
     }
     if running.geoip != new.geoip {
@@ -146,10 +145,10 @@ pub fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     if running.clients.trusted_proxies != new.clients.trusted_proxies {
         changed.push("clients");
     }
-    if d(&running.access) != d(&new.access) {
+    if running.access != new.access {
         changed.push("access");
     }
-    if d(&running.rewrites) != d(&new.rewrites) {
+    if running.rewrites != new.rewrites {
         changed.push("rewrites");
     }
     changed

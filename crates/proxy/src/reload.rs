@@ -39,15 +39,10 @@ impl Outcome {
                 changed,
                 restart_required,
             } => {
-                let mut t = format!("{at_nanos} ok\ngeneration {generation}\n");
-                t.push_str(&format!(
-                    "applied: {}\n",
-                    if changed.is_empty() {
-                        "no change".to_string()
-                    } else {
-                        changed.join(", ")
-                    }
-                ));
+                let mut t = format!(
+                    "{at_nanos} ok\ngeneration {generation}\napplied: {}\n",
+                    applied(changed)
+                );
                 if !restart_required.is_empty() {
                     t.push_str(&format!(
                         "restart required (running values kept until `registry-edge upgrade`): {}\n",
@@ -61,6 +56,15 @@ impl Outcome {
     }
 }
 
+/// The sections a reload applied, for the log and the status file.
+fn applied(changed: &[&str]) -> String {
+    if changed.is_empty() {
+        "no change".to_string()
+    } else {
+        changed.join(", ")
+    }
+}
+
 /// Where a process writes the outcome of its reloads.
 pub fn status_path(pid_file: &Path) -> PathBuf {
     let mut p = pid_file.as_os_str().to_owned();
@@ -69,9 +73,13 @@ pub fn status_path(pid_file: &Path) -> PathBuf {
 }
 
 pub fn unix_now() -> i64 {
+    since_epoch().as_secs() as i64
+}
+
+fn since_epoch() -> std::time::Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
 
 /// Reloads the configuration file; returns what happened (also logged, counted and written to
@@ -96,11 +104,7 @@ pub async fn reload(shared: &Arc<Shared>) -> (Outcome, Option<Arc<Generation>>) 
                 .set(i64::from(!restart_required.is_empty()));
             log::info!(
                 "configuration reloaded: generation {generation}; applied: {}",
-                if changed.is_empty() {
-                    "no change".to_string()
-                } else {
-                    changed.join(", ")
-                }
+                applied(changed)
             );
             if !restart_required.is_empty() {
                 log::warn!(
@@ -115,10 +119,10 @@ pub async fn reload(shared: &Arc<Shared>) -> (Outcome, Option<Arc<Generation>>) 
         }
     }
     let pid_file = shared.generation().config.server.pid_file.clone();
-    let at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    if let Err(e) = std::fs::write(status_path(&pid_file), outcome.status_text(at)) {
+    if let Err(e) = std::fs::write(
+        status_path(&pid_file),
+        outcome.status_text(since_epoch().as_nanos()),
+    ) {
         log::warn!(
             "cannot write the reload status next to {}: {e}",
             pid_file.display()

@@ -1208,11 +1208,7 @@ fn edge_core() {
 
 /// POST then a chunked PATCH of 3 MiB + 17 bytes of the pattern, on one connection.
 fn uploads(edge: &Edge, host: &str) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", edge.http)).unwrap();
-    let r = send(
-        &mut s,
-        &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
-    );
+    let (mut s, r) = start_upload(edge.http, host);
     assert_eq!(r.status, 202);
     let loc = r.header("location").unwrap().to_string();
     assert_eq!(
@@ -2776,12 +2772,15 @@ fn graceful_upgrade_under_load() {
     );
 }
 
-fn start_upload(port: u16, host: &str) -> Response {
+/// `POST /v2/team/app/blobs/uploads/` on a new connection: the connection, for the rest of the
+/// upload, and the answer.
+fn start_upload(port: u16, host: &str) -> (TcpStream, Response) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    send(
+    let r = send(
         &mut s,
         &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
-    )
+    );
+    (s, r)
 }
 
 /// `registry-edge reload -c FILE`: (success, stdout + stderr).
@@ -2824,11 +2823,7 @@ fn config_reload_under_load() {
 
     // An upload in flight across the reload: its head passed the policy before, its body ends
     // after; it finishes under the configuration it started with.
-    let mut upload = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let started = send(
-        &mut upload,
-        &format!("POST /v2/team/app/blobs/uploads/ HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"),
-    );
+    let (mut upload, started) = start_upload(port, &host);
     assert_eq!(started.status, 202);
     let target = started
         .header("location")
@@ -2869,7 +2864,7 @@ fn config_reload_under_load() {
         Some("DENY"),
         "under the rules it started with"
     );
-    assert_oci_error(&start_upload(port, &host), 405, "UNSUPPORTED");
+    assert_oci_error(&start_upload(port, &host).1, 405, "UNSUPPORTED");
     assert_eq!(
         get(port, &host, "/v2/", "").header("x-frame-options"),
         Some("SAMEORIGIN")
@@ -2911,7 +2906,7 @@ fn config_reload_under_load() {
     let log = std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap();
     assert!(log.contains("configuration reload refused"), "{log}");
     assert_eq!(gauge("registry_edge_config_generation"), 2.0);
-    assert_oci_error(&start_upload(port, &host), 405, "UNSUPPORTED");
+    assert_oci_error(&start_upload(port, &host).1, 405, "UNSUPPORTED");
 
     // 3. Listener and server settings need a restart: reported, running values kept, the rest
     //    applied.
