@@ -20,35 +20,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use criterion::{criterion_group, criterion_main, Criterion};
 use ipnet::IpNet;
 use registry_edge_geo::GeoDb;
-use serde::Serialize;
 
 const IPV4_NETWORKS: usize = 380_000;
 const IPV6_NETWORKS: usize = 170_000;
 /// Addresses per case: a power of two, far more than fit in any cache line set of the tree.
 const ADDRESSES: usize = 1 << 16;
 
-#[derive(Serialize)]
-struct Record {
-    continent: Continent,
-    country: Country,
-    registered_country: Country,
-}
-
-#[derive(Serialize)]
-struct Continent {
-    code: String,
-    geoname_id: u32,
-    names: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct Country {
-    geoname_id: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    is_in_european_union: Option<bool>,
-    iso_code: String,
-    names: BTreeMap<String, String>,
-}
+use registry_edge_benches::geolite::{Continent, Country, Record};
 
 const LANGUAGES: [&str; 8] = ["de", "en", "es", "fr", "ja", "pt-BR", "ru", "zh-CN"];
 const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];

@@ -9,3 +9,4 @@
 //! ```
 
 pub mod acr;
+pub mod geolite;

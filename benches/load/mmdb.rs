@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
-use serde::Serialize;
 
 /// The countries the harness configures as embargoed, on both proxies.
 const EMBARGOED: [(&str, &str); 5] = [
@@ -113,31 +112,13 @@ const RESERVED: [(u32, u8); 14] = [
     (0xe000_0000, 3),  // 224.0.0.0/3: multicast and class E
 ];
 
-#[derive(Serialize)]
-struct Record {
-    continent: Continent,
-    country: Country,
-    registered_country: Country,
-}
-
-#[derive(Serialize)]
-struct Continent {
-    code: String,
-    geoname_id: u32,
-    names: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct Country {
-    geoname_id: u32,
-    iso_code: String,
-    names: BTreeMap<String, String>,
-}
+use registry_edge_benches::geolite::{Continent, Country, Record};
 
 fn record(index: u32, iso: &str, continent: &str) -> Record {
     let names = |what: &str| BTreeMap::from([("en".to_owned(), what.to_owned())]);
     let country = || Country {
         geoname_id: 2_000_000 + index,
+        is_in_european_union: None,
         iso_code: iso.to_owned(),
         names: names(iso),
     };
