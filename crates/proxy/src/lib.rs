@@ -15,10 +15,10 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod deadline;
 pub mod generation;
 pub mod headers;
 pub mod health;
+pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
@@ -37,8 +37,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::ListenerConfig;
 use pingora::prelude::*;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::ShutdownWatch;
@@ -49,8 +47,6 @@ use registry_edge_config::Config;
 use crate::generation::Generation;
 use crate::service::{Edge, Shared};
 
-/// Per-connection L4 read buffer of the listeners (see `build`).
-const L4_READ_BUFFER: usize = 0;
 /// How often upstream names are re-resolved.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// How often the GeoIP database file is checked for a replacement.
@@ -164,39 +160,28 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         );
         o.h2_idle_timeout = Some(listener.timeouts.idle);
         proxy.server_options = Some(o);
-        let mut service = pingora::services::listening::Service::new(
+        let tls = match &listener.tls {
+            None => None,
+            Some(_) => {
+                let address = listener.address.to_string();
+                let Some(watched) = shared.certificates.iter().find(|w| w.listener == address)
+                else {
+                    continue;
+                };
+                Some(tls::acceptor(watched.resolver.clone()))
+            }
+        };
+        let service = listen::EdgeListener::new(
             format!("listener {i} {}", listener.address),
-            deadline::DeadlineApp {
-                open_connections: shared.metrics.open_connections.clone(),
-                inner: Arc::new(proxy),
+            listener.address.to_string(),
+            proxy,
+            listen::Settings {
+                tls,
                 idle: listener.timeouts.idle,
                 header_read: listener.timeouts.header_read,
+                open_connections: shared.metrics.open_connections.clone(),
             },
         );
-        // No L4 read buffer: pingora's default is 64 KiB per connection, most of an idle
-        // connection's memory. HTTP/1 heads are read into pingora's own 4 KiB buffer, bodies
-        // into its body buffer, and TLS records into rustls's: a second buffer under them only
-        // adds a copy.
-        let mut endpoint = ListenerConfig::tcp(listener.address.to_string()).l4_buffer(
-            pingora::protocols::l4::stream::L4BufferSettings::default().read(L4_READ_BUFFER),
-        );
-        if listener.tls.is_some() {
-            let address = listener.address.to_string();
-            let Some(watched) = shared.certificates.iter().find(|w| w.listener == address) else {
-                continue;
-            };
-            let resolver = watched.resolver.clone();
-            let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks)).map_err(|e| {
-                BuildError::Tls(tls::TlsError::File {
-                    path: listener.address.to_string(),
-                    message: e.to_string(),
-                })
-            })?;
-            settings.set_cert_resolver(resolver);
-            settings.enable_h2();
-            endpoint = endpoint.tls(settings);
-        }
-        service.add_listener(endpoint);
         server.add_service(service);
     }
 
@@ -218,11 +203,6 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
     ));
     Ok(server)
 }
-
-struct NoCallbacks;
-
-#[async_trait]
-impl pingora::listeners::TlsAccept for NoCallbacks {}
 
 /// Resolves upstream names at start and then periodically; reloads the configuration on
 /// SIGHUP; marks the edge as draining when pingora starts its graceful shutdown, so that

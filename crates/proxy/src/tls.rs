@@ -40,6 +40,20 @@ struct CertSet {
     default: Option<Arc<CertifiedKey>>,
 }
 
+/// The listener's TLS acceptor: TLS 1.2 and 1.3, no client certificates, the certificate chosen
+/// by `resolver`, HTTP/2 offered before HTTP/1.1 (ALPN); rustls's defaults otherwise (a 256-entry
+/// session cache, two TLS 1.3 tickets).
+pub fn acceptor(resolver: Arc<SniResolver>) -> pingora::tls::TlsAcceptor {
+    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
+        &rustls::version::TLS12,
+        &rustls::version::TLS13,
+    ])
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    pingora::tls::TlsAcceptor::from(Arc::new(config))
+}
+
 #[derive(Debug)]
 pub struct SniResolver {
     set: ArcSwap<CertSet>,

@@ -1,0 +1,841 @@
+//! registry-edge's own listening service: the accept loop, the TLS handshake, the connection
+//! type pingora's HTTP code reads and writes, and the HTTP/1 request loop.
+//!
+//! pingora's `services::listening::Service` spawns one task per accepted connection whose
+//! future holds the downstream handshake (TLS included) and the event loop inline: 8.8 KB per
+//! connection before any application code runs, for as long as the connection is open. Its
+//! stream adds timing bookkeeping on every read and write, a 1,460-byte write buffer per
+//! connection, and a one-byte read to wait for each request. [`EdgeListener`] replaces it for
+//! the proxy listeners (the admin listener keeps pingora's):
+//!
+//! - a connection task holds only its socket and a small state between requests; the TLS
+//!   handshake runs in a box freed when it ends, and pingora's session, buffers and proxy future
+//!   exist only while a request is served (HTTP/2 connections go to pingora's own loop);
+//! - a plain connection waits for its next request on the socket's readiness, without a read;
+//! - [`Conn`] writes a response head and a small body in one system call (a write buffer of at
+//!   most [`WRITE_HOLD`] bytes, allocated while a response is written and released between
+//!   requests; larger writes go out directly, together with what is buffered);
+//! - every request head, and the HTTP/2 preface, is read under deadlines (slowloris): `idle`
+//!   for its first byte, then `header_read` in total up to the blank line that ends it. pingora
+//!   0.9 only bounds each single read, so a client that sends one byte just before every
+//!   timeout would otherwise keep a connection forever.
+//!
+//! Listening sockets are taken from, and registered in, pingora's table of listening file
+//! descriptors, so a graceful upgrade hands them over as before.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::tls::{ServerTlsStream, TlsAcceptor};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
+
+/// Most bytes a connection holds back to send with the next write (a response head waiting
+/// for its body). pingora's own stream held as many; a write that does not fit goes out at
+/// once, with what is held, in one vectored system call.
+pub const WRITE_HOLD: usize = 1460;
+/// Listen backlog (as pingora's listeners).
+const BACKLOG: u32 = 65535;
+/// Binding an address in use is retried this many times, a second apart (as pingora's).
+const BIND_TRIES: usize = 30;
+
+/// One proxy listener.
+pub struct EdgeListener<A> {
+    name: String,
+    address: String,
+    app: Arc<A>,
+    settings: Arc<Settings>,
+}
+
+/// What every connection of a listener needs.
+pub struct Settings {
+    pub tls: Option<TlsAcceptor>,
+    /// Allowed for a request head's (or the HTTP/2 preface's) first byte, and between requests.
+    pub idle: Duration,
+    /// Allowed for a whole request head once its first byte arrived, and for a TLS handshake.
+    pub header_read: Duration,
+    /// `registry_edge_http_open_connections`.
+    pub open_connections: prometheus::IntGauge,
+}
+
+impl<A> EdgeListener<A> {
+    pub fn new(name: String, address: String, app: A, settings: Settings) -> Self {
+        EdgeListener {
+            name,
+            address,
+            app: Arc::new(app),
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for EdgeListener<A> {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let listener = match listen(&self.address, fds).await {
+            Ok(l) => Arc::new(l),
+            Err(e) => {
+                log::error!("{}: cannot listen on {}: {e}", self.name, self.address);
+                // A proxy that cannot listen on its configured address must not keep running
+                // as if it served it.
+                std::process::exit(1);
+            }
+        };
+        let loops: Vec<_> = (0..listeners_per_fd.max(1))
+            .map(|_| {
+                tokio::spawn(accept_loop(
+                    listener.clone(),
+                    self.app.clone(),
+                    self.settings.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        for l in loops {
+            if let Err(e) = l.await {
+                log::error!("{}: accept loop failed: {e}", self.name);
+            }
+        }
+        self.app.http_cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(vec![self.address.clone()])
+    }
+}
+
+/// The listening socket for `address`: the one handed over by the previous instance during a
+/// graceful upgrade, else a new one, registered in the table so that the next upgrade hands it
+/// over in turn.
+async fn listen(address: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
+    if let Some(fd) = fds.as_ref().and_then(|t| t.lock().get(address).copied()) {
+        // SAFETY: the table holds listening sockets received from the previous instance during
+        // a graceful upgrade, open and owned by nothing else in this process; each address's
+        // is taken once, by its one listener.
+        #[allow(unsafe_code)]
+        let std = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        std.set_nonblocking(true)?;
+        return TcpListener::from_std(std);
+    }
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{address}: {e}")))?;
+    let mut tries = 0;
+    let listener = loop {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => break socket.listen(BACKLOG)?,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries + 1 < BIND_TRIES => {
+                tries += 1;
+                log::warn!("{address} is in use, trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if let Some(t) = &fds {
+        t.lock().add(address.to_string(), listener.as_raw_fd());
+    }
+    Ok(listener)
+}
+
+async fn accept_loop<A: HttpServerApp + Send + Sync + 'static>(
+    listener: Arc<TcpListener>,
+    app: Arc<A>,
+    settings: Arc<Settings>,
+    mut shutdown: ShutdownWatch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return;
+                }
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    log::debug!("TCP_NODELAY on a connection from {peer}: {e}");
+                }
+                tokio::spawn(connection(
+                    app.clone(),
+                    settings.clone(),
+                    shutdown.clone(),
+                    tcp,
+                    peer,
+                ));
+            }
+            Err(e) => {
+                log::error!("accept() failed: {e}");
+                // Out of descriptors or memory: wait for connections to close instead of
+                // spinning on the listener.
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+struct Open(prometheus::IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn connection<A: HttpServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    settings: Arc<Settings>,
+    shutdown: ShutdownWatch,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    settings.open_connections.inc();
+    let _open = Open(settings.open_connections.clone());
+    let Some(acceptor) = &settings.tls else {
+        let conn = Box::new(Conn::new(tcp, peer, None, &settings));
+        return serve_h1(&app, conn, &settings, shutdown).await;
+    };
+    // Boxed: the handshake's state is freed when it ends instead of sizing the task.
+    let handshake = Box::pin(tokio::time::timeout(
+        settings.header_read,
+        acceptor.accept(tcp),
+    ));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            log::debug!("TLS handshake with {peer} failed: {e}");
+            return;
+        }
+        Err(_) => {
+            log::debug!("TLS handshake with {peer} timed out");
+            return;
+        }
+    };
+    let (alpn, digest) = {
+        let c = tls.get_ref().1;
+        let alpn = match c.alpn_protocol() {
+            Some(b"h2") => Some(ALPN::H2),
+            Some(b"http/1.1") => Some(ALPN::H1),
+            _ => None,
+        };
+        let cipher = c
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("");
+        let version = c.protocol_version().and_then(|v| v.as_str()).unwrap_or("");
+        (
+            alpn,
+            Arc::new(SslDigest::new(
+                cipher.to_string(),
+                version.to_string(),
+                None,
+                None,
+                Vec::new(),
+            )),
+        )
+    };
+    let mut conn = Box::new(Conn::new(tls, peer, Some(digest), &settings));
+    let h2 = matches!(alpn, Some(ALPN::H2));
+    conn.alpn = alpn;
+    if h2 {
+        // pingora's HTTP/2 server; the preface is read under the head deadlines.
+        conn.new_head();
+        ServerApp::process_new(&app, conn, &shutdown).await;
+        return;
+    }
+    serve_h1(&app, conn, &settings, shutdown).await
+}
+
+/// pingora's HTTP/1 loop (`apps::HttpServerApp`'s `ServerApp`), with the wait between requests
+/// outside it.
+async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transport>(
+    app: &Arc<A>,
+    mut conn: Box<Conn<T>>,
+    settings: &Settings,
+    mut shutdown: ShutdownWatch,
+) {
+    let options = app.server_options();
+    let mut persistent: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        conn.release_buffers();
+        if *shutdown.borrow() {
+            return;
+        }
+        let arrived = tokio::select! {
+            biased;
+            r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx))) => {
+                matches!(r, Ok(Ok(true)))
+            }
+            _ = shutdown.changed() => false,
+        };
+        if !arrived {
+            return;
+        }
+        conn.new_head();
+        let mut session = ServerSession::new_http1(conn);
+        if first {
+            first = false;
+            session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+            session.set_keepalive_reuses_remaining(options.and_then(|o| o.keepalive_request_limit));
+        } else if let Some(p) = persistent.take() {
+            p.apply_to_session(&mut session);
+        }
+        let Some(reused) = app.process_new_http(session, &shutdown).await else {
+            return;
+        };
+        let (stream, next) = reused.consume();
+        conn = match stream.into_any().downcast::<Conn<T>>() {
+            Ok(c) => c,
+            Err(_) => {
+                log::error!("a connection came back from pingora as another type; closing it");
+                return;
+            }
+        };
+        persistent = next;
+    }
+}
+
+/// What a [`Conn`] runs over: a TCP socket, or TLS over one.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync + fmt::Debug + 'static {
+    /// Waits until the socket is readable, when that tells whether bytes of a request may be
+    /// there; `None` when it does not (TLS may hold decrypted bytes already, or get a record
+    /// that holds none): then a byte is read.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>>;
+    fn fd(&self) -> i32;
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        Some(TcpStream::poll_read_ready(self, cx))
+    }
+    fn fd(&self) -> i32 {
+        self.as_raw_fd()
+    }
+}
+
+impl Transport for ServerTlsStream<TcpStream> {
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+        None
+    }
+    fn fd(&self) -> i32 {
+        self.get_ref().0.as_raw_fd()
+    }
+}
+
+/// A downstream connection as pingora's HTTP code sees it (`Box<dyn IO>`).
+pub struct Conn<T> {
+    io: T,
+    /// Bytes held back for the next write: `wbuf[wpos..]`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    /// A byte read while waiting for a request, served before anything else.
+    held: Option<u8>,
+    /// The head deadline in force when `armed` (first byte, then the whole head); allocated
+    /// while a head is read.
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    /// A byte of the current head has arrived: the deadline is `header_read`.
+    started: bool,
+    /// The head has ended: reads pass through.
+    done: bool,
+    /// The last bytes seen, to find `\r\n\r\n` across reads.
+    tail: [u8; 3],
+    idle: Duration,
+    header_read: Duration,
+    socket: Arc<SocketDigest>,
+    ssl: Option<Arc<SslDigest>>,
+    alpn: Option<ALPN>,
+}
+
+impl<T: Transport> Conn<T> {
+    fn new(
+        io: T,
+        peer: std::net::SocketAddr,
+        ssl: Option<Arc<SslDigest>>,
+        settings: &Settings,
+    ) -> Self {
+        let socket = SocketDigest::from_raw_fd(io.fd());
+        let _ = socket.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+        Conn {
+            io,
+            wbuf: Vec::new(),
+            wpos: 0,
+            held: None,
+            timer: None,
+            armed: false,
+            started: false,
+            done: true,
+            tail: [0; 3],
+            idle: settings.idle,
+            header_read: settings.header_read,
+            socket: Arc::new(socket),
+            ssl,
+            alpn: None,
+        }
+    }
+
+    /// The next bytes read begin a request head (or the HTTP/2 preface).
+    fn new_head(&mut self) {
+        self.done = false;
+        self.armed = false;
+        self.started = false;
+        self.tail = [0; 3];
+    }
+
+    /// Between requests: nothing is held for writing, so the buffer goes.
+    fn release_buffers(&mut self) {
+        if self.wpos >= self.wbuf.len() {
+            self.wbuf = Vec::new();
+            self.wpos = 0;
+        }
+        if self.done {
+            self.timer = None;
+        }
+    }
+
+    /// Until a request's first byte may be there: `false` at end of stream.
+    fn poll_next_byte(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if self.held.is_some() {
+            return Poll::Ready(Ok(true));
+        }
+        if let Some(ready) = self.io.poll_read_ready(cx) {
+            return ready.map(|r| r.map(|()| true));
+        }
+        let mut byte = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut byte);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        if rb.filled().is_empty() {
+            return Poll::Ready(Ok(false));
+        }
+        self.held = Some(byte[0]);
+        Poll::Ready(Ok(true))
+    }
+
+    fn arm(&mut self, deadline: Instant) {
+        match &mut self.timer {
+            Some(t) => t.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.armed = true;
+    }
+
+    /// Bytes of the head arrived: from now on the header deadline applies; the head ends at its
+    /// blank line.
+    fn seen(&mut self, new: &[u8]) {
+        if new.is_empty() || self.done {
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            self.arm(Instant::now() + self.header_read);
+        }
+        if head_ends(&mut self.tail, new) {
+            self.done = true;
+            self.armed = false;
+            self.timer = None;
+        }
+    }
+
+    /// Writes out what is held.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        self.wbuf.clear();
+        self.wpos = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T> fmt::Debug for Conn<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("peer", &self.socket.peer_addr.get())
+            .field("tls", &self.ssl.is_some())
+            .finish()
+    }
+}
+
+impl<T: Transport> AsyncRead for Conn<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        if let Some(b) = me.held {
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            me.held = None;
+            buf.put_slice(&[b]);
+            me.seen(&[b]);
+            // The rest of what has arrived, if the transport has it at hand.
+            let before = buf.filled().len();
+            if buf.remaining() > 0 {
+                if let Poll::Ready(Ok(())) = Pin::new(&mut me.io).poll_read(cx, buf) {
+                    me.seen(&buf.filled()[before..]);
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if me.done {
+            return Pin::new(&mut me.io).poll_read(cx, buf);
+        }
+        if !me.armed {
+            me.arm(Instant::now() + me.idle);
+        }
+        if let Some(t) = &mut me.timer {
+            if t.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request headers not received in time",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut me.io).poll_read(cx, buf))?;
+        me.seen(&buf.filled()[before..]);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: Transport> AsyncWrite for Conn<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = &mut *self;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let held = me.wbuf.len() - me.wpos;
+        if held + buf.len() <= WRITE_HOLD {
+            if me.wbuf.capacity() == 0 {
+                me.wbuf.reserve_exact(WRITE_HOLD);
+            }
+            me.wbuf.extend_from_slice(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        // Too much to hold: what is held and the new bytes, in one system call.
+        while me.wpos < me.wbuf.len() {
+            let held = &me.wbuf[me.wpos..];
+            let slices = [io::IoSlice::new(held), io::IoSlice::new(buf)];
+            let n = ready!(Pin::new(&mut me.io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n < held.len() {
+                me.wpos += n;
+                continue;
+            }
+            let of_buf = n - held.len();
+            me.wbuf.clear();
+            me.wpos = 0;
+            if of_buf > 0 {
+                return Poll::Ready(Ok(of_buf));
+            }
+        }
+        Pin::new(&mut me.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl<T: Transport> Shutdown for Conn<T> {
+    async fn shutdown(&mut self) {
+        if let Err(e) = AsyncWriteExt::shutdown(self).await {
+            log::debug!("shutting a connection down: {e}");
+        }
+    }
+}
+
+impl<T: Transport> UniqueID for Conn<T> {
+    fn id(&self) -> UniqueIDType {
+        self.io.fd()
+    }
+}
+
+impl<T> Ssl for Conn<T> {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.ssl.clone()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.alpn.clone()
+    }
+}
+
+impl<T> GetTimingDigest for Conn<T> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl<T> GetProxyDigest for Conn<T> {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl<T> GetSocketDigest for Conn<T> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.socket.clone())
+    }
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.socket = Arc::new(digest);
+    }
+}
+
+/// Peeking is not offered: pingora peeks only for the cleartext HTTP/2 preface, which the
+/// listeners do not accept.
+impl<T> Peek for Conn<T> {}
+
+/// Whether `new` completes the blank line that ends a head, given the `tail` (last 3 bytes) seen
+/// before it; updates `tail`.
+fn head_ends(tail: &mut [u8; 3], new: &[u8]) -> bool {
+    // Across the boundary: the last 3 bytes seen and the first 3 new ones.
+    let mut edge = [0u8; 6];
+    edge[..3].copy_from_slice(tail);
+    let k = new.len().min(3);
+    edge[3..3 + k].copy_from_slice(&new[..k]);
+    if edge[..3 + k].windows(4).any(|w| w == b"\r\n\r\n")
+        || memchr::memmem::find(new, b"\r\n\r\n").is_some()
+    {
+        return true;
+    }
+    if new.len() >= 3 {
+        tail.copy_from_slice(&new[new.len() - 3..]);
+    } else {
+        let mut t = [0u8; 6];
+        t[..3].copy_from_slice(tail);
+        t[3..3 + new.len()].copy_from_slice(new);
+        tail.copy_from_slice(&t[new.len()..new.len() + 3]);
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that records each write call (a vectored call is one write) and takes at most
+    /// `limit` bytes per call.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        limit: usize,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let mut taken = Vec::new();
+            for b in bufs {
+                let room = self.limit - taken.len();
+                taken.extend_from_slice(&b[..b.len().min(room)]);
+            }
+            let n = taken.len();
+            self.writes.push(taken);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Transport for Recorder {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+            Some(Poll::Ready(Ok(())))
+        }
+        fn fd(&self) -> i32 {
+            -1
+        }
+    }
+
+    fn conn(limit: usize) -> Conn<Recorder> {
+        let settings = Settings {
+            tls: None,
+            idle: Duration::from_secs(5),
+            header_read: Duration::from_secs(5),
+            open_connections: prometheus::IntGauge::new("open", "open").unwrap_or_else(|e| {
+                unreachable!("{e}");
+            }),
+        };
+        let io = Recorder {
+            writes: Vec::new(),
+            limit,
+        };
+        Conn::new(io, ([127, 0, 0, 1], 1).into(), None, &settings)
+    }
+
+    const HEAD: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1600\r\nDocker-Content-Digest: sha256:0\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_head_and_a_small_body_leave_in_one_write_at_the_flush() -> io::Result<()> {
+        let mut c = conn(usize::MAX);
+        c.write_all(HEAD).await?;
+        c.write_all(&[7u8; 1000]).await?;
+        assert!(
+            c.io.writes.is_empty(),
+            "nothing is written before the flush"
+        );
+        c.flush().await?;
+        assert_eq!(c.io.writes.len(), 1);
+        assert_eq!(c.io.writes[0].len(), HEAD.len() + 1000);
+        c.release_buffers();
+        assert_eq!(c.wbuf.capacity(), 0, "an idle connection holds no buffer");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_body_too_large_to_hold_leaves_with_the_held_head_in_one_call() -> io::Result<()> {
+        let mut c = conn(usize::MAX);
+        c.write_all(HEAD).await?;
+        let body = vec![9u8; 64 * 1024];
+        c.write_all(&body).await?;
+        assert_eq!(c.io.writes.len(), 1);
+        assert_eq!(&c.io.writes[0][..HEAD.len()], HEAD);
+        assert_eq!(&c.io.writes[0][HEAD.len()..], &body[..]);
+        // Nothing is held after a direct write.
+        c.flush().await?;
+        assert_eq!(c.io.writes.len(), 1);
+        Ok(())
+    }
+
+    /// Whatever the socket takes per call, every byte leaves once and in order, and at most
+    /// WRITE_HOLD bytes wait for a later write.
+    #[tokio::test]
+    async fn short_writes_keep_every_byte_in_order() -> io::Result<()> {
+        for limit in [1, 7, 100, 1460, 1461, 5000] {
+            let mut c = conn(limit);
+            let mut expected = Vec::new();
+            let mut seed = 0x2545_f491_u32;
+            for i in 0..200u32 {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                let len = (seed % 4000) as usize + 1;
+                let chunk: Vec<u8> = (0..len).map(|j| (i as usize + j) as u8).collect();
+                c.write_all(&chunk).await?;
+                expected.extend_from_slice(&chunk);
+                let written: usize = c.io.writes.iter().map(Vec::len).sum();
+                assert!(expected.len() - written <= WRITE_HOLD, "limit {limit}");
+            }
+            c.flush().await?;
+            assert_eq!(c.io.writes.concat(), expected, "limit {limit}");
+        }
+        Ok(())
+    }
+
+    /// Split anywhere, in up to three pieces: the end is found in the piece that completes it,
+    /// never before.
+    #[test]
+    fn the_blank_line_is_found_across_any_split() {
+        let head = b"GET /v2/ HTTP/1.1\r\nHost: a\r\nX: \r\n\r\n";
+        let end = head.len();
+        for i in 0..=end {
+            for j in i..=end {
+                let mut tail = [0u8; 3];
+                let pieces = [&head[..i], &head[i..j], &head[j..]];
+                let mut seen = 0;
+                let mut found_at = None;
+                for p in pieces {
+                    seen += p.len();
+                    if head_ends(&mut tail, p) {
+                        found_at = Some(seen);
+                        break;
+                    }
+                }
+                assert_eq!(found_at, Some(end), "split at {i}, {j}");
+            }
+        }
+        let mut tail = [0u8; 3];
+        assert!(!head_ends(&mut tail, b"GET / HTTP/1.1\r\nA: b\r\n"));
+        assert!(!head_ends(&mut tail, b"\r"));
+        assert!(head_ends(&mut tail, b"\n"));
+    }
+}
