@@ -237,55 +237,60 @@ async fn connection<A: HttpServerApp + Send + Sync + 'static>(
         let conn = Box::new(Conn::new(tcp, peer, None, &settings));
         return serve_h1(&app, conn, &settings, shutdown).await;
     };
-    // Boxed: the handshake's state is freed when it ends instead of sizing the task.
-    let handshake = Box::pin(tokio::time::timeout(
-        settings.header_read,
-        acceptor.accept(tcp),
-    ));
-    let tls = match handshake.await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            log::debug!("TLS handshake with {peer} failed: {e}");
-            return;
-        }
-        Err(_) => {
-            log::debug!("TLS handshake with {peer} timed out");
-            return;
-        }
+    // Boxed: the handshake's state, the TLS stream included, is freed when it ends instead of
+    // sizing the task for the connection's lifetime.
+    let Some(mut conn) = Box::pin(handshake(acceptor, tcp, peer, &settings)).await else {
+        return;
     };
-    let (alpn, digest) = {
-        let c = tls.get_ref().1;
-        let alpn = match c.alpn_protocol() {
-            Some(b"h2") => Some(ALPN::H2),
-            Some(b"http/1.1") => Some(ALPN::H1),
-            _ => None,
-        };
-        let cipher = c
-            .negotiated_cipher_suite()
-            .and_then(|s| s.suite().as_str())
-            .unwrap_or("");
-        let version = c.protocol_version().and_then(|v| v.as_str()).unwrap_or("");
-        (
-            alpn,
-            Arc::new(SslDigest::new(
-                cipher.to_string(),
-                version.to_string(),
-                None,
-                None,
-                Vec::new(),
-            )),
-        )
-    };
-    let mut conn = Box::new(Conn::new(tls, peer, Some(digest), &settings));
-    let h2 = matches!(alpn, Some(ALPN::H2));
-    conn.alpn = alpn;
-    if h2 {
+    let alpn = conn.alpn.clone();
+    if matches!(alpn, Some(ALPN::H2)) {
         // pingora's HTTP/2 server; the preface is read under the head deadlines.
         conn.new_head();
         ServerApp::process_new(&app, conn, &shutdown).await;
         return;
     }
     serve_h1(&app, conn, &settings, shutdown).await
+}
+
+/// The TLS handshake, within `header_read`.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    peer: std::net::SocketAddr,
+    settings: &Settings,
+) -> Option<Box<Conn<ServerTlsStream<TcpStream>>>> {
+    let tls = match tokio::time::timeout(settings.header_read, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            log::debug!("TLS handshake with {peer} failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            log::debug!("TLS handshake with {peer} timed out");
+            return None;
+        }
+    };
+    let c = tls.get_ref().1;
+    let alpn = match c.alpn_protocol() {
+        Some(b"h2") => Some(ALPN::H2),
+        Some(b"http/1.1") => Some(ALPN::H1),
+        _ => None,
+    };
+    let cipher = c
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("");
+    let version = c.protocol_version().and_then(|v| v.as_str()).unwrap_or("");
+    let digest = SslDigest::new(
+        cipher.to_string(),
+        version.to_string(),
+        None,
+        None,
+        Vec::new(),
+    );
+    let mut conn = Box::new(Conn::new(tls, peer, Some(Arc::new(digest)), settings));
+    conn.alpn = alpn;
+    Some(conn)
 }
 
 /// pingora's HTTP/1 loop (`apps::HttpServerApp`'s `ServerApp`), with the wait between requests
@@ -296,7 +301,6 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transport>(
     settings: &Settings,
     mut shutdown: ShutdownWatch,
 ) {
-    let options = app.server_options();
     let mut persistent: Option<HttpPersistentSettings> = None;
     let mut first = true;
     loop {
@@ -306,7 +310,7 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transport>(
         }
         let arrived = tokio::select! {
             biased;
-            r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx))) => {
+            r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx, first))) => {
                 matches!(r, Ok(Ok(true)))
             }
             _ = shutdown.changed() => false,
@@ -315,15 +319,9 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transport>(
             return;
         }
         conn.new_head();
-        let mut session = ServerSession::new_http1(conn);
-        if first {
-            first = false;
-            session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-            session.set_keepalive_reuses_remaining(options.and_then(|o| o.keepalive_request_limit));
-        } else if let Some(p) = persistent.take() {
-            p.apply_to_session(&mut session);
-        }
-        let Some(reused) = app.process_new_http(session, &shutdown).await else {
+        let serve = serve_one(app, conn, first, persistent.take(), &shutdown);
+        first = false;
+        let Some(reused) = serve.await else {
             return;
         };
         let (stream, next) = reused.consume();
@@ -338,18 +336,49 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transport>(
     }
 }
 
+/// Starts serving one request: the session is built here, outside the connection's future, so
+/// that the future does not keep room for it while the connection waits.
+fn serve_one<'a, A: HttpServerApp + Send + Sync + 'static, T: Transport>(
+    app: &'a Arc<A>,
+    conn: Box<Conn<T>>,
+    first: bool,
+    persistent: Option<HttpPersistentSettings>,
+    shutdown: &'a ShutdownWatch,
+) -> Pin<Box<dyn Future<Output = Option<pingora::apps::ReusedHttpStream>> + Send + 'a>> {
+    let mut session = ServerSession::new_http1(conn);
+    if first {
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_keepalive_reuses_remaining(
+            app.server_options().and_then(|o| o.keepalive_request_limit),
+        );
+    } else if let Some(p) = persistent {
+        p.apply_to_session(&mut session);
+    }
+    app.process_new_http(session, shutdown)
+}
+
 /// What a [`Conn`] runs over: a TCP socket, or TLS over one.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync + fmt::Debug + 'static {
-    /// Waits until the socket is readable, when that tells whether bytes of a request may be
-    /// there; `None` when it does not (TLS may hold decrypted bytes already, or get a record
-    /// that holds none): then a byte is read.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>>;
+    /// Waits until bytes of a request may be there without reading them, when the transport
+    /// can tell: `Ready(Ok(false))` at end of stream. `None` when it cannot (TLS may hold
+    /// decrypted bytes already, or get a record that holds none): then a byte is read.
+    ///
+    /// `verify`: readiness alone is not trusted and the socket is peeked. A new socket reports
+    /// itself readable as soon as it is registered, data or not; after a request, pingora's
+    /// last read was a short one, which cleared the readiness, so the next report is real (and
+    /// a false one only costs the session's memory while it waits under the head deadlines).
+    fn poll_wait(&self, cx: &mut Context<'_>, verify: bool) -> Option<Poll<io::Result<bool>>>;
     fn fd(&self) -> i32;
 }
 
 impl Transport for TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
-        Some(TcpStream::poll_read_ready(self, cx))
+    fn poll_wait(&self, cx: &mut Context<'_>, verify: bool) -> Option<Poll<io::Result<bool>>> {
+        if !verify {
+            return Some(TcpStream::poll_read_ready(self, cx).map_ok(|()| true));
+        }
+        let mut byte = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut byte);
+        Some(self.poll_peek(cx, &mut rb).map_ok(|n| n > 0))
     }
     fn fd(&self) -> i32 {
         self.as_raw_fd()
@@ -357,7 +386,7 @@ impl Transport for TcpStream {
 }
 
 impl Transport for ServerTlsStream<TcpStream> {
-    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
+    fn poll_wait(&self, _: &mut Context<'_>, _: bool) -> Option<Poll<io::Result<bool>>> {
         None
     }
     fn fd(&self) -> i32 {
@@ -436,13 +465,14 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Until a request's first byte may be there: `false` at end of stream.
-    fn poll_next_byte(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+    /// Until a request's first byte may be there: `false` at end of stream. `first`: the
+    /// connection's first request (see [`Transport::poll_wait`]).
+    fn poll_next_byte(&mut self, cx: &mut Context<'_>, first: bool) -> Poll<io::Result<bool>> {
         if self.held.is_some() {
             return Poll::Ready(Ok(true));
         }
-        if let Some(ready) = self.io.poll_read_ready(cx) {
-            return ready.map(|r| r.map(|()| true));
+        if let Some(ready) = self.io.poll_wait(cx, first) {
+            return ready;
         }
         let mut byte = [0u8; 1];
         let mut rb = ReadBuf::new(&mut byte);
@@ -727,8 +757,8 @@ mod tests {
     }
 
     impl Transport for Recorder {
-        fn poll_read_ready(&self, _: &mut Context<'_>) -> Option<Poll<io::Result<()>>> {
-            Some(Poll::Ready(Ok(())))
+        fn poll_wait(&self, _: &mut Context<'_>, _: bool) -> Option<Poll<io::Result<bool>>> {
+            Some(Poll::Ready(Ok(true)))
         }
         fn fd(&self) -> i32 {
             -1
