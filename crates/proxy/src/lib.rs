@@ -180,6 +180,12 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 idle: listener.timeouts.idle,
                 header_read: listener.timeouts.header_read,
                 open_connections: shared.metrics.open_connections.clone(),
+                tls_failures: ["error", "timeout"].map(|reason| {
+                    shared
+                        .metrics
+                        .tls_handshake_failures
+                        .with_label_values(&[&listener.address.to_string(), reason])
+                }),
             },
         );
         server.add_service(service);

@@ -73,6 +73,8 @@ pub struct Settings {
     pub header_read: Duration,
     /// `registry_edge_http_open_connections`.
     pub open_connections: prometheus::IntGauge,
+    /// `registry_edge_tls_handshake_failures_total` for this listener: `error`, `timeout`.
+    pub tls_failures: [prometheus::IntCounter; 2],
 }
 
 impl<A> EdgeListener<A> {
@@ -261,11 +263,14 @@ async fn handshake(
 ) -> Option<Box<Conn<ServerTlsStream<TcpStream>>>> {
     let tls = match tokio::time::timeout(settings.header_read, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
+        // Counted, and logged at debug only: scanners and broken clients would flood the log.
         Ok(Err(e)) => {
+            settings.tls_failures[0].inc();
             log::debug!("TLS handshake with {peer} failed: {e}");
             return None;
         }
         Err(_) => {
+            settings.tls_failures[1].inc();
             log::debug!("TLS handshake with {peer} timed out");
             return None;
         }
@@ -772,6 +777,9 @@ mod tests {
             header_read: Duration::from_secs(5),
             open_connections: prometheus::IntGauge::new("open", "open").unwrap_or_else(|e| {
                 unreachable!("{e}");
+            }),
+            tls_failures: ["error", "timeout"].map(|r| {
+                prometheus::IntCounter::new("failures", r).unwrap_or_else(|e| unreachable!("{e}"))
             }),
         };
         let io = Recorder {

@@ -153,6 +153,7 @@ pub struct Metrics {
     pub certificate_expiry: IntGaugeVec,
     pub certificate_reloads: IntCounterVec,
     pub open_connections: IntGauge,
+    pub tls_handshake_failures: IntCounterVec,
     pub access_log_dropped: IntCounter,
 }
 
@@ -390,6 +391,12 @@ impl Metrics {
             "Replaced certificate or key files picked up, by result (ok, refused: the old ones stay).",
             &["result"],
         )?;
+        let tls_handshake_failures = counter_vec(
+            &mut reg,
+            "registry_edge_tls_handshake_failures_total",
+            "TLS handshakes that failed, by listener and reason (error: refused by either side, timeout: not done within timeouts.header_read).",
+            &["listener", "reason"],
+        )?;
         let open_connections = reg.add(IntGauge::new(
             "registry_edge_http_open_connections",
             "Client connections currently open on the proxy listeners.",
@@ -432,6 +439,7 @@ impl Metrics {
             certificate_expiry,
             certificate_reloads,
             open_connections,
+            tls_handshake_failures,
             access_log_dropped,
         })
     }

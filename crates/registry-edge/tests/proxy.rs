@@ -1133,6 +1133,25 @@ fn edge_core() {
     assert!(!err.contains("[host: "), "{err}");
     assert!(out.contains("\"x-forwarded-host\":\"data.test:"), "{out}");
 
+    // Plain HTTP to the TLS listener: the handshake fails, is counted, and the connection closes.
+    let series = format!(
+        "registry_edge_tls_handshake_failures_total{{listener=\"127.0.0.1:{}\",reason=\"error\"}}",
+        edge.tls
+    );
+    let before = sample(&metrics_text(edge.admin), &series);
+    let mut s = TcpStream::connect(("127.0.0.1", edge.tls)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: registry.test\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    let closed = s.read_to_end(&mut rest);
+    assert!(closed.is_ok(), "the edge closes the connection: {closed:?}");
+    assert!(
+        !rest.starts_with(b"HTTP/"),
+        "no HTTP answer on a TLS listener"
+    );
+    assert_eq!(sample(&metrics_text(edge.admin), &series), before + 1.0);
+
     // TLS to the upstream: SNI and verification against the configured CA; a certificate for
     // another name, or the system roots that do not know the test CA, fail as 502.
     let r = get(
