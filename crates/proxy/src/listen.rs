@@ -244,8 +244,7 @@ async fn connection<A: HttpServerApp + Send + Sync + 'static>(
     let Some(mut conn) = Box::pin(handshake(acceptor, tcp, peer, &settings)).await else {
         return;
     };
-    let alpn = conn.alpn.clone();
-    if matches!(alpn, Some(ALPN::H2)) {
+    if matches!(conn.alpn, Some(ALPN::H2)) {
         // pingora's HTTP/2 server; the preface is read under the head deadlines.
         conn.new_head();
         ServerApp::process_new(&app, conn, &shutdown).await;

@@ -485,12 +485,22 @@ fn respond(
 // ---------------------------------------------------------------------------------------------
 // The edge process
 
+/// A loopback port free now and never handed out before in this process: tests run in parallel
+/// threads, and the kernel may give a port just released to the next `bind(0)`, so two tests
+/// could otherwise start servers on the same port.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 struct Certs {

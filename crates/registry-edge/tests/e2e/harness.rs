@@ -140,11 +140,21 @@ impl Drop for TempDir {
     }
 }
 
+/// A loopback port free now and never handed out before in this process: tests run in parallel
+/// threads, and the kernel may give a port just released to the next `bind(0)`, so two tests
+/// could otherwise start servers on the same port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if GIVEN.lock().expect("port set").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One raw HTTP/1.1 GET over loopback: the status, or None when nothing answers yet.
