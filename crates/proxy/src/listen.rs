@@ -312,9 +312,12 @@ async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transport>(
         if *shutdown.borrow() {
             return;
         }
+        // Stale readiness is possible on a new socket and after a request body (see
+        // `Transport::poll_wait`).
+        let verify = first || conn.body_read;
         let arrived = tokio::select! {
             biased;
-            r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx, first))) => {
+            r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx, verify))) => {
                 matches!(r, Ok(Ok(true)))
             }
             _ = shutdown.changed() => false,
@@ -367,10 +370,12 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + Sync + fmt::Debug +
     /// can tell: `Ready(Ok(false))` at end of stream. `None` when it cannot (TLS may hold
     /// decrypted bytes already, or get a record that holds none): then a byte is read.
     ///
-    /// `verify`: readiness alone is not trusted and the socket is peeked. A new socket reports
-    /// itself readable as soon as it is registered, data or not; after a request, pingora's
-    /// last read was a short one, which cleared the readiness, so the next report is real (and
-    /// a false one only costs the session's memory while it waits under the head deadlines).
+    /// `verify`: readiness alone is not trusted and the socket is peeked (a system call only
+    /// when readiness is set). A new socket reports itself readable as soon as it is
+    /// registered, data or not, and pingora reads a request body to its exact end, which leaves
+    /// the socket marked readable. After a request without a body, pingora's last read was a
+    /// short one, which cleared the readiness, so the next report is real (and a false one only
+    /// costs the session's memory while it waits under the head deadlines).
     fn poll_wait(&self, cx: &mut Context<'_>, verify: bool) -> Option<Poll<io::Result<bool>>>;
     fn fd(&self) -> i32;
 }
@@ -414,6 +419,8 @@ pub struct Conn<T> {
     started: bool,
     /// The head has ended: reads pass through.
     done: bool,
+    /// Bytes were read after the current head (a request body).
+    body_read: bool,
     /// The last bytes seen, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
     idle: Duration,
@@ -441,6 +448,7 @@ impl<T: Transport> Conn<T> {
             armed: false,
             started: false,
             done: true,
+            body_read: false,
             tail: [0; 3],
             idle: settings.idle,
             header_read: settings.header_read,
@@ -453,6 +461,7 @@ impl<T: Transport> Conn<T> {
     /// The next bytes read begin a request head (or the HTTP/2 preface).
     fn new_head(&mut self) {
         self.done = false;
+        self.body_read = false;
         self.armed = false;
         self.started = false;
         self.tail = [0; 3];
@@ -469,13 +478,13 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// Until a request's first byte may be there: `false` at end of stream. `first`: the
-    /// connection's first request (see [`Transport::poll_wait`]).
-    fn poll_next_byte(&mut self, cx: &mut Context<'_>, first: bool) -> Poll<io::Result<bool>> {
+    /// Until a request's first byte may be there: `false` at end of stream. `verify`: see
+    /// [`Transport::poll_wait`].
+    fn poll_next_byte(&mut self, cx: &mut Context<'_>, verify: bool) -> Poll<io::Result<bool>> {
         if self.held.is_some() {
             return Poll::Ready(Ok(true));
         }
-        if let Some(ready) = self.io.poll_wait(cx, first) {
+        if let Some(ready) = self.io.poll_wait(cx, verify) {
             return ready;
         }
         let mut byte = [0u8; 1];
@@ -561,7 +570,10 @@ impl<T: Transport> AsyncRead for Conn<T> {
             return Poll::Ready(Ok(()));
         }
         if me.done {
-            return Pin::new(&mut me.io).poll_read(cx, buf);
+            let before = buf.filled().len();
+            let r = Pin::new(&mut me.io).poll_read(cx, buf);
+            me.body_read |= buf.filled().len() > before;
+            return r;
         }
         if !me.armed {
             me.arm(Instant::now() + me.idle);
