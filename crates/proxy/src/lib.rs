@@ -180,6 +180,10 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 idle: listener.timeouts.idle,
                 header_read: listener.timeouts.header_read,
                 open_connections: shared.metrics.open_connections.clone(),
+                upstreams_resolved: {
+                    let shared = shared.clone();
+                    Arc::new(move || shared.current.load().upstreams.resolved())
+                },
                 tls_failures: ["error", "timeout"].map(|reason| {
                     shared
                         .metrics

@@ -75,7 +75,16 @@ pub struct Settings {
     pub open_connections: prometheus::IntGauge,
     /// `registry_edge_tls_handshake_failures_total` for this listener: `error`, `timeout`.
     pub tls_failures: [prometheus::IntCounter; 2],
+    /// Whether every upstream has peers: connections are accepted once it holds (or after
+    /// [`RESOLVE_WAIT`]), so that a starting or upgraded instance does not answer 503 for want
+    /// of addresses it is about to have. Until then they wait in the listen backlog (during an
+    /// upgrade the old instance still accepts).
+    pub upstreams_resolved: Arc<dyn Fn() -> bool + Send + Sync>,
 }
+
+/// Longest wait for upstream names before accepting anyway (a name that does not resolve
+/// must not keep the listener dark: `/readyz` reports it, requests get 503).
+const RESOLVE_WAIT: Duration = Duration::from_secs(5);
 
 impl<A> EdgeListener<A> {
     pub fn new(name: String, address: String, app: A, settings: Settings) -> Self {
@@ -105,6 +114,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for Ed
                 std::process::exit(1);
             }
         };
+        let started = tokio::time::Instant::now();
+        while !(self.settings.upstreams_resolved)() && started.elapsed() < RESOLVE_WAIT {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !(self.settings.upstreams_resolved)() {
+            log::warn!(
+                "{}: accepting connections before every upstream name is resolved (waited {:?}); their requests get 503 until then",
+                self.name,
+                RESOLVE_WAIT
+            );
+        }
         let loops: Vec<_> = (0..listeners_per_fd.max(1))
             .map(|_| {
                 tokio::spawn(accept_loop(
@@ -792,6 +812,7 @@ mod tests {
             tls_failures: ["error", "timeout"].map(|r| {
                 prometheus::IntCounter::new("failures", r).unwrap_or_else(|e| unreachable!("{e}"))
             }),
+            upstreams_resolved: Arc::new(|| true),
         };
         let io = Recorder {
             writes: Vec::new(),
