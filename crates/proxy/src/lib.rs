@@ -160,10 +160,10 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         );
         o.h2_idle_timeout = Some(listener.timeouts.idle);
         proxy.server_options = Some(o);
+        let address = listener.address.to_string();
         let tls = match &listener.tls {
             None => None,
             Some(_) => {
-                let address = listener.address.to_string();
                 let Some(watched) = shared.certificates.iter().find(|w| w.listener == address)
                 else {
                     continue;
@@ -171,9 +171,10 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 Some(tls::acceptor(watched.resolver.clone()))
             }
         };
+        let tls_failures = &shared.metrics.tls_handshake_failures;
         let service = listen::EdgeListener::new(
             format!("listener {i} {}", listener.address),
-            listener.address.to_string(),
+            listener.address,
             proxy,
             listen::Settings {
                 tls,
@@ -184,12 +185,8 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                     let shared = shared.clone();
                     Arc::new(move || shared.current.load().upstreams.resolved())
                 },
-                tls_failures: ["error", "timeout"].map(|reason| {
-                    shared
-                        .metrics
-                        .tls_handshake_failures
-                        .with_label_values(&[&listener.address.to_string(), reason])
-                }),
+                tls_failed: tls_failures.with_label_values(&[&address, "error"]),
+                tls_timed_out: tls_failures.with_label_values(&[&address, "timeout"]),
             },
         );
         server.add_service(service);

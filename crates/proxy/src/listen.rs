@@ -59,7 +59,7 @@ const BIND_TRIES: usize = 30;
 /// One proxy listener.
 pub struct EdgeListener<A> {
     name: String,
-    address: String,
+    address: std::net::SocketAddr,
     app: Arc<A>,
     settings: Arc<Settings>,
 }
@@ -73,8 +73,10 @@ pub struct Settings {
     pub header_read: Duration,
     /// `registry_edge_http_open_connections`.
     pub open_connections: prometheus::IntGauge,
-    /// `registry_edge_tls_handshake_failures_total` for this listener: `error`, `timeout`.
-    pub tls_failures: [prometheus::IntCounter; 2],
+    /// `registry_edge_tls_handshake_failures_total` for this listener, `reason="error"`.
+    pub tls_failed: prometheus::IntCounter,
+    /// The same, `reason="timeout"`.
+    pub tls_timed_out: prometheus::IntCounter,
     /// Whether every upstream has peers: connections are accepted once it holds (or after
     /// [`RESOLVE_WAIT`]), so that a starting or upgraded instance does not answer 503 for want
     /// of addresses it is about to have. Until then they wait in the listen backlog (during an
@@ -87,7 +89,7 @@ pub struct Settings {
 const RESOLVE_WAIT: Duration = Duration::from_secs(5);
 
 impl<A> EdgeListener<A> {
-    pub fn new(name: String, address: String, app: A, settings: Settings) -> Self {
+    pub fn new(name: String, address: std::net::SocketAddr, app: A, settings: Settings) -> Self {
         EdgeListener {
             name,
             address,
@@ -105,7 +107,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for Ed
         shutdown: ShutdownWatch,
         listeners_per_fd: usize,
     ) {
-        let listener = match listen(&self.address, fds).await {
+        let listener = match listen(self.address, fds).await {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 log::error!("{}: cannot listen on {}: {e}", self.name, self.address);
@@ -148,15 +150,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for Ed
     }
 
     fn listen_addresses(&self) -> Option<Vec<String>> {
-        Some(vec![self.address.clone()])
+        Some(vec![self.address.to_string()])
     }
 }
 
 /// The listening socket for `address`: the one handed over by the previous instance during a
 /// graceful upgrade, else a new one, registered in the table so that the next upgrade hands it
 /// over in turn.
-async fn listen(address: &str, fds: Option<ListenFds>) -> io::Result<TcpListener> {
-    if let Some(fd) = fds.as_ref().and_then(|t| t.lock().get(address).copied()) {
+async fn listen(addr: std::net::SocketAddr, fds: Option<ListenFds>) -> io::Result<TcpListener> {
+    // The table's key, as pingora's own listeners write it.
+    let address = addr.to_string();
+    if let Some(fd) = fds.as_ref().and_then(|t| t.lock().get(&address).copied()) {
         // SAFETY: the table holds listening sockets received from the previous instance during
         // a graceful upgrade, open and owned by nothing else in this process; each address's
         // is taken once, by its one listener.
@@ -165,9 +169,6 @@ async fn listen(address: &str, fds: Option<ListenFds>) -> io::Result<TcpListener
         std.set_nonblocking(true)?;
         return TcpListener::from_std(std);
     }
-    let addr: std::net::SocketAddr = address
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{address}: {e}")))?;
     let mut tries = 0;
     let listener = loop {
         let socket = if addr.is_ipv4() {
@@ -187,7 +188,7 @@ async fn listen(address: &str, fds: Option<ListenFds>) -> io::Result<TcpListener
         }
     };
     if let Some(t) = &fds {
-        t.lock().add(address.to_string(), listener.as_raw_fd());
+        t.lock().add(address, listener.as_raw_fd());
     }
     Ok(listener)
 }
@@ -284,12 +285,12 @@ async fn handshake(
         Ok(Ok(tls)) => tls,
         // Counted, and logged at debug only: scanners and broken clients would flood the log.
         Ok(Err(e)) => {
-            settings.tls_failures[0].inc();
+            settings.tls_failed.inc();
             log::debug!("TLS handshake with {peer} failed: {e}");
             return None;
         }
         Err(_) => {
-            settings.tls_failures[1].inc();
+            settings.tls_timed_out.inc();
             log::debug!("TLS handshake with {peer} timed out");
             return None;
         }
@@ -303,15 +304,12 @@ async fn handshake(
     let cipher = c
         .negotiated_cipher_suite()
         .and_then(|s| s.suite().as_str())
-        .unwrap_or("");
-    let version = c.protocol_version().and_then(|v| v.as_str()).unwrap_or("");
-    let digest = SslDigest::new(
-        cipher.to_string(),
-        version.to_string(),
-        None,
-        None,
-        Vec::new(),
-    );
+        .unwrap_or_default();
+    let version = c
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or_default();
+    let digest = SslDigest::new(cipher, version, None, None, Vec::new());
     let mut conn = Box::new(Conn::new(tls, peer, Some(Arc::new(digest)), settings));
     conn.alpn = alpn;
     Some(conn)
@@ -809,9 +807,10 @@ mod tests {
             open_connections: prometheus::IntGauge::new("open", "open").unwrap_or_else(|e| {
                 unreachable!("{e}");
             }),
-            tls_failures: ["error", "timeout"].map(|r| {
-                prometheus::IntCounter::new("failures", r).unwrap_or_else(|e| unreachable!("{e}"))
-            }),
+            tls_failed: prometheus::IntCounter::new("failed", "failed")
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            tls_timed_out: prometheus::IntCounter::new("timed_out", "timed out")
+                .unwrap_or_else(|e| unreachable!("{e}")),
             upstreams_resolved: Arc::new(|| true),
         };
         let io = Recorder {
