@@ -27,6 +27,7 @@ const IPV6_NETWORKS: usize = 170_000;
 const ADDRESSES: usize = 1 << 16;
 
 use registry_edge_benches::geolite::{Continent, Country, Record};
+use registry_edge_benches::rng::Rng;
 
 const LANGUAGES: [&str; 8] = ["de", "en", "es", "fr", "ja", "pt-BR", "ru", "zh-CN"];
 const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
@@ -64,22 +65,6 @@ fn records() -> Vec<Record> {
             }
         })
         .collect()
-}
-
-/// xorshift64*: reproducible, and no dependency for a few million draws.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 struct Built {
@@ -180,7 +165,7 @@ fn bench(c: &mut Criterion) {
     let ipv6_hits: Vec<IpAddr> = (0..ADDRESSES)
         .map(|_| {
             let (start, prefix) = v6[rng.below(v6.len() as u64) as usize];
-            let low = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> prefix;
+            let low = (u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())) >> prefix;
             IpAddr::V6(Ipv6Addr::from(start | low))
         })
         .collect();
@@ -192,7 +177,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let uniform: Vec<IpAddr> = (0..ADDRESSES)
-        .map(|_| IpAddr::V4(Ipv4Addr::from(rng.next() as u32)))
+        .map(|_| IpAddr::V4(Ipv4Addr::from(rng.next_u64() as u32)))
         .collect();
 
     // Guard against measuring a database that stopped answering.

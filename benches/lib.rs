@@ -10,3 +10,4 @@
 
 pub mod acr;
 pub mod geolite;
+pub mod rng;

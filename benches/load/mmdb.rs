@@ -113,6 +113,7 @@ const RESERVED: [(u32, u8); 14] = [
 ];
 
 use registry_edge_benches::geolite::{Continent, Country, Record};
+use registry_edge_benches::rng::Rng;
 
 fn record(index: u32, iso: &str, continent: &str) -> Record {
     let names = |what: &str| BTreeMap::from([("en".to_owned(), what.to_owned())]);
@@ -130,22 +131,6 @@ fn record(index: u32, iso: &str, continent: &str) -> Record {
         },
         country: country(),
         registered_country: country(),
-    }
-}
-
-/// xorshift64*: reproducible, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 
