@@ -2717,6 +2717,27 @@ fn slow_download(port: u16, data_host: &str, size: u64) -> std::thread::JoinHand
 }
 
 /// `GET /v2/` (a 401 challenge) on a new connection each, until `stop`: (answered, failures).
+/// The load that ran across `what` went through unharmed: no small request failed, enough of
+/// them ran, and the download arrived whole with its bytes unchanged.
+fn assert_load_unharmed(
+    what: &str,
+    done: u32,
+    failed: &[String],
+    got: u64,
+    intact: bool,
+    size: u64,
+) {
+    assert!(
+        failed.is_empty(),
+        "{} of {} small requests failed across {what}: {failed:?}",
+        failed.len(),
+        done + failed.len() as u32
+    );
+    assert!(done > 10, "{done}");
+    assert_eq!(got, size);
+    assert!(intact, "the download's bytes changed across {what}");
+}
+
 fn small_requests(
     port: u16,
     host: &str,
@@ -2787,15 +2808,7 @@ fn graceful_upgrade_under_load() {
     let _ = Command::new("kill")
         .args(["-INT", &new_pid.to_string()])
         .status();
-    assert!(
-        failed.is_empty(),
-        "{} of {} small requests failed: {failed:?}",
-        failed.len(),
-        done + failed.len() as u32
-    );
-    assert!(done > 10, "{done}");
-    assert_eq!(got, size);
-    assert!(ok, "the download's bytes changed across the upgrade");
+    assert_load_unharmed("the upgrade", done, &failed, got, ok, size);
     eprintln!(
         "upgrade under load: {done} small requests, none failed; {size}-byte download intact"
     );
@@ -2968,14 +2981,6 @@ fn config_reload_under_load() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (done, failed) = small.join().unwrap();
     let (got, intact) = download.join().unwrap();
-    assert!(
-        failed.is_empty(),
-        "{} of {} small requests failed across reloads: {failed:?}",
-        failed.len(),
-        done + failed.len() as u32
-    );
-    assert!(done > 10, "{done}");
-    assert_eq!(got, size);
-    assert!(intact, "the download's bytes changed across the reloads");
+    assert_load_unharmed("the reloads", done, &failed, got, intact, size);
     eprintln!("config reload under load: 3 reloads (2 applied, 1 refused), {done} small requests, none failed; {size}-byte download intact");
 }
