@@ -30,7 +30,7 @@ pub struct AccessEvent<'a> {
     pub path: &'a str,
     pub status: u16,
     pub bytes_sent: usize,
-    pub duration_s: f64,
+    pub duration: std::time::Duration,
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     /// Why the edge answered itself, when it did.
@@ -141,7 +141,10 @@ impl AccessLog {
     }
 
     pub fn write(&self, e: AccessEvent<'_>) {
-        self.append(|out| format_event(out, &e, unix_seconds()));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.append(|out| format_event(out, &e, now));
     }
 }
 
@@ -151,19 +154,30 @@ fn unix_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// One request's JSON object.
-pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: f64) {
-    let _ = write!(out, "{{\"ts\":{now:.6},\"request_id\":");
+/// One request's JSON object. `now`: since the Unix epoch. Numbers are written without
+/// `core::fmt` (a request's line is formatted on the request path).
+pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: std::time::Duration) {
+    out.extend_from_slice(b"{\"ts\":");
+    push_seconds(out, now);
+    out.extend_from_slice(b",\"request_id\":");
     json_str(out, e.request_id);
     out.extend_from_slice(b",\"client\":");
     match e.client_ip {
         Some(ip) => {
-            let _ = write!(out, "\"{ip}\"");
+            out.push(b'"');
+            crate::headers::push_ip(out, ip);
+            out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"country\":");
     match e.country {
+        // ISO codes: two ASCII letters (anything else in a database is written escaped).
+        Some(c) if c.iter().all(u8::is_ascii_alphanumeric) => {
+            out.push(b'"');
+            out.extend_from_slice(&c);
+            out.push(b'"');
+        }
         Some(c) => json_str(out, &String::from_utf8_lossy(&c)),
         None => out.extend_from_slice(b"null"),
     }
@@ -173,11 +187,12 @@ pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: f64) {
     // The path only: queries carry SAS signatures and tokens; and a credential that slipped
     // into the path itself is masked.
     field(out, "path", Some(&redact(e.path)));
-    let _ = write!(
-        out,
-        ",\"status\":{},\"bytes\":{},\"duration_s\":{:.6}",
-        e.status, e.bytes_sent, e.duration_s
-    );
+    out.extend_from_slice(b",\"status\":");
+    push_u64(out, u64::from(e.status));
+    out.extend_from_slice(b",\"bytes\":");
+    push_u64(out, e.bytes_sent as u64);
+    out.extend_from_slice(b",\"duration_s\":");
+    push_seconds(out, e.duration);
     field(out, "route", e.route);
     field(out, "upstream", e.upstream);
     field(out, "region", e.region);
@@ -206,20 +221,65 @@ fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
     }
 }
 
+/// Decimal digits of `n`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Seconds with six decimals (microseconds), as `{:.6}` of the seconds would print them
+/// (truncated to the microsecond rather than rounded).
+fn push_seconds(out: &mut Vec<u8>, d: std::time::Duration) {
+    push_u64(out, d.as_secs());
+    let micros = d.subsec_micros();
+    let mut frac = [b'.', b'0', b'0', b'0', b'0', b'0', b'0'];
+    let mut m = micros;
+    for slot in frac[1..].iter_mut().rev() {
+        *slot = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.extend_from_slice(&frac);
+}
+
+/// Bytes a JSON string can't hold as they are: quotes, backslashes and control characters.
+static ESCAPED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[0x7f] = true;
+    t
+};
+
 /// A JSON string: quotes, backslashes and control characters escaped.
 fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
+        if !ESCAPED[usize::from(b)] {
+            continue;
+        }
         let escape: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
             b'\r' => b"\\r",
             b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
+            _ => b"",
         };
         out.extend_from_slice(&bytes[start..i]);
         if escape.is_empty() {
@@ -289,7 +349,7 @@ mod tests {
             path: "/v2/a\"b\\c\n\u{1}/blobs;sig=secret",
             status: 307,
             bytes_sent: 12,
-            duration_s: 0.001_5,
+            duration: std::time::Duration::from_micros(1_500),
             route: Some("login"),
             upstream: None,
             edge: None,
@@ -298,7 +358,11 @@ mod tests {
             user_agent: Some("containerd/1.7 \u{e9}"),
         };
         let mut out = Vec::new();
-        format_event(&mut out, &e, 1_700_000_000.25);
+        format_event(
+            &mut out,
+            &e,
+            std::time::Duration::from_millis(1_700_000_000_250),
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["ts"], 1_700_000_000.25);
         assert_eq!(v["client"], "2001:db8::7");
@@ -311,6 +375,41 @@ mod tests {
         assert_eq!(v["rules"], serde_json::json!(["registry:location", "x\"y"]));
         assert_eq!(v["user_agent"], "containerd/1.7 \u{e9}");
         assert_eq!(v.as_object().unwrap().len(), 18);
+    }
+
+    #[test]
+    fn numbers_are_written_as_core_fmt_would() {
+        for n in [0u64, 7, 10, 99, 1_000, 4_294_967_296, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for (d, text) in [
+            (std::time::Duration::ZERO, "0.000000"),
+            (std::time::Duration::new(5, 1_000), "5.000001"),
+            (std::time::Duration::new(0, 999_999_999), "0.999999"),
+            (
+                std::time::Duration::new(1_700_000_000, 250_000_000),
+                "1700000000.250000",
+            ),
+        ] {
+            let mut out = Vec::new();
+            push_seconds(&mut out, d);
+            assert_eq!(out, text.as_bytes());
+        }
+    }
+
+    #[test]
+    fn every_character_survives_a_json_round_trip() {
+        let mut all: String = (0u8..0x80).map(char::from).collect();
+        all.push_str("\u{e9}\u{2028}\u{1f600}");
+        for s in [all.as_str(), "", "plain", "\"", "\\", "a\u{0}b"] {
+            let mut out = Vec::new();
+            json_str(&mut out, s);
+            let back: String = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back, s);
+            assert!(!out.iter().any(|b| *b < 0x20 || *b == 0x7f), "{out:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 
+use http::HeaderName;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
@@ -37,39 +38,80 @@ pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<(
     }
     req.insert_header(http::header::HOST, f.host_header)?;
 
-    let peer = f.client_ip.map(|ip| ip.to_string()).unwrap_or_default();
-    let xff = if f.peer_trusted {
-        let prior: Vec<&str> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer
-        } else {
-            format!("{}, {peer}", prior.join(", "))
+    // What a trusted proxy sent, then the address this request came from.
+    let mut xff: Vec<u8> = Vec::new();
+    if f.peer_trusted {
+        for prior in req.headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(prior) = prior.to_str() {
+                if !xff.is_empty() {
+                    xff.extend_from_slice(b", ");
+                }
+                xff.extend_from_slice(prior.as_bytes());
+            }
         }
+    }
+    if let Some(ip) = f.client_ip {
+        if !xff.is_empty() {
+            xff.extend_from_slice(b", ");
+        }
+        push_ip(&mut xff, ip);
+    }
+    // An insert replaces every value of its name; what is not replaced is removed.
+    if xff.is_empty() {
+        drop_header(req, &X_FORWARDED_FOR);
     } else {
-        peer
-    };
-    req.remove_header("x-forwarded-for");
-    req.remove_header("forwarded");
-    req.remove_header("x-real-ip");
-    if !xff.is_empty() {
         req.insert_header("X-Forwarded-For", xff)?;
     }
+    drop_header(req, &FORWARDED);
+    drop_header(req, &X_REAL_IP);
     req.insert_header("X-Forwarded-Proto", f.public_scheme)?;
     if f.public_host.is_empty() {
-        req.remove_header("x-forwarded-host");
+        drop_header(req, &X_FORWARDED_HOST);
     } else {
         req.insert_header("X-Forwarded-Host", f.public_host)?;
     }
     if f.strip_authorization {
-        req.remove_header(&http::header::AUTHORIZATION);
-        req.remove_header(&http::header::COOKIE);
+        drop_header(req, &http::header::AUTHORIZATION);
+        drop_header(req, &http::header::COOKIE);
     }
     Ok(())
+}
+
+/// `ip` as `Display` writes it; IPv4 without `core::fmt` (every request writes one or two).
+pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes every value of `name` (one look-up when there is none, the usual case; pingora's
+/// removal also searches its header-case map).
+fn drop_header(req: &mut RequestHeader, name: &HeaderName) {
+    if req.headers.contains_key(name) {
+        req.remove_header(name);
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +124,24 @@ mod tests {
             r.append_header(*k, *v).unwrap();
         }
         r
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "203.0.113.7",
+            "2001:db8::7",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = b"x".to_vec();
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x{ip}").into_bytes());
+        }
     }
 
     fn fwd(strip: usize, trusted: bool, data: bool) -> Forwarding<'static> {

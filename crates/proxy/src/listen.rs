@@ -529,14 +529,17 @@ impl<T: Transport> Conn<T> {
         if new.is_empty() || self.done {
             return;
         }
-        if !self.started {
-            self.started = true;
-            self.arm(Instant::now() + self.header_read);
-        }
         if head_ends(&mut self.tail, new) {
             self.done = true;
             self.armed = false;
             self.timer = None;
+            return;
+        }
+        // The head goes on past what arrived: from its first byte, `header_read` bounds it.
+        // (A head that arrives whole, the usual case, never touches the timer wheel.)
+        if !self.started {
+            self.started = true;
+            self.arm(Instant::now() + self.header_read);
         }
     }
 
@@ -593,6 +596,14 @@ impl<T: Transport> AsyncRead for Conn<T> {
             me.body_read |= buf.filled().len() > before;
             return r;
         }
+        let before = buf.filled().len();
+        if let Poll::Ready(r) = Pin::new(&mut me.io).poll_read(cx, buf) {
+            r?;
+            me.seen(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
+        }
+        // Nothing at hand: only now does a deadline need the timer wheel (a head that has not
+        // begun waits at most `idle`; one that has, the `header_read` armed at its first byte).
         if !me.armed {
             me.arm(Instant::now() + me.idle);
         }
@@ -604,10 +615,7 @@ impl<T: Transport> AsyncRead for Conn<T> {
                 )));
             }
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut me.io).poll_read(cx, buf))?;
-        me.seen(&buf.filled()[before..]);
-        Poll::Ready(Ok(()))
+        Poll::Pending
     }
 }
 

@@ -153,31 +153,41 @@ pub fn host_port(host: &str) -> Option<u16> {
 /// control characters; a path that has them is refused rather than interpreted, so that what the
 /// edge checks is what the registry serves.
 pub fn is_canonical(path: &str) -> bool {
-    if !path.starts_with('/') {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
         return false;
     }
-    if path.bytes().any(|b| b < 0x21 || b == 0x7f || b == b'\\') {
-        return false;
+    // One pass: bytes, percent escapes, and each segment as its `/` closes it.
+    let mut segment = 1;
+    for (i, &c) in b.iter().enumerate().skip(1) {
+        match c {
+            b'/' => {
+                if !segment_ok(&b[segment..i]) {
+                    return false;
+                }
+                segment = i + 1;
+            }
+            b'%' => {
+                if let (Some(&hi), Some(&lo)) = (b.get(i + 1), b.get(i + 2)) {
+                    if matches!(
+                        (hi, lo.to_ascii_lowercase()),
+                        (b'2', b'f') | (b'5', b'c') | (b'2', b'e') | (b'0', b'0')
+                    ) {
+                        return false;
+                    }
+                }
+            }
+            0..=0x20 | 0x7f | b'\\' => return false,
+            _ => {}
+        }
     }
-    let lower_has = |needle: &str| {
-        path.as_bytes()
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-    };
-    if lower_has("%2f") || lower_has("%5c") || lower_has("%2e") || lower_has("%00") {
-        return false;
-    }
-    // The root "/" is the only path allowed to end in an empty segment pair.
-    let body = &path[1..];
-    if body.is_empty() {
-        return true;
-    }
-    let segments: Vec<&str> = body.split('/').collect();
-    let last = segments.len() - 1;
-    segments
-        .iter()
-        .enumerate()
-        .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
+    // The last segment may be empty ("/v2/"), but not a dot segment.
+    let last = &b[segment..];
+    last != b"." && last != b".."
+}
+
+fn segment_ok(s: &[u8]) -> bool {
+    !s.is_empty() && s != b"." && s != b".."
 }
 
 #[cfg(test)]
@@ -193,6 +203,60 @@ mod tests {
         assert_eq!(host_port("acr.contoso.com"), None);
         assert_eq!(host_port("[::1]:8080"), Some(8080));
         assert_eq!(host_port("[::1]"), None);
+    }
+
+    /// The rule as first written (several passes), kept as the oracle for the one-pass version.
+    fn is_canonical_reference(path: &str) -> bool {
+        if !path.starts_with('/') {
+            return false;
+        }
+        if path.bytes().any(|b| b < 0x21 || b == 0x7f || b == b'\\') {
+            return false;
+        }
+        let lower_has = |needle: &str| {
+            path.as_bytes()
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+        };
+        if lower_has("%2f") || lower_has("%5c") || lower_has("%2e") || lower_has("%00") {
+            return false;
+        }
+        let body = &path[1..];
+        if body.is_empty() {
+            return true;
+        }
+        let segments: Vec<&str> = body.split('/').collect();
+        let last = segments.len() - 1;
+        segments
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s != "." && *s != ".." && (!s.is_empty() || i == last))
+    }
+
+    #[test]
+    fn one_pass_agrees_with_the_reference_on_every_short_path() {
+        // Every path of up to 6 characters over an alphabet that reaches each rule.
+        let alphabet = [
+            '/', '.', '%', '2', 'f', 'E', '5', 'c', '0', 'a', '\\', ' ', '\u{7f}', 'é',
+        ];
+        let mut paths = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..6 {
+            let mut next = Vec::new();
+            for p in &paths {
+                for c in alphabet {
+                    let mut q = p.clone();
+                    q.push(c);
+                    assert_eq!(is_canonical(&q), is_canonical_reference(&q), "{q:?}");
+                    checked += 1;
+                    if q.starts_with('/') {
+                        next.push(q);
+                    }
+                }
+            }
+            paths = next;
+        }
+        assert!(checked > 100_000, "{checked}");
     }
 
     #[test]

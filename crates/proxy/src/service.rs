@@ -508,7 +508,7 @@ impl ProxyHttp for Edge {
             continent: None,
             decision: None,
             token_path: false,
-            request_id: format!("{:016x}{n:016x}", self.shared.id_prefix),
+            request_id: request_id(self.shared.id_prefix, n),
             upstream_start: None,
             token_body: None,
             host: String::new(),
@@ -794,7 +794,7 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let m = &self.shared.metrics;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
         let detect = ctx.gen.policy.detect_only();
         let decision = if ctx.decision.is_some() && !detect {
             1
@@ -811,7 +811,7 @@ impl ProxyHttp for Edge {
             method_index(&req.method),
             status,
             decision,
-            elapsed,
+            elapsed.as_secs_f64(),
         );
         m.bytes_sent.inc_by(session.body_bytes_sent() as u64);
         m.bytes_received.inc_by(session.body_bytes_read() as u64);
@@ -856,7 +856,7 @@ impl ProxyHttp for Edge {
             path: req.uri.path(),
             status,
             bytes_sent: session.body_bytes_sent(),
-            duration_s: elapsed,
+            duration: elapsed,
             route: ctx.route.map(Route::label),
             upstream: ctx
                 .current
@@ -930,5 +930,28 @@ pub fn public_origin(scheme: &str, host: &str) -> String {
     match host_port(host) {
         Some(p) => format!("{scheme}://{name}:{p}"),
         None => format!("{scheme}://{name}"),
+    }
+}
+
+/// 32 hex digits: the process's random prefix, then the request counter (what
+/// `format!("{prefix:016x}{n:016x}")` writes, without `core::fmt`).
+fn request_id(prefix: u64, n: u64) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = [0u8; 32];
+    for (i, slot) in id.iter_mut().enumerate() {
+        let word = if i < 16 { prefix } else { n };
+        let shift = 60 - 4 * (i % 16);
+        *slot = HEX[((word >> shift) & 0xf) as usize];
+    }
+    id.iter().map(|&b| char::from(b)).collect()
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    #[test]
+    fn request_ids_are_the_two_words_in_hex() {
+        for (p, n) in [(0, 0), (0x0123_4567_89ab_cdef, 1), (u64::MAX, 0xfeed)] {
+            assert_eq!(super::request_id(p, n), format!("{p:016x}{n:016x}"));
+        }
     }
 }
