@@ -29,7 +29,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-EDGE_BIN = os.path.join(ROOT, "target", "release", "registry-edge")
+# REGISTRY_EDGE_BIN: another build to measure (an A/B of two commits), instead of this tree's.
+EDGE_BIN = os.environ.get("REGISTRY_EDGE_BIN") or os.path.join(ROOT, "target", "release", "registry-edge")
 MMDB_BIN = os.path.join(ROOT, "target", "release", "examples", "load_mmdb")
 RESULT_JSON = os.path.join(ROOT, "target", "load", "last-run.json")
 

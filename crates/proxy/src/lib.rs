@@ -168,7 +168,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 else {
                     continue;
                 };
-                Some(tls::acceptor(watched.resolver.clone()))
+                Some(tls::acceptor(watched.resolver.clone())?)
             }
         };
         let tls_failures = &shared.metrics.tls_handshake_failures;

@@ -1143,6 +1143,29 @@ fn edge_core() {
     assert!(!err.contains("[host: "), "{err}");
     assert!(out.contains("\"x-forwarded-host\":\"data.test:"), "{out}");
 
+    // The server's suite order: AES-128-GCM although OpenSSL offers AES-256-GCM first; a client
+    // that offers only another suite still gets it.
+    for (ciphers, want) in [
+        (None, "TLSv1.3 / TLS_AES_128_GCM_SHA256"),
+        (
+            Some("TLS_AES_256_GCM_SHA384"),
+            "TLSv1.3 / TLS_AES_256_GCM_SHA384",
+        ),
+        (
+            Some("TLS_CHACHA20_POLY1305_SHA256"),
+            "TLSv1.3 / TLS_CHACHA20_POLY1305_SHA256",
+        ),
+    ] {
+        let mut args = vec!["-v", "--cacert", ca, "--resolve", &resolve];
+        if let Some(c) = ciphers {
+            args.extend(["--tls13-ciphers", c]);
+        }
+        let url = format!("https://registry.test:{}/v2/", edge.tls);
+        args.extend(["-o", "/dev/null", &url]);
+        let (_, err) = curl(&args);
+        assert!(err.contains(want), "{ciphers:?}: {err}");
+    }
+
     // Plain HTTP to the TLS listener: the handshake fails, is counted, and the connection closes.
     let series = format!(
         "registry_edge_tls_handshake_failures_total{{listener=\"127.0.0.1:{}\",reason=\"error\"}}",
