@@ -4,12 +4,12 @@
 
 use std::net::IpAddr;
 
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 pub struct Forwarding<'a> {
-    pub host_header: &'a str,
+    pub host_header: &'a HeaderValue,
     /// Bytes of `/_r/<region>` to remove from the path.
     pub strip_prefix: usize,
     pub client_ip: Option<IpAddr>,
@@ -36,7 +36,17 @@ pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<(
             .or_err(InvalidHTTPHeader, "request target is not a valid path")?;
         req.set_uri(uri);
     }
-    req.insert_header(http::header::HOST, f.host_header)?;
+    // The client's Host becomes X-Forwarded-Host: its value is shared, not copied, when it is
+    // the public host (it is unless the request came with `:authority` or an absolute URI).
+    let forwarded_host = match req.headers.get(http::header::HOST) {
+        Some(v) if v.as_bytes() == f.public_host.as_bytes() => Some(v.clone()),
+        _ if f.public_host.is_empty() => None,
+        _ => Some(
+            HeaderValue::from_str(f.public_host)
+                .or_err(InvalidHTTPHeader, "public host is not a header value")?,
+        ),
+    };
+    req.insert_header(http::header::HOST, f.host_header.clone())?;
 
     // What a trusted proxy sent, then the address this request came from.
     let mut xff: Vec<u8> = Vec::new();
@@ -64,11 +74,10 @@ pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<(
     }
     drop_header(req, &FORWARDED);
     drop_header(req, &X_REAL_IP);
-    req.insert_header("X-Forwarded-Proto", f.public_scheme)?;
-    if f.public_host.is_empty() {
-        drop_header(req, &X_FORWARDED_HOST);
-    } else {
-        req.insert_header("X-Forwarded-Host", f.public_host)?;
+    req.insert_header("X-Forwarded-Proto", scheme_value(f.public_scheme)?)?;
+    match forwarded_host {
+        Some(v) => req.insert_header("X-Forwarded-Host", v)?,
+        None => drop_header(req, &X_FORWARDED_HOST),
     }
     if f.strip_authorization {
         drop_header(req, &http::header::AUTHORIZATION);
@@ -99,6 +108,18 @@ pub(crate) fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
             let _ = write!(out, "{v6}");
         }
     }
+}
+
+/// `http` and `https` without a copy; anything else as given.
+fn scheme_value(scheme: &str) -> Result<HeaderValue> {
+    static HTTP: HeaderValue = HeaderValue::from_static("http");
+    static HTTPS: HeaderValue = HeaderValue::from_static("https");
+    Ok(match scheme {
+        "https" => HTTPS.clone(),
+        "http" => HTTP.clone(),
+        other => HeaderValue::from_str(other)
+            .or_err(InvalidHTTPHeader, "public scheme is not a header value")?,
+    })
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -146,7 +167,9 @@ mod tests {
 
     fn fwd(strip: usize, trusted: bool, data: bool) -> Forwarding<'static> {
         Forwarding {
-            host_header: "reg.eastus.data.azurecr.io",
+            host_header: Box::leak(Box::new(HeaderValue::from_static(
+                "reg.eastus.data.azurecr.io",
+            ))),
             strip_prefix: strip,
             client_ip: Some("192.0.2.7".parse().unwrap()),
             peer_trusted: trusted,

@@ -666,7 +666,7 @@ impl ProxyHttp for Edge {
         headers::upstream_request(
             upstream,
             &headers::Forwarding {
-                host_header: &pool.host_header,
+                host_header: &pool.host_value,
                 strip_prefix: ctx.strip_prefix,
                 client_ip: ctx.peer_ip,
                 peer_trusted,

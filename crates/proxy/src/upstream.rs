@@ -55,6 +55,8 @@ pub struct Pool {
     sni: String,
     /// The Host header sent upstream.
     pub host_header: String,
+    /// The same, ready to insert (a reference count, not a copy, per request).
+    pub host_value: http::HeaderValue,
     host: String,
     port: u16,
     static_peers: bool,
@@ -84,6 +86,8 @@ pub enum UpstreamError {
     Ca(String, String),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}: not a valid Host header value")]
+    Host(String),
 }
 
 impl Pool {
@@ -110,11 +114,15 @@ impl Pool {
         };
         let metrics = metrics.upstream(&name)?;
         metrics.peers.set(u.peers.len() as i64);
+        let host_header = u.authority.host_header(u.tls);
+        let host_value = http::HeaderValue::from_str(&host_header)
+            .map_err(|_| UpstreamError::Host(host_header.clone()))?;
         Ok(Pool {
             name,
             tls: u.tls,
             sni: u.authority.host.clone(),
-            host_header: u.authority.host_header(u.tls),
+            host_header,
+            host_value,
             host: u.authority.host.clone(),
             port: u.authority.port,
             static_peers: !u.peers.is_empty(),
