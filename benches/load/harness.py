@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -642,6 +643,57 @@ def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0):
     }, **meter.note("blob transfers"))
 
 
+def callgrind_mix(key, env, seconds, connections):
+    """Instructions per request of one proxy, counted by callgrind over a wrk mix: repeatable
+    for the same binaries and inputs whatever else the machine does (the CPU figures are not).
+    User space only: the kernel's share (about half, the same work for both) is not counted."""
+    p = env.ports
+    out_pattern = env.path(f"callgrind.{key}.%p")
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_pattern}"]
+    if key == "nginx":
+        port = p["NGINX_PORT"]
+        argv = pinned(PROXY_CORE, vg + ["nginx", "-c", env.nginx_conf, "-p", env.dir + "/",
+                                        "-g", "daemon off; master_process off;"])
+        stop_signal = signal.SIGTERM
+    else:
+        port = p["EDGE_PORT"]
+        argv = pinned(PROXY_CORE, vg + [EDGE_BIN, "run", "-c", env.edge_conf])
+        stop_signal = signal.SIGINT
+    proc = PROCS.start(f"{LABELS[key]} under callgrind", argv, stop_signal,
+                       env.path(f"callgrind.{key}.out"))
+    server = types.SimpleNamespace(port=port, host=f"{PUBLIC_HOST}:{port}")
+    try:
+        wait_http(port, server.host, "/v2/", 401, f"{LABELS[key]} under callgrind", timeout=180)
+        wrk_mix(server, env, 3, connections)  # start-up and first connections, not counted
+        run(["callgrind_control", "-z", str(proc.pid)])
+        mix = wrk_mix(server, env, seconds, connections)
+        run(["callgrind_control", "-d", str(proc.pid)])
+    finally:
+        PROCS.stop(proc.pid, timeout=60)
+    dump = env.path(f"callgrind.{key}.{proc.pid}.1")
+    with open(dump) as f:
+        total = next(int(line.split()[1]) for line in f if line.startswith("summary:"))
+    statuses = ", ".join(f"{k}:{v}" for k, v in sorted(mix["statuses"].items()))
+    return {"requests": mix["requests"], "instructions": total,
+            "per_request": total / max(1, mix["requests"]), "statuses": statuses}
+
+
+def callgrind_compare(env, args):
+    """`--callgrind N`: nginx and registry-edge, one after the other, under callgrind."""
+    results = {}
+    for key in ("nginx", "edge"):
+        if key not in (args.only or ["nginx", "edge"]):
+            continue
+        log(f"\n== {LABELS[key]} under callgrind (core {PROXY_CORE}), {args.callgrind}s of the mix")
+        r = results[key] = callgrind_mix(key, env, args.callgrind, args.connections)
+        log(f"  {r['requests']:,} requests ({r['statuses']}): {r['instructions']:,} instructions, "
+            f"{r['per_request']:,.0f} per request")
+    if len(results) == 2:
+        ratio = results["edge"]["per_request"] / results["nginx"]["per_request"]
+        log(f"\ninstructions per request (user space), registry-edge / nginx: {ratio:.2f}")
+    return results
+
+
 def read_responses(socks, sel, deadline):
     """Reads one HTTP response (headers + Content-Length body) on each socket."""
     pending = {s.fileno(): [s, b""] for s in socks}
@@ -1000,6 +1052,9 @@ def main():
     ap.add_argument("--wait-quiet", type=int, default=120, metavar="S",
                     help="before each measurement, wait up to S seconds for both cores to be "
                          "under 10%% busy (other builds, tests); default 120, 0 to skip")
+    ap.add_argument("--callgrind", type=int, metavar="SECONDS",
+                    help="instead of the timed measurements: each proxy under valgrind's callgrind "
+                         "for SECONDS of the mix, instructions per request (repeatable figures)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs)")
     args = ap.parse_args()
     for k in ("duration", "warmup", "tls_seconds"):
@@ -1039,6 +1094,13 @@ def main():
         origin_location = r.getheader("Location")
         if r.status != 307 or not origin_location:
             raise HarnessError(f"origin blob redirect: {r.status}")
+        if args.callgrind:
+            cg = callgrind_compare(env, args)
+            os.makedirs(os.path.dirname(RESULT_JSON), exist_ok=True)
+            with open(RESULT_JSON, "w") as f:
+                json.dump({"callgrind": cg, "environment": environment}, f, indent=2)
+            log(f"  figures as JSON: {os.path.relpath(RESULT_JSON, ROOT)}")
+            return
         sample = [a for a in env.addresses if a[1] in EMBARGO][:100]
         sample += [a for a in env.addresses if a[1] not in EMBARGO][:100]
 
