@@ -18,7 +18,9 @@
 //! - every request head, and the HTTP/2 preface, is read under deadlines (slowloris): `idle`
 //!   for its first byte, then `header_read` in total up to the blank line that ends it. pingora
 //!   0.9 only bounds each single read, so a client that sends one byte just before every
-//!   timeout would otherwise keep a connection forever.
+//!   timeout would otherwise keep a connection forever. The deadline's timer is armed only
+//!   when a read has to wait: a head that arrives whole, the usual case, never touches the
+//!   runtime's timer wheel.
 //!
 //! Listening sockets are taken from, and registered in, pingora's table of listening file
 //! descriptors, so a graceful upgrade hands them over as before.
