@@ -102,31 +102,51 @@ impl Generation {
 
 /// Settings a running process cannot change: its listeners (addresses, TLS, timeouts, limits:
 /// they are fixed into the listening services), `server:` (threads, pid file, upgrade socket,
-/// grace periods), the admin address and the access log's destination.
+/// grace periods), the admin address and the access log's destination. Each with how to compare
+/// it and how to keep the running value: one row per section.
+type RestartOnly = (
+    &'static str,
+    fn(&Config, &Config) -> bool,
+    fn(&mut Config, &Config),
+);
+const RESTART_ONLY: [RestartOnly; 4] = [
+    (
+        "listeners",
+        |a, b| a.listeners != b.listeners,
+        |new, running| new.listeners = running.listeners.clone(),
+    ),
+    (
+        "server",
+        |a, b| a.server != b.server,
+        |new, running| new.server = running.server.clone(),
+    ),
+    (
+        "admin",
+        |a, b| a.admin != b.admin,
+        |new, running| new.admin = running.admin.clone(),
+    ),
+    (
+        "logging",
+        |a, b| a.logging != b.logging,
+        |new, running| new.logging = running.logging.clone(),
+    ),
+];
+
+/// The restart-only sections (above) that `new` changes.
 pub fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
-    let mut changed = Vec::new();
-    if running.listeners != new.listeners {
-        changed.push("listeners");
-    }
-    if running.server != new.server {
-        changed.push("server");
-    }
-    if running.admin != new.admin {
-        changed.push("admin");
-    }
-    if running.logging != new.logging {
-        changed.push("logging");
-    }
-    changed
+    RESTART_ONLY
+        .iter()
+        .filter(|(_, differ, _)| differ(running, new))
+        .map(|(name, _, _)| *name)
+        .collect()
 }
 
 /// `new` with the running process's values of the settings only a restart changes, so that the
 /// generation describes what actually serves.
 pub fn keep_running_settings(running: &Config, mut new: Config) -> Config {
-    new.listeners = running.listeners.clone();
-    new.server = running.server.clone();
-    new.admin = running.admin.clone();
-    new.logging = running.logging.clone();
+    for (_, _, keep) in RESTART_ONLY {
+        keep(&mut new, running);
+    }
     new
 }
 

@@ -397,20 +397,12 @@ fn upgrade(config_path: &std::path::Path) -> ExitCode {
     // The new process waits on the upgrade socket; the old one sends its sockets there on
     // SIGQUIT, retrying for a few seconds, so the order is safe.
     std::thread::sleep(std::time::Duration::from_millis(300));
-    if let Err(e) = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(old),
-        nix::sys::signal::Signal::SIGQUIT,
-    ) {
-        eprintln!("registry-edge upgrade: cannot signal the old process {old}: {e}");
-        return ExitCode::FAILURE;
+    if let Err(code) = signal("upgrade", old, nix::sys::signal::Signal::SIGQUIT) {
+        return code;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while read_pid(pid_file) != Some(new) {
-        if std::time::Instant::now() > deadline {
-            eprintln!("registry-edge upgrade: the new process {new} did not take over within 30 s");
-            return ExitCode::FAILURE;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    if wait_for(|| (read_pid(pid_file) == Some(new)).then_some(())).is_none() {
+        eprintln!("registry-edge upgrade: the new process {new} did not take over within 30 s");
+        return ExitCode::FAILURE;
     }
     println!(
         "registry-edge upgrade: process {new} serves; process {old} finishes its requests for up to {:?} and exits",
@@ -427,45 +419,59 @@ fn reload(config_path: &std::path::Path) -> ExitCode {
     let pid_file = &config.server.pid_file;
     let status_file = registry_edge_proxy::reload::status_path(pid_file);
     let before = std::fs::read_to_string(&status_file).ok();
-    if let Err(e) = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGHUP,
-    ) {
-        eprintln!("registry-edge reload: cannot signal process {pid}: {e}");
-        return ExitCode::FAILURE;
+    if let Err(code) = signal("reload", pid, nix::sys::signal::Signal::SIGHUP) {
+        return code;
     }
     // The instance validates again (it reads the file itself) and resolves new upstreams.
+    let verdict = wait_for(|| {
+        std::fs::read_to_string(&status_file)
+            .ok()
+            .filter(|t| Some(t) != before.as_ref())
+    });
+    let Some(text) = verdict else {
+        eprintln!(
+            "registry-edge reload: process {pid} wrote no verdict to {} within 30 s; see its log",
+            status_file.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let mut lines = text.lines();
+    let ok = lines.next().is_some_and(|l| l.ends_with(" ok"));
+    let details: Vec<&str> = lines.collect();
+    if ok {
+        println!(
+            "registry-edge reload: process {pid} applied {}",
+            config_path.display()
+        );
+        for l in details {
+            println!("  {l}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("registry-edge reload: process {pid} refused the file and keeps its configuration:");
+    for l in details {
+        eprintln!("  {l}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Sends `sig` to the running process `pid` for `command` (`upgrade`, `reload`).
+fn signal(command: &str, pid: i32, sig: nix::sys::signal::Signal) -> Result<(), ExitCode> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| {
+        eprintln!("registry-edge {command}: cannot signal process {pid}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// What `check` finds, asked every 50 ms for up to 30 s; `None` when it finds nothing in time.
+fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let now = std::fs::read_to_string(&status_file).ok();
-        if let Some(text) = now.filter(|t| Some(t) != before.as_ref()) {
-            let mut lines = text.lines();
-            let ok = lines.next().is_some_and(|l| l.ends_with(" ok"));
-            let details: Vec<&str> = lines.collect();
-            if ok {
-                println!(
-                    "registry-edge reload: process {pid} applied {}",
-                    config_path.display()
-                );
-                for l in details {
-                    println!("  {l}");
-                }
-                return ExitCode::SUCCESS;
-            }
-            eprintln!(
-                "registry-edge reload: process {pid} refused the file and keeps its configuration:"
-            );
-            for l in details {
-                eprintln!("  {l}");
-            }
-            return ExitCode::FAILURE;
+        if let Some(found) = check() {
+            return Some(found);
         }
         if std::time::Instant::now() > deadline {
-            eprintln!(
-                "registry-edge reload: process {pid} wrote no verdict to {} within 30 s; see its log",
-                status_file.display()
-            );
-            return ExitCode::FAILURE;
+            return None;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
