@@ -17,6 +17,8 @@ mod harness;
 mod http1;
 #[path = "e2e/image.rs"]
 mod image;
+#[path = "support/ports.rs"]
+mod ports;
 #[path = "e2e/token.rs"]
 mod token;
 

@@ -4,6 +4,9 @@
 //! blobs). Real sockets on loopback; curl where TLS and HTTP/2 matter.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ports::free_port;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 
 // ---------------------------------------------------------------------------------------------
@@ -484,24 +488,6 @@ fn respond(
 
 // ---------------------------------------------------------------------------------------------
 // The edge process
-
-/// A loopback port free now and never handed out before in this process: tests run in parallel
-/// threads, and the kernel may give a port just released to the next `bind(0)`, so two tests
-/// could otherwise start servers on the same port.
-fn free_port() -> u16 {
-    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
-        Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if GIVEN.lock().unwrap().insert(port) {
-            return port;
-        }
-    }
-}
 
 struct Certs {
     ca: PathBuf,

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::data::{self, DataServer, Sas};
 use crate::http1::{self, Exchanges, Hellos, RelayKind};
+use crate::ports::free_port;
 use crate::token::{self, TokenServer};
 
 pub const LOGIN_HOST: &str = "registry.localhost";
@@ -136,23 +137,6 @@ impl Drop for TempDir {
             eprintln!("e2e: kept the logs in {} for inspection", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A loopback port free now and never handed out before in this process: tests run in parallel
-/// threads, and the kernel may give a port just released to the next `bind(0)`, so two tests
-/// could otherwise start servers on the same port.
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        if GIVEN.lock().expect("port set").insert(port) {
-            return port;
         }
     }
 }

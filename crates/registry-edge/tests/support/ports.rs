@@ -1,0 +1,21 @@
+//! Loopback ports for the servers a test starts (shared by the `proxy` and `e2e` suites).
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Mutex;
+
+/// A loopback port free now and never handed out before in this process: tests run in parallel
+/// threads, and the kernel may give a port just released to the next `bind(0)`, so two tests
+/// could otherwise start servers on the same port.
+pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        if GIVEN.lock().expect("port set").insert(port) {
+            return port;
+        }
+    }
+}
