@@ -11,6 +11,8 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use registry_edge_config::AccessLog as Target;
 
+use crate::since_epoch;
+
 /// How long a line may wait in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// A buffer this full is written at once.
@@ -133,7 +135,7 @@ impl AccessLog {
     /// A security event line, in the same stream as the requests.
     pub fn write_event(&self, mut event: serde_json::Value) {
         if let Some(map) = event.as_object_mut() {
-            map.insert("ts".into(), unix_seconds().into());
+            map.insert("ts".into(), since_epoch().as_secs_f64().into());
         }
         self.append(|out| {
             let _ = serde_json::to_writer(out, &event);
@@ -141,17 +143,9 @@ impl AccessLog {
     }
 
     pub fn write(&self, e: AccessEvent<'_>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = since_epoch();
         self.append(|out| format_event(out, &e, now));
     }
-}
-
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// One request's JSON object. `now`: since the Unix epoch. Numbers are written without

@@ -47,6 +47,13 @@ use registry_edge_config::Config;
 use crate::generation::Generation;
 use crate::service::{Edge, Shared};
 
+/// The wall clock as time since the Unix epoch (zero for a clock set before it).
+pub(crate) fn since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// How often upstream names are re-resolved.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
 /// How often the GeoIP database file is checked for a replacement.

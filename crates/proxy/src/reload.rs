@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::generation::{self, Generation};
 use crate::service::Shared;
+use crate::since_epoch;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +75,6 @@ pub fn status_path(pid_file: &Path) -> PathBuf {
 
 pub fn unix_now() -> i64 {
     since_epoch().as_secs() as i64
-}
-
-fn since_epoch() -> std::time::Duration {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// Reloads the configuration file; returns what happened (also logged, counted and written to
