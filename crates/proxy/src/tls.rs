@@ -46,10 +46,12 @@ struct CertSet {
 /// by `resolver`, HTTP/2 offered before HTTP/1.1 (ALPN); rustls's defaults otherwise (a 256-entry
 /// session cache) but for two choices made for handshake cost:
 ///
-/// - the server's cipher suite order, AES-128-GCM first: clients (OpenSSL's default list, Go's
-///   on hardware without AES instructions aside) offer AES-256-GCM-SHA384 first, whose SHA-384
-///   transcript hash has no CPU instructions on x86 where SHA-256 has; AES-128-GCM is as
-///   recommended (Mozilla's intermediate profile puts it first) and cheaper;
+/// - the server's cipher suite order, AES-128-GCM first: OpenSSL-based clients (curl, Python)
+///   offer AES-256-GCM-SHA384 first, whose SHA-384 transcript hash has no CPU instructions on
+///   x86 where SHA-256 has (Go's clients, containerd and docker, already offer AES-128-GCM first
+///   on hardware with AES instructions); AES-128-GCM is as recommended (Mozilla's intermediate
+///   profile puts it first) and cheaper. A client that puts ChaCha20 first for want of AES
+///   hardware gets AES-GCM too when it offers it;
 /// - one TLS 1.3 session ticket per handshake, not two: a client resumes with one, and Go's
 ///   clients (containerd, docker) keep only the last they got per server.
 pub fn acceptor(resolver: Arc<SniResolver>) -> Result<pingora::tls::TlsAcceptor, TlsError> {
