@@ -1,6 +1,6 @@
 //! Who the client is: the socket peer, or what trusted proxies say in X-Forwarded-For.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::cidr::{normalise, CidrSet};
 
@@ -30,11 +30,14 @@ pub struct ClientAddr {
 /// X-Forwarded-For values (every header, in order, each a comma-separated list) are walked right
 /// to left through trusted hops to the first untrusted address.
 ///
-/// A malformed entry (not an IP address: a port, garbage, an empty entry, `unknown`) ends the
-/// walk at the last address that could be trusted, the hop to its right (the peer, when the
-/// rightmost entry is malformed): whatever stands left of it was written by someone no
-/// trusted proxy vouches for. Surrounding spaces and tabs are allowed, IPv6 with or without
-/// brackets. If every entry is trusted, the leftmost is the client.
+/// An entry is an address, optionally with the port some load balancers append:
+/// `192.0.2.1`, `192.0.2.1:5678`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:443`; the
+/// port is ignored. A malformed entry (garbage, a name, an empty entry, `unknown`, a port out
+/// of range, a zone) ends the walk at the last address that could be trusted, the hop to its
+/// right (the peer, when the rightmost entry is malformed): whatever stands left of it was
+/// written by someone no trusted proxy vouches for, so it can never name the client.
+/// Surrounding spaces and tabs are allowed. If every entry is trusted, the leftmost is the
+/// client.
 ///
 /// Nothing here allocates. The walk is computed in one left-to-right pass (headers arrive in
 /// that order): the answer depends only on the rightmost entry that stops the walk, so the
@@ -106,15 +109,38 @@ enum Stop {
 }
 
 /// One X-Forwarded-For entry as an address: `1.2.3.4`, `2001:db8::1` or `[2001:db8::1]`,
-/// with optional spaces or tabs around it; anything else (ports, zones, names, `unknown`,
-/// nothing) is `None`.
+/// each with optional spaces or tabs around it, and the first and last also with a port
+/// (`1.2.3.4:5678`, `[2001:db8::1]:443`), which is dropped. Anything else (a port out of
+/// range or with a sign, brackets around IPv4, zones, names, `unknown`, nothing) is `None`.
+/// A bare IPv6 address cannot carry a port: `2001:db8::1:443` is that address.
 fn parse_entry(raw: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(raw).ok()?.trim_matches([' ', '\t']);
     let ip = match text.strip_prefix('[') {
-        Some(bracketed) => IpAddr::V6(bracketed.strip_suffix(']')?.parse::<Ipv6Addr>().ok()?),
-        None => text.parse::<IpAddr>().ok()?,
+        Some(bracketed) => {
+            let (inside, rest) = bracketed.split_once(']')?;
+            if !rest.is_empty() {
+                port(rest.strip_prefix(':')?)?;
+            }
+            IpAddr::V6(inside.parse::<Ipv6Addr>().ok()?)
+        }
+        None => match text.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => {
+                let (host, p) = text.rsplit_once(':')?;
+                port(p)?;
+                IpAddr::V4(host.parse::<Ipv4Addr>().ok()?)
+            }
+        },
     };
     Some(normalise(ip))
+}
+
+/// A port: 1 to 5 ASCII digits, at most 65535 (no sign, no spaces).
+fn port(text: &str) -> Option<u16> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 #[cfg(test)]
@@ -219,8 +245,6 @@ mod tests {
     #[test]
     fn malformed_entry_stops_at_the_previous_hop() {
         for bad in [
-            "203.0.113.7:443",
-            "[2001:db8::1]:443",
             "unknown",
             "",
             "  ",
@@ -233,6 +257,30 @@ mod tests {
             "2001:db8::1]",
             "1.2.3.4 5.6.7.8",
             "\u{fffd}",
+            // Ports that are not one: empty, out of range, signed, spaced, doubled, or on
+            // something that is not an address.
+            "203.0.113.7:",
+            "203.0.113.7:65536",
+            "203.0.113.7:123456",
+            "203.0.113.7:+80",
+            "203.0.113.7:-1",
+            "203.0.113.7:8o",
+            "203.0.113.7 :80",
+            "203.0.113.7: 80",
+            "203.0.113.7:80:80",
+            "01.2.3.4:80",
+            "::ffff:203.0.113.7:80",
+            "example.com:443",
+            ":443",
+            "[]:443",
+            "[1.2.3.4]:80",
+            "[2001:db8::1]:",
+            "[2001:db8::1]443",
+            "[2001:db8::1] :443",
+            "[2001:db8::1]:443:1",
+            "[2001:db8::1]:65536",
+            "[fe80::1%eth0]:443",
+            "[[2001:db8::1]]:443",
         ] {
             let header = format!("198.51.100.1, {bad}, 10.0.0.2");
             assert_eq!(
@@ -265,6 +313,48 @@ mod tests {
             client_address(ip("10.0.0.4"), [&b"\xff\xfe"[..]], &trusted()),
             socket("10.0.0.4")
         );
+    }
+
+    #[test]
+    fn entries_with_a_port_are_their_address() {
+        // As some load balancers write them: the port is dropped, the address judged.
+        assert_eq!(
+            resolve("10.0.0.4", &["203.0.113.7:5678"]),
+            forwarded("203.0.113.7", 1)
+        );
+        assert_eq!(
+            resolve("10.0.0.4", &["[2001:db8:1::7]:443"]),
+            forwarded("2001:db8:1::7", 1)
+        );
+        assert_eq!(
+            resolve("10.0.0.4", &["[2001:db8:1::7]"]),
+            forwarded("2001:db8:1::7", 1)
+        );
+        assert_eq!(
+            resolve(
+                "10.0.0.4",
+                &[" 203.0.113.7:0 ", "[::ffff:198.51.100.1]:65535"]
+            ),
+            forwarded("198.51.100.1", 1)
+        );
+        // Trusted hops with ports are walked through like any trusted hop.
+        assert_eq!(
+            resolve(
+                "10.0.0.4",
+                &["203.0.113.7:1234, 10.0.0.2:443, [2001:db8:ffff::2]:80"]
+            ),
+            forwarded("203.0.113.7", 3)
+        );
+        // What a client wrote left of the entry its proxy added still changes nothing.
+        assert_eq!(
+            resolve("10.0.0.4", &["10.0.0.3:1, 198.51.100.1, 203.0.113.7:443"]),
+            forwarded("203.0.113.7", 1)
+        );
+        assert_eq!(parse_entry(b"1.2.3.4:5678"), Some(ip("1.2.3.4")));
+        assert_eq!(parse_entry(b"[2001:db8::1]:443"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_entry(b"[2001:db8::1]"), Some(ip("2001:db8::1")));
+        // A bare IPv6 address has no room for a port: this is the address ...:1:443.
+        assert_eq!(parse_entry(b"2001:db8::1:443"), Some(ip("2001:db8::1:443")));
     }
 
     #[test]
@@ -349,6 +439,10 @@ mod tests {
             Just("203.0.113.7".to_string()),
             Just("2001:db8:1::7 ".to_string()),
             Just("198.51.100.1:80".to_string()),
+            Just("10.0.0.5:8080".to_string()),
+            Just("[2001:db8:ffff::6]:443".to_string()),
+            Just("[2001:db8:1::8]:1".to_string()),
+            Just("203.0.113.9:99999".to_string()),
             Just("unknown".to_string()),
             Just(String::new()),
             "[ -~]{0,12}",
