@@ -57,12 +57,11 @@ pub fn check_ca_file(path: &Path) -> Result<(), String> {
     read_certs(path).map(|_| ())
 }
 
+/// Opens the database as the proxy will ([`registry_edge_geo::GeoDb::open`]): only a regular
+/// file within the size limit (a FIFO or `/dev/zero` at the path is refused, never read), a
+/// valid MaxMind DB whose records carry country codes.
 pub fn check_geoip(path: &Path) -> Result<(), String> {
-    let reader = maxminddb::Reader::open_readfile(path)
-        .map_err(|e| format!("{}: not a readable MMDB database: {e}", path.display()))?;
-    let t = &reader.metadata().database_type;
-    if t.is_empty() {
-        return Err(format!("{}: the database names no type", path.display()));
-    }
-    Ok(())
+    registry_edge_geo::GeoDb::open(path)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

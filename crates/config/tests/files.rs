@@ -110,7 +110,7 @@ fn missing_garbage_and_expired_files_are_reported_each_on_its_key() {
         "registry.ca_file:",
         "ca.pem: cannot read",
         "geoip.database:",
-        "not a readable MMDB database",
+        "is not a usable MaxMind DB",
         "logging.access_log: the directory of",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::cidr::normalise;
 use crate::error::GeoError;
+use crate::file::{self, Refusal, MAX_DATABASE_BYTES};
 
 use index::{Builder, Ranges, ASK_TREE};
 
@@ -144,13 +145,15 @@ impl GeoDb {
         })
     }
 
-    /// Reads the whole file and validates it as [`from_bytes`](Self::from_bytes) does.
+    /// Reads the whole file and validates it as [`from_bytes`](Self::from_bytes) does. Only a
+    /// regular file (or a symlink to one) of at most
+    /// [`MAX_DATABASE_BYTES`](crate::MAX_DATABASE_BYTES) is read: anything else (a FIFO,
+    /// `/dev/zero`, a directory, a bigger file) is refused without reading it
+    /// ([`GeoError::NotAFile`], [`GeoError::TooLarge`]). Blocking, without a timeout;
+    /// [`ReloadingDb`](crate::ReloadingDb) reads with one.
     pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
-        let bytes = std::fs::read(path).map_err(|source| GeoError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        GeoDb::from_bytes(bytes, &path.display().to_string())
+        let contents = file::read(path, path, MAX_DATABASE_BYTES).map_err(Refusal::into_error)?;
+        GeoDb::from_bytes(contents.bytes, &path.display().to_string())
     }
 
     /// Where the database places `ip` (IPv4-mapped addresses as their IPv4 address); an

@@ -24,6 +24,31 @@ pub enum GeoError {
         /// The reader's or the validation's explanation.
         message: String,
     },
+    /// The path leads to something other than a regular file (a FIFO, a device such as
+    /// `/dev/zero`, a directory): reading it could block or never end, so it is not opened
+    /// (a symlink to a regular file is fine).
+    #[error(
+        "GeoIP database {} is {kind}, not a regular file: refused without reading it",
+        path.display()
+    )]
+    NotAFile {
+        /// The configured path.
+        path: PathBuf,
+        /// What it is instead: `a FIFO`, `a character device`, `a directory`, ...
+        kind: &'static str,
+    },
+    /// The file is larger than the limit ([`MAX_DATABASE_BYTES`](crate::MAX_DATABASE_BYTES),
+    /// 1 GiB), or grew past it while it was read; no country or city database comes near it.
+    #[error(
+        "GeoIP database {} is larger than {limit} bytes, the most registry-edge reads: refused",
+        path.display()
+    )]
+    TooLarge {
+        /// The configured path.
+        path: PathBuf,
+        /// The limit in bytes.
+        limit: u64,
+    },
     /// A valid MaxMind DB in which no record carries `country.iso_code` (or
     /// `registered_country.iso_code`): an ASN, ISP or other non-country database.
     #[error(
@@ -41,6 +66,8 @@ impl GeoError {
     pub fn path(&self) -> &std::path::Path {
         match self {
             GeoError::Io { path, .. }
+            | GeoError::NotAFile { path, .. }
+            | GeoError::TooLarge { path, .. }
             | GeoError::Invalid { path, .. }
             | GeoError::NoCountryData { path } => path,
         }

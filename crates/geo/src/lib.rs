@@ -6,7 +6,9 @@
 //! (MaxMind GeoIP2/GeoLite2 Country or City, DB-IP, ...), held in memory and looked up
 //! without allocating; [`ReloadingDb`] swaps in a new copy when the file is replaced
 //! (rename, copy over, Kubernetes `..data` symlink swap) and keeps the old one when the new
-//! file is broken or has no country data. Nothing here logs: outcomes are returned.
+//! file is broken or has no country data. Only regular files of at most
+//! [`MAX_DATABASE_BYTES`] are read (never a FIFO or a device), and a reload waits at most
+//! [`READ_TIMEOUT`] for the read. Nothing here logs: outcomes are returned.
 //!
 //! ```
 //! use std::net::IpAddr;
@@ -32,11 +34,13 @@ mod cidr;
 mod client;
 mod db;
 mod error;
+mod file;
 mod reload;
 
 pub use cidr::{normalise, CidrSet};
 pub use client::{client_address, ClientAddr, Via};
 pub use db::{GeoDb, Location};
 pub use error::GeoError;
+pub use file::{MAX_DATABASE_BYTES, READ_TIMEOUT};
 pub use ipnet::IpNet;
 pub use reload::{ReloadOutcome, ReloadingDb};

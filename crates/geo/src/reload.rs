@@ -1,8 +1,8 @@
 //! A database file watched for replacement and swapped in atomically.
 
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::hash::{DefaultHasher, Hasher};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::db::GeoDb;
 use crate::error::GeoError;
+use crate::file::{self, Limits, Refusal, Stalled, Worker};
 
 /// How old a file's mtime must be before its (size, mtime) is trusted to describe its final
 /// content. Timestamps are coarse (a kernel tick on ext4, 1 s on some file systems, 2 s on
@@ -44,11 +45,20 @@ pub enum ReloadOutcome {
 /// symlink to a timestamped directory that is atomically replaced: new resolved path and
 /// inode). A half-written file fails to parse and is refused, the old database kept; the
 /// rest of the write changes the identity again and is picked up by a later check.
+///
+/// Only a regular file (symlinks followed) of at most
+/// [`MAX_DATABASE_BYTES`](crate::MAX_DATABASE_BYTES) is read: a FIFO or a device at the path
+/// (`/dev/zero`) is refused on its metadata without being read, a bigger file on its size, a
+/// file that grows past the limit while it is read when it does. Each read runs on a thread of
+/// its own and is waited for at most [`READ_TIMEOUT`](crate::READ_TIMEOUT); a read that takes
+/// longer is reported as refused, and no other read starts until it ends.
 #[derive(Debug)]
 pub struct ReloadingDb {
     path: PathBuf,
     current: ArcSwap<GeoDb>,
     state: Mutex<State>,
+    limits: Limits,
+    worker: Worker,
 }
 
 #[derive(Debug)]
@@ -79,6 +89,17 @@ enum Seen {
     Unreadable(io::ErrorKind),
 }
 
+/// Why a snapshot was not taken.
+enum NoSnapshot {
+    /// The file itself is refused (not a regular file, too large): remembered until it changes.
+    Refused(GeoError, FileId),
+    /// An I/O error, a file that grew while it was read, or a read that did not end in time:
+    /// the next check looks again.
+    Failed(GeoError),
+    /// An earlier read that timed out is still running: nothing to report yet.
+    Busy,
+}
+
 /// The file's content with the identity it had while it was read.
 struct Snapshot {
     id: FileId,
@@ -92,11 +113,16 @@ impl ReloadingDb {
     /// Loads the database at `path`; a missing or unusable file is an error (at start-up
     /// there is no previous database to fall back on).
     pub fn open(path: &Path) -> Result<ReloadingDb, GeoError> {
-        let io_error = |source| GeoError::Io {
-            path: path.to_owned(),
-            source,
+        ReloadingDb::open_with(path, Limits::default())
+    }
+
+    pub(crate) fn open_with(path: &Path, limits: Limits) -> Result<ReloadingDb, GeoError> {
+        let worker = Worker::default();
+        let snapshot = match timed_snapshot(&worker, path, limits) {
+            Ok(snapshot) => snapshot,
+            Err(NoSnapshot::Refused(e, _) | NoSnapshot::Failed(e)) => return Err(e),
+            Err(NoSnapshot::Busy) => return Err(Stalled::Busy.into_error(path, limits.timeout)),
         };
-        let snapshot = read_snapshot(path).map_err(io_error)?;
         if snapshot.torn {
             return Err(torn(path));
         }
@@ -110,6 +136,8 @@ impl ReloadingDb {
                 unsettled_digest: digest,
                 refused: None,
             }),
+            limits,
+            worker,
         })
     }
 
@@ -125,8 +153,9 @@ impl ReloadingDb {
     }
 
     /// Looks at the file and swaps in its database if it changed and is usable. Blocking:
-    /// reads metadata every time and the whole file when it changed; call it from a blocking
-    /// task every few seconds. Concurrent calls are serialised.
+    /// reads metadata every time and, when the file changed, the whole file (on a thread of its
+    /// own, waited for at most [`READ_TIMEOUT`](crate::READ_TIMEOUT)) and parses it; call it
+    /// from a blocking task every few seconds. Concurrent calls are serialised.
     pub fn check(&self) -> ReloadOutcome {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
 
@@ -154,7 +183,7 @@ impl ReloadingDb {
             }
             // Loaded while fresh and unchanged since: compare content once, now that a
             // same-size rewrite would have had time to show in the mtime.
-            return match read_snapshot(&self.path) {
+            return match timed_snapshot(&self.worker, &self.path, self.limits) {
                 Ok(s) if s.settled && s.id == state.loaded && digest(&s.bytes) == loaded_digest => {
                     state.unsettled_digest = None;
                     ReloadOutcome::Unchanged
@@ -166,24 +195,16 @@ impl ReloadingDb {
                     }
                     self.load(&mut state, s)
                 }
-                Err(source) => ReloadOutcome::Refused(GeoError::Io {
-                    path: self.path.clone(),
-                    source,
-                }),
+                Err(no) => refuse(&mut state, no),
             };
         }
 
         if matches!(&state.refused, Some(Seen::File(refused)) if *refused == id) {
             return ReloadOutcome::Unchanged;
         }
-        match read_snapshot(&self.path) {
+        match timed_snapshot(&self.worker, &self.path, self.limits) {
             Ok(snapshot) => self.load(&mut state, snapshot),
-            // The path was readable a moment ago: a replacement raced this check, and the
-            // next check sees how it ended, so this is not remembered.
-            Err(source) => ReloadOutcome::Refused(GeoError::Io {
-                path: self.path.clone(),
-                source,
-            }),
+            Err(no) => refuse(&mut state, no),
         }
     }
 
@@ -211,6 +232,21 @@ impl ReloadingDb {
     }
 }
 
+/// The outcome of a read that gave no snapshot.
+fn refuse(state: &mut State, no: NoSnapshot) -> ReloadOutcome {
+    match no {
+        NoSnapshot::Refused(error, id) => {
+            state.refused = Some(Seen::File(id));
+            ReloadOutcome::Refused(error)
+        }
+        // The path was readable a moment ago: a replacement raced this check, or the file
+        // system stalled, and the next check sees how it ended, so this is not remembered.
+        NoSnapshot::Failed(error) => ReloadOutcome::Refused(error),
+        // The timeout of the read still running was reported when it happened.
+        NoSnapshot::Busy => ReloadOutcome::Unchanged,
+    }
+}
+
 fn torn(path: &Path) -> GeoError {
     GeoError::Invalid {
         path: path.to_owned(),
@@ -225,15 +261,38 @@ fn observe(path: &Path) -> io::Result<FileId> {
     Ok(FileId::new(resolved, &meta))
 }
 
+/// [`read_snapshot`] on the worker's thread, waited for at most the timeout.
+fn timed_snapshot(worker: &Worker, path: &Path, limits: Limits) -> Result<Snapshot, NoSnapshot> {
+    let owned = path.to_owned();
+    match worker.run(limits.timeout, move || {
+        read_snapshot(&owned, limits.max_bytes)
+    }) {
+        Ok(read) => read,
+        Err(Stalled::Busy) => Err(NoSnapshot::Busy),
+        Err(stalled) => Err(NoSnapshot::Failed(stalled.into_error(path, limits.timeout))),
+    }
+}
+
 /// Reads the file through its resolved path, so the identity and the content belong to the
-/// same file even when a symlink is swapped meanwhile.
-fn read_snapshot(path: &Path) -> io::Result<Snapshot> {
-    let resolved = fs::canonicalize(path)?;
-    let mut file = File::open(&resolved)?;
-    let before = file.metadata()?;
-    let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes)?;
-    let after = file.metadata()?;
+/// same file even when a symlink is swapped meanwhile; only a regular file of at most
+/// `max_bytes` (see [`file::read`]).
+fn read_snapshot(path: &Path, max_bytes: u64) -> Result<Snapshot, NoSnapshot> {
+    let resolved = fs::canonicalize(path).map_err(|source| {
+        NoSnapshot::Failed(GeoError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    })?;
+    let file::Contents {
+        bytes,
+        before,
+        after,
+    } = file::read(path, &resolved, max_bytes).map_err(|refusal| match refusal {
+        Refusal::File(error, meta) => {
+            NoSnapshot::Refused(error, FileId::new(resolved.clone(), &meta))
+        }
+        Refusal::Other(error) => NoSnapshot::Failed(error),
+    })?;
     let now = SystemTime::now();
     let id = FileId::new(resolved, &after);
     let torn = before.len() != after.len()
@@ -290,6 +349,99 @@ fn dev_ino(_meta: &Metadata) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(serde::Serialize)]
+    struct Country {
+        iso_code: &'static str,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Record {
+        country: Country,
+    }
+
+    /// A database placing `networks` /24s in `iso`.
+    fn mmdb(iso: &'static str, networks: u32, build_epoch: u64) -> Vec<u8> {
+        let mut w = mmdb_writer::Writer::builder("GeoLite2-Country")
+            .build_epoch(std::time::UNIX_EPOCH + Duration::from_secs(build_epoch))
+            .build();
+        for n in 0..networks {
+            // Not adjacent, or the writer merges them into one network.
+            let net = format!("10.{}.{}.0/24", n % 256, 2 * (n / 256));
+            w.insert(
+                net.parse::<ipnet::IpNet>().unwrap(),
+                &Record {
+                    country: Country { iso_code: iso },
+                },
+            )
+            .unwrap();
+        }
+        w.to_bytes().unwrap()
+    }
+
+    fn write_settled(path: &Path, bytes: &[u8]) {
+        fs::write(path, bytes).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+    }
+
+    fn country(db: &ReloadingDb) -> Option<String> {
+        let ip = "10.0.0.1".parse().unwrap();
+        db.current().lookup(ip).country_code().map(str::to_owned)
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_and_the_old_kept() {
+        let dir = std::env::temp_dir().join(format!(
+            "registry-edge-geo-reload-large-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("GeoLite2-Country.mmdb");
+        let tmp = dir.join("tmp.mmdb");
+        let small = mmdb("DE", 1, 1);
+        let large = mmdb("FR", 250, 2);
+        assert!(large.len() > small.len() + 1000);
+        let limits = Limits {
+            max_bytes: u64::try_from(small.len()).unwrap() + 100,
+            timeout: Duration::from_secs(10),
+        };
+
+        // Over the limit at start: an error, even though the database is valid.
+        write_settled(&path, &large);
+        match ReloadingDb::open_with(&path, limits) {
+            Err(GeoError::TooLarge { limit, .. }) => assert_eq!(limit, limits.max_bytes),
+            other => panic!("{other:?}"),
+        }
+
+        write_settled(&path, &small);
+        let db = ReloadingDb::open_with(&path, limits).unwrap();
+        assert_eq!(country(&db).as_deref(), Some("DE"));
+
+        write_settled(&tmp, &large);
+        fs::rename(&tmp, &path).unwrap();
+        match db.check() {
+            ReloadOutcome::Refused(e @ GeoError::TooLarge { .. }) => {
+                assert!(e.to_string().contains("is larger than"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(country(&db).as_deref(), Some("DE"));
+        // Reported once per file.
+        assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+
+        // Within the limit again: picked up.
+        write_settled(&tmp, &mmdb("FR", 2, 3));
+        fs::rename(&tmp, &path).unwrap();
+        assert!(matches!(
+            db.check(),
+            ReloadOutcome::Reloaded { build_epoch: 3 }
+        ));
+        assert_eq!(country(&db).as_deref(), Some("FR"));
+        let _ = fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn fresh_files_are_not_settled() {

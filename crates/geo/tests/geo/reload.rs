@@ -358,3 +358,122 @@ fn inode(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata(path).unwrap().ino()
 }
+
+/// `f` on a thread of its own; a panic, not a hung test, when it takes longer than 10 s (a
+/// FIFO opened for reading waits for a writer forever, a read of /dev/zero until memory ends).
+fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("stalled on a file that is not a regular file")
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn assert_not_a_file(outcome: ReloadOutcome, path: &Path, what: &str) {
+    match outcome {
+        ReloadOutcome::Refused(GeoError::NotAFile { path: p, kind }) => {
+            assert_eq!(p, path);
+            assert_eq!(kind, what);
+        }
+        other => panic!("expected a refusal of {what}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_fifo_renamed_over_the_path_is_refused_at_once_and_the_old_kept() {
+    let dir = Dir::new("fifo");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+
+    let tmp = dir.path("fifo.tmp");
+    mkfifo(&tmp);
+    fs::rename(&tmp, &path).unwrap();
+    let checked = db.clone();
+    assert_not_a_file(within(move || checked.check()), &path, "a FIFO");
+    assert_eq!(country(&db), "DE");
+    // Reported once, not on every check.
+    let checked = db.clone();
+    assert!(matches!(
+        within(move || checked.check()),
+        ReloadOutcome::Unchanged
+    ));
+
+    // A good file renamed over the FIFO is picked up.
+    write_settled(&tmp, &new_db(), 40);
+    fs::rename(&tmp, &path).unwrap();
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    hammer.finish();
+}
+
+#[test]
+fn a_symlink_to_a_device_is_refused_and_the_old_kept() {
+    let dir = Dir::new("device");
+    let path = dir.path("GeoLite2-Country.mmdb");
+    let data = dir.path("db-1.mmdb");
+    write_settled(&data, &old_db(), 60);
+    std::os::unix::fs::symlink(&data, &path).unwrap();
+    let db = open(&path);
+    let hammer = Hammer::start(&db);
+
+    // A symlink swap, as for a Kubernetes volume, but to /dev/zero.
+    let tmp = dir.path("link.tmp");
+    std::os::unix::fs::symlink("/dev/zero", &tmp).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    let checked = db.clone();
+    assert_not_a_file(within(move || checked.check()), &path, "a character device");
+    assert_eq!(country(&db), "DE");
+    let checked = db.clone();
+    assert!(matches!(
+        within(move || checked.check()),
+        ReloadOutcome::Unchanged
+    ));
+
+    // A directory is no better.
+    std::os::unix::fs::symlink(&dir.0, &tmp).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    assert_not_a_file(db.check(), &path, "a directory");
+
+    let new = dir.path("db-2.mmdb");
+    write_settled(&new, &new_db(), 40);
+    std::os::unix::fs::symlink(&new, &tmp).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    assert_reloaded(db.check());
+    assert_eq!(country(&db), "FR");
+    hammer.finish();
+}
+
+#[test]
+fn a_fifo_or_a_device_at_start_is_an_error_not_a_hang() {
+    let dir = Dir::new("start-special");
+    let fifo = dir.path("fifo.mmdb");
+    mkfifo(&fifo);
+    let zero = dir.path("zero.mmdb");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for (path, what) in [(fifo, "a FIFO"), (zero, "a character device")] {
+        let p = path.clone();
+        match within(move || ReloadingDb::open(&p)) {
+            Err(GeoError::NotAFile { kind, .. }) => assert_eq!(kind, what),
+            other => panic!("{other:?}"),
+        }
+        let p = path.clone();
+        match within(move || registry_edge_geo::GeoDb::open(&p)) {
+            Err(e @ GeoError::NotAFile { .. }) => {
+                assert_eq!(e.path(), path);
+                assert!(e.to_string().contains(what), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
