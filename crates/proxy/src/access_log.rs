@@ -28,7 +28,10 @@ pub struct AccessEvent<'a> {
     /// The access policy's refusal reason (also in detect mode).
     pub decision: Option<&'a str>,
     pub method: &'a str,
+    /// The client's Host (or `:authority`); written when made of host-name characters.
     pub host: &'a str,
+    /// The request's path, or its path and query (`path?query`): written as `path` and
+    /// `query` through [`crate::redact`]'s allow-lists.
     pub path: &'a str,
     pub status: u16,
     pub bytes_sent: usize,
@@ -177,10 +180,26 @@ pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: std::time::Dura
     }
     field(out, "decision", e.decision);
     field(out, "method", Some(e.method));
-    field(out, "host", Some(e.host));
-    // The path only: queries carry SAS signatures and tokens; and a credential that slipped
-    // into the path itself is masked.
-    field(out, "path", Some(&redact(e.path)));
+    // Host, path and query through the allow-lists of crate::redact (what they write needs no
+    // JSON escaping): SAS signatures, tokens and upload states never reach the log, nor a
+    // credential smuggled into a path segment.
+    out.extend_from_slice(b",\"host\":\"");
+    crate::redact::write_host(out, e.host);
+    let (path, query) = match e.path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (e.path, None),
+    };
+    out.extend_from_slice(b"\",\"path\":\"");
+    crate::redact::write_path(out, path);
+    out.extend_from_slice(b"\",\"query\":");
+    match query {
+        Some(q) => {
+            out.push(b'"');
+            crate::redact::write_query(out, q);
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
     out.extend_from_slice(b",\"status\":");
     push_u64(out, u64::from(e.status));
     out.extend_from_slice(b",\"bytes\":");
@@ -287,45 +306,6 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// Masks the value of `sig=`, `token=`, `access_token=`, `refresh_token=`, `password=` and
-/// `client_secret=` wherever they appear in a path (`;`, `/` and `&` end a value).
-pub fn redact(path: &str) -> std::borrow::Cow<'_, str> {
-    const KEYS: [&str; 6] = [
-        "sig=",
-        "access_token=",
-        "refresh_token=",
-        "token=",
-        "password=",
-        "client_secret=",
-    ];
-    // Every key ends in `=`; registry paths seldom hold one.
-    if !path.contains('=') {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let lower = path.to_ascii_lowercase();
-    if !KEYS.iter().any(|k| lower.contains(k)) {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    let bytes = path.as_bytes();
-    while i < bytes.len() {
-        if let Some(k) = KEYS.iter().find(|k| lower[i..].starts_with(*k)) {
-            out.push_str(&path[i..i + k.len()]);
-            out.push_str("REDACTED");
-            i += k.len();
-            while i < bytes.len() && !matches!(bytes[i], b';' | b'/' | b'&') {
-                i += 1;
-            }
-            continue;
-        }
-        let c = path[i..].chars().next().unwrap_or('?');
-        out.push(c);
-        i += c.len_utf8();
-    }
-    std::borrow::Cow::Owned(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,13 +342,15 @@ mod tests {
         assert_eq!(v["client"], "2001:db8::7");
         assert_eq!(v["country"], "DE");
         assert_eq!(v["decision"], serde_json::Value::Null);
-        assert_eq!(v["path"], "/v2/a\"b\\c\n\u{1}/blobs;sig=REDACTED");
+        assert_eq!(v["host"], "registry.example");
+        assert_eq!(v["path"], "/v2/REDACTED/REDACTED");
+        assert_eq!(v["query"], serde_json::Value::Null);
         assert_eq!(v["status"], 307);
         assert_eq!(v["bytes"], 12);
         assert_eq!(v["duration_s"], 0.0015);
         assert_eq!(v["rules"], serde_json::json!(["registry:location", "x\"y"]));
         assert_eq!(v["user_agent"], "containerd/1.7 \u{e9}");
-        assert_eq!(v.as_object().unwrap().len(), 18);
+        assert_eq!(v.as_object().unwrap().len(), 19);
     }
 
     #[test]
@@ -440,15 +422,46 @@ mod tests {
     }
 
     #[test]
-    fn credentials_in_paths_are_masked() {
-        assert_eq!(
-            redact("/v2/team/app/manifests/1"),
-            "/v2/team/app/manifests/1"
+    fn targets_are_written_through_the_allow_lists() {
+        let line = |host: &str, path: &str| {
+            let e = AccessEvent {
+                request_id: "1",
+                region: None,
+                client_ip: None,
+                country: None,
+                decision: None,
+                method: "GET",
+                host,
+                path,
+                status: 200,
+                bytes_sent: 0,
+                duration: std::time::Duration::ZERO,
+                route: None,
+                upstream: None,
+                edge: None,
+                rules: Vec::new(),
+                error: None,
+                user_agent: None,
+            };
+            let mut out = Vec::new();
+            format_event(&mut out, &e, std::time::Duration::ZERO);
+            let text = String::from_utf8(out).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            (text, v)
+        };
+        let (_, v) = line("registry.example:443", "/v2/team/app/manifests/1");
+        assert_eq!(v["path"], "/v2/team/app/manifests/1");
+        assert_eq!(v["query"], serde_json::Value::Null);
+        let (text, v) = line(
+            "evil\"host?sig=SECRET0",
+            "/blob;sig=SECRET1/x/sig%3DSECRET2?sv=2020-10-02&sig=SECRET3&access_token=SECRET4&_state=SECRET5&n=10",
         );
+        assert!(!text.contains("SECRET"), "{text}");
+        assert_eq!(v["host"], "REDACTED");
+        assert_eq!(v["path"], "/REDACTED/x/REDACTED");
         assert_eq!(
-            redact("/blob;sig=AbC%2B/x&SIG=zz;token=t1/y"),
-            "/blob;sig=REDACTED/x&SIG=REDACTED;token=REDACTED/y"
+            v["query"],
+            "sv=2020-10-02&sig=REDACTED&access_token=REDACTED&_state=REDACTED&n=10"
         );
-        assert_eq!(redact("/a/access_token=abc"), "/a/access_token=REDACTED");
     }
 }

@@ -22,6 +22,7 @@ pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
+pub mod redact;
 pub mod reload;
 pub mod repo;
 pub mod respond;
