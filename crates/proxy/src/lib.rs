@@ -19,6 +19,7 @@ pub mod generation;
 pub mod headers;
 pub mod health;
 pub mod listen;
+pub mod logfilter;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;

@@ -405,6 +405,12 @@ impl Metrics {
             "registry_edge_access_log_dropped_lines_total",
             "Access log lines dropped because the writer fell behind.",
         )?)?;
+        // The process log's counters live as long as the logger (which exists before this
+        // registry); the registry shows the same collectors.
+        if let Some(c) = crate::logfilter::counters() {
+            reg.add(c.client_errors.clone())?;
+            reg.add(c.suppressed.clone())?;
+        }
         Ok(Metrics {
             registry: reg.registry,
             names: reg.names,

@@ -182,7 +182,14 @@ fn main() -> ExitCode {
 }
 
 fn run(path: PathBuf, upgrade: bool) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Every record is scrubbed (queries, paths, credentials by allow-list) and pingora's lines
+    // about misbehaving clients are rate-limited and counted: registry_edge_proxy::logfilter.
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max_level = logger.filter();
+    if let Err(e) = registry_edge_proxy::logfilter::install(logger, max_level) {
+        eprintln!("registry-edge: cannot install the logger: {e}");
+    }
     let config = match registry_edge_config::load(
         &path,
         registry_edge_config::Options { check_files: true },
