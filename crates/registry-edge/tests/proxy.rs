@@ -7,6 +7,10 @@
 #[path = "support/ports.rs"]
 mod ports;
 
+/// The process log: secrets redacted on every error path, client floods rate-limited.
+#[path = "proxy/logs.rs"]
+mod logs;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
