@@ -9,6 +9,8 @@
 //! edge's and the registry's logs. Processes are killed by PID when the harness is dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "e2e/corpus.rs"]
+mod corpus;
 #[path = "e2e/data.rs"]
 mod data;
 #[path = "e2e/harness.rs"]
@@ -849,4 +851,20 @@ fn upload_status_location_is_rewritten() {
         });
     }
     h.step("scan every response header the clients saw", || h.scan());
+}
+
+/// The encoding corpus (tests/e2e/corpus.rs): the edge publishes only `public/*`; `demo/app` sits
+/// next to it in the registry. Every way of spelling the hidden repository, the catalog or a token
+/// scope for it (percent-encoding, double encoding, case, dot segments, `;` parameters, slashes,
+/// overlong UTF-8, `%2f`, query and body parameter tricks) is sent through the edge with exact
+/// bytes; nothing of `demo/app` may come back, and nothing naming it may reach the registry or the
+/// token server.
+///
+/// Ignored until the edge decides on typed, decoded registry operations (the request gate): the
+/// string-based allow-list lets encoded variants through. Run it with
+/// `cargo test -p registry-edge --test e2e encoding_corpus -- --ignored --nocapture`.
+#[test]
+#[ignore = "fails until the request gate lands: encoded paths and token parameters get past the string-based allow-list"]
+fn encoding_corpus_against_a_hidden_repository() {
+    corpus::run()
 }

@@ -271,6 +271,13 @@ impl Harness {
     /// registry's `http.host` is its upstream authority (the shim's), so upload Locations come
     /// back absolute on it whatever X-Forwarded-Host says.
     pub fn start(name: &str, relative_urls: bool) -> Harness {
+        Harness::start_with(name, relative_urls, "")
+    }
+
+    /// As [`Harness::start`], with `edge_extra` appended to the edge's configuration: top-level
+    /// sections such as `access:` (the encoding corpus hides a repository with
+    /// `repositories.allow`).
+    pub fn start_with(name: &str, relative_urls: bool, edge_extra: &str) -> Harness {
         require_tool("/usr/bin/docker-registry", "docker-registry");
         require_tool("skopeo", "skopeo");
         require_tool("curl", "curl");
@@ -390,7 +397,7 @@ registry:
     - {{ region: local, endpoint: "{data}", public_host: {DATA_HOST} }}
 logging:
   access_log: {dir}/access.log
-"#,
+{edge_extra}"#,
             dir = dir.display(),
             token = token.addr,
             data = data.addr,

@@ -3,6 +3,16 @@
 //! key id of that key. Anonymous → pull only; Basic with the test credentials → pull and push;
 //! refresh tokens through the OAuth2 POST flow (`grant_type=password` / `refresh_token`), as
 //! docker's and containerd's `/oauth2/token` clients use it.
+//!
+//! It decodes its parameters as Go's `net/url.ParseQuery` does (keys and values percent-decoded,
+//! `+` a space, a pair with an invalid escape or a `;` skipped), from the query and, for POST, from
+//! an `application/x-www-form-urlencoded` body (Go's `Request.Form`), and is deliberately lenient
+//! beyond that, as the most forgiving token server behind an edge would be: parameter names and the
+//! scope's type and name match without regard to case (ASP.NET's query collections, ACR's
+//! lower-cased repository names), a JSON object body counts as parameters, and the path matches
+//! `/oauth2/token` after decoding, case folding and dot-segment removal. Every request is
+//! recorded whole (raw target, raw body, decoded parameters), so that the encoding corpus can show
+//! that nothing naming a hidden repository ever reached it, in any encoding.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,7 +33,17 @@ pub const ISSUER: &str = "registry-edge-e2e-token-server";
 #[derive(Clone, Debug)]
 pub struct TokenHit {
     pub method: String,
+    /// The path as this server understood it (decoded and normalised: `/oauth2/token` for every
+    /// spelling it accepts as the token endpoint).
     pub path: String,
+    /// The request target exactly as received.
+    pub target: String,
+    /// The request body as received (chunked framing removed), lossy UTF-8.
+    pub body: String,
+    /// Every parameter it decoded (query, form or JSON body), in order.
+    pub params: Vec<(String, String)>,
+    /// What Go's `ParseQuery` would have reported (skipped pairs).
+    pub errors: Vec<String>,
     /// `anonymous`, `basic`, `password`, `refresh_token`, or `refused`.
     pub grant: String,
     pub service: Option<String>,
@@ -70,35 +90,163 @@ pub fn libtrust_kid(spki_der: &[u8]) -> String {
         .join(":")
 }
 
-fn url_decode(s: &str) -> String {
+/// Go's `url.QueryUnescape`: `%XX` with two hex digits, `+` a space; anything else after `%` is
+/// an error (the whole pair is then skipped by `ParseQuery`).
+pub fn query_unescape(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len()
-                && b[i + 1].is_ascii_hexdigit()
-                && b[i + 2].is_ascii_hexdigit() =>
-            {
-                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'%'));
+            b'%' => {
+                let hex = b
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+                let Some(hex) = hex else {
+                    let end = (i + 3).min(b.len());
+                    return Err(format!(
+                        "invalid URL escape {:?}",
+                        String::from_utf8_lossy(&b[i..end])
+                    ));
+                };
+                let hex = std::str::from_utf8(hex).map_err(|e| e.to_string())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|e| e.to_string())?);
                 i += 2;
             }
             c => out.push(c),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn form(s: &str) -> Vec<(String, String)> {
-    s.split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (url_decode(k), url_decode(v))
-        })
-        .collect()
+/// Go's `url.ParseQuery` (Go 1.17 and later): pairs split on `&`; a pair holding `;` is skipped
+/// ("invalid semicolon separator in query"), as is one whose key or value does not unescape; the
+/// pairs that parse are kept, with every error reported.
+pub fn parse_query(q: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut pairs, mut errors) = (Vec::new(), Vec::new());
+    for pair in q.split('&') {
+        if pair.contains(';') {
+            errors.push(format!("invalid semicolon separator in query: {pair:?}"));
+            continue;
+        }
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match (query_unescape(k), query_unescape(v)) {
+            (Ok(k), Ok(v)) => pairs.push((k, v)),
+            (Err(e), _) | (_, Err(e)) => errors.push(e),
+        }
+    }
+    (pairs, errors)
+}
+
+/// A JSON object body as parameters: string values, and each string of an array value.
+fn json_params(body: &[u8]) -> Vec<(String, String)> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        match v {
+            serde_json::Value::String(s) => out.push((k, s)),
+            serde_json::Value::Array(items) => out.extend(
+                items
+                    .into_iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .map(|i| (k.clone(), i)),
+            ),
+            other => out.push((k, other.to_string())),
+        }
+    }
+    out
+}
+
+/// The fields of a `multipart/form-data` body (Go's `FormValue` reads them too).
+fn multipart_params(content_type: &str, body: &[u8]) -> Vec<(String, String)> {
+    let Some(boundary) = content_type
+        .split(';')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.eq_ignore_ascii_case("boundary"))
+        .map(|(_, v)| v.trim_matches('"').to_string())
+    else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(body);
+    let delimiter = format!("--{boundary}");
+    let mut out = Vec::new();
+    for part in text.split(delimiter.as_str()).skip(1) {
+        let Some((head, value)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let name = head
+            .split(';')
+            .filter_map(|p| p.trim().split_once('='))
+            .find(|(k, _)| k.eq_ignore_ascii_case("name"))
+            .map(|(_, v)| v.trim_matches('"').to_string());
+        if let Some(name) = name {
+            out.push((
+                name,
+                value.strip_suffix("\r\n").unwrap_or(value).to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// The path as a forgiving server routes it: percent-decoded (Go's path unescape; `None` when
+/// invalid), lower case, `\` as `/`, `;` parameters of each segment dropped, empty and `.`
+/// segments removed, `..` resolved, no trailing slash.
+pub fn lenient_path(path: &str) -> Option<String> {
+    let decoded = query_unescape(&path.replace('+', "%2B")).ok()?;
+    let lower = decoded.to_ascii_lowercase().replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for seg in lower.split('/') {
+        let seg = seg.split(';').next().unwrap_or_default();
+        match seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    Some(format!("/{}", segments.join("/")))
+}
+
+/// The parameters of a token request as Go's `Request.ParseForm` puts them in `Form`: for POST a
+/// form body first (a JSON object body too, leniently), then the query.
+fn request_params(req: &Request) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut params, mut errors) = (Vec::new(), Vec::new());
+    if req.method == "POST" {
+        let media = req
+            .header("content-type")
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if media == "application/x-www-form-urlencoded" {
+            let (p, e) = parse_query(&String::from_utf8_lossy(&req.body));
+            params.extend(p);
+            errors.extend(e);
+        } else if media == "multipart/form-data" {
+            params.extend(multipart_params(
+                req.header("content-type").unwrap_or_default(),
+                &req.body,
+            ));
+        } else if media == "application/json" || req.body.first() == Some(&b'{') {
+            params.extend(json_params(&req.body));
+        }
+    }
+    let (p, e) = parse_query(req.query());
+    params.extend(p);
+    errors.extend(e);
+    (params, errors)
 }
 
 fn basic(req: &Request) -> Option<(String, String)> {
@@ -112,16 +260,29 @@ fn basic(req: &Request) -> Option<(String, String)> {
 }
 
 /// `repository:team/app:pull,push` → the access entry granted to `user` (None: anonymous).
+/// Leniently: the type (`repository`, `repository(plugin)`, `registry`) and the name match in any
+/// case and the name is granted lower-cased, as ACR treats names; `*` asks for every action.
 fn grant(scope: &str, user: Option<&str>) -> Option<serde_json::Value> {
     let (ty, rest) = scope.split_once(':')?;
     let (name, actions) = rest.rsplit_once(':')?;
+    let ty = ty.to_ascii_lowercase();
+    let name = name.to_ascii_lowercase();
+    let ty = if ty.starts_with("repository") {
+        "repository"
+    } else {
+        ty.as_str()
+    };
     let allowed: &[&str] = match (ty, user) {
         ("repository", None) => &["pull"],
         ("repository", Some(_)) => &["pull", "push"],
         ("registry", Some(_)) if name == "catalog" => &["*"],
         _ => &[],
     };
-    let granted: Vec<&str> = actions.split(',').filter(|a| allowed.contains(a)).collect();
+    let granted: Vec<&str> = if actions.split(',').any(|a| a == "*") && ty == "repository" {
+        allowed.to_vec()
+    } else {
+        actions.split(',').filter(|a| allowed.contains(a)).collect()
+    };
     Some(serde_json::json!({"type": ty, "name": name, "actions": granted}))
 }
 
@@ -159,9 +320,15 @@ impl State {
                 v.to_string(),
             )
         };
+        let path = lenient_path(req.path()).unwrap_or_else(|| req.path().to_string());
+        let (params, errors) = request_params(req);
         let mut hit = TokenHit {
             method: req.method.clone(),
-            path: req.path().to_string(),
+            path: path.clone(),
+            target: req.target.clone(),
+            body: String::from_utf8_lossy(&req.body).into_owned(),
+            params: params.clone(),
+            errors,
             grant: "refused".into(),
             service: None,
             scopes: Vec::new(),
@@ -179,22 +346,25 @@ impl State {
                 hit,
             );
         }
-        if req.path() != "/oauth2/token" {
+        if path != "/oauth2/token" {
             return (
                 json(404, serde_json::json!({"errors": [{"code": "NOT_FOUND"}]})),
                 hit,
             );
         }
-        let params = match req.method.as_str() {
-            "GET" => form(req.query()),
-            "POST" => form(&String::from_utf8_lossy(&req.body)),
-            _ => return (json(405, serde_json::json!({"error": "method"})), hit),
+        if req.method != "GET" && req.method != "POST" {
+            return (json(405, serde_json::json!({"error": "method"})), hit);
+        }
+        let param = |k: &str| {
+            params
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
         };
-        let param = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         // `scope` may repeat (GET) and a value may hold several scopes separated by spaces (POST).
         hit.scopes = params
             .iter()
-            .filter(|(n, _)| n == "scope")
+            .filter(|(n, _)| n.eq_ignore_ascii_case("scope"))
             .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
             .filter(|s| !s.is_empty())
             .collect();
@@ -257,7 +427,20 @@ impl State {
                     hit.grant = "refresh_token".into();
                     (Some(u), true)
                 }
-                _ => {
+                // Leniently, a POST without a grant type is answered as a GET would be: Basic
+                // credentials or anonymous.
+                None => match basic(req) {
+                    None => {
+                        hit.grant = "anonymous".into();
+                        (None, false)
+                    }
+                    Some((u, p)) if ok_user(&u, &p) => {
+                        hit.grant = "basic".into();
+                        (Some(u), false)
+                    }
+                    Some(_) => return unauthorized(hit),
+                },
+                Some(_) => {
                     return (
                         json(400, serde_json::json!({"error": "unsupported_grant_type"})),
                         hit,
@@ -394,5 +577,56 @@ fn scopes_are_granted_by_identity() {
     assert_eq!(user["actions"], serde_json::json!(["pull", "push"]));
     let host = grant("repository:host:5000/app:pull", None).unwrap();
     assert_eq!(host["name"], "host:5000/app");
-    assert_eq!(url_decode("a%3Ab+c%2"), "a:b c%2");
+    let upper = grant("Repository:Demo/App:*", Some(USER)).unwrap();
+    assert_eq!(upper["type"], "repository");
+    assert_eq!(upper["name"], "demo/app");
+    assert_eq!(upper["actions"], serde_json::json!(["pull", "push"]));
+}
+
+#[test]
+fn parameters_are_decoded_as_go_does() {
+    assert_eq!(query_unescape("a%3Ab+c").unwrap(), "a:b c");
+    assert!(query_unescape("a%3Ab+c%2").is_err());
+    assert!(query_unescape("%zz").is_err());
+    let (pairs, errors) =
+        parse_query("sc%6fpe=repository%3Ademo%2Fapp%3Apull&a=%zz&b;c=1&&x&s=1+2");
+    assert_eq!(
+        pairs,
+        [
+            ("scope".to_string(), "repository:demo/app:pull".to_string()),
+            ("x".into(), "".into()),
+            ("s".into(), "1 2".into()),
+        ]
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(
+        json_params(br#"{"scope":["repository:a:pull","x"],"service":"s","n":1}"#),
+        [
+            ("n".to_string(), "1".to_string()),
+            ("scope".into(), "repository:a:pull".into()),
+            ("scope".into(), "x".into()),
+            ("service".into(), "s".into()),
+        ]
+    );
+    assert_eq!(
+        multipart_params(
+            "multipart/form-data; boundary=\"B\"",
+            b"--B\r\nContent-Disposition: form-data; name=\"scope\"\r\n\r\nrepository:a:pull\r\n--B--\r\n"
+        ),
+        [("scope".to_string(), "repository:a:pull".to_string())]
+    );
+    for p in [
+        "/oauth2/token",
+        "/oauth2/%74oken",
+        "/OAuth2/Token",
+        "/oauth2/token/",
+        "/oauth2/token;x",
+        "//oauth2/./token",
+        "/x/../oauth2/token",
+        "/oauth2%2ftoken",
+        "/oauth2\\token",
+    ] {
+        assert_eq!(lenient_path(p).as_deref(), Some("/oauth2/token"), "{p}");
+    }
+    assert_eq!(lenient_path("/oauth2/%zzoken"), None);
 }
