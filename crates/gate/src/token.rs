@@ -84,6 +84,9 @@ pub enum TokenReject {
     CaseFolded,
     /// A parameter other than `scope` given twice.
     Duplicate,
+    /// A value outside its parameter's grammar (`service` is a host name with a port,
+    /// `grant_type` a word, `offline_token` true or false, ...).
+    InvalidValue,
 }
 
 impl TokenReject {
@@ -95,6 +98,9 @@ impl TokenReject {
             }
             TokenReject::CaseFolded => "a token request parameter name is not in lower case",
             TokenReject::Duplicate => "a token request parameter other than scope is repeated",
+            TokenReject::InvalidValue => {
+                "a token request parameter has a value outside its grammar"
+            }
         }
     }
 }
@@ -151,6 +157,25 @@ impl<'a> Scope<'a> {
     }
 }
 
+/// The values with a grammar of their own; credentials, tokens, names and scopes are free text
+/// (control characters are refused for every value by [`crate::form`]).
+fn valid_value(p: TokenParam, v: &str) -> bool {
+    let word = |extra: &[u8]| {
+        !v.is_empty()
+            && v.len() <= 255
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    };
+    match p {
+        // The token audience: a registry's host name or address, with a port.
+        TokenParam::Service => word(b".-:_[]"),
+        TokenParam::GrantType | TokenParam::AccessType => word(b"_-:."),
+        TokenParam::OfflineToken => v == "true" || v == "false",
+        TokenParam::ClientId => word(b"._-"),
+        _ => true,
+    }
+}
+
 /// A token request's parameters, decoded, in the order received.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TokenRequest {
@@ -175,6 +200,9 @@ impl TokenRequest {
             };
             if p != TokenParam::Scope && params.iter().any(|(q, _)| *q == p) {
                 return Err(TokenReject::Duplicate);
+            }
+            if !valid_value(p, &v) {
+                return Err(TokenReject::InvalidValue);
             }
             params.push((p, v));
         }
@@ -263,6 +291,18 @@ mod tests {
             Err(TokenReject::UnknownParameter)
         );
         assert!(TokenRequest::parse("scope=a&scope=b").is_ok());
+        assert_eq!(
+            TokenRequest::parse("service=reg%26scope%3Drepository%3Ademo%2Fapp%3Apull"),
+            Err(TokenReject::InvalidValue)
+        );
+        assert_eq!(
+            TokenRequest::parse("offline_token=yes"),
+            Err(TokenReject::InvalidValue)
+        );
+        assert!(TokenRequest::parse(
+            "grant_type=refresh_token&service=acr.contoso.com&client_id=docker&offline_token=true&access_type=offline"
+        )
+        .is_ok());
         assert!(TokenRequest::parse("").unwrap().params.is_empty());
     }
 

@@ -74,6 +74,9 @@ pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<(
     }
     drop_header(req, &FORWARDED);
     drop_header(req, &X_REAL_IP);
+    for name in &REINTERPRETING {
+        drop_header(req, name);
+    }
     req.insert_header("X-Forwarded-Proto", scheme_value(f.public_scheme)?)?;
     match forwarded_host {
         Some(v) => req.insert_header("X-Forwarded-Host", v)?,
@@ -126,6 +129,14 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Headers that make a server treat the request as another method or protocol than the one the
+/// gate judged: never forwarded.
+static REINTERPRETING: [HeaderName; 4] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+    http::header::UPGRADE,
+];
 
 /// Removes every value of `name` (one look-up when there is none, the usual case; pingora's
 /// removal also searches its header-case map).
@@ -194,6 +205,30 @@ mod tests {
         assert_eq!(r.headers["host"], "reg.eastus.data.azurecr.io");
         assert_eq!(r.headers["x-forwarded-proto"], "https");
         assert_eq!(r.headers["x-forwarded-host"], "data.contoso.com:8443");
+    }
+
+    #[test]
+    fn method_overrides_and_upgrades_are_not_forwarded() {
+        let mut r = req(
+            "/v2/public/app/manifests/1",
+            &[
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-HTTP-Method", "PUT"),
+                ("X-Method-Override", "PATCH"),
+                ("Upgrade", "h2c"),
+                ("Accept", "application/json"),
+            ],
+        );
+        upstream_request(&mut r, &fwd(0, false, false)).unwrap();
+        for name in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "upgrade",
+        ] {
+            assert!(r.headers.get(name).is_none(), "{name}");
+        }
+        assert_eq!(r.headers["accept"], "application/json");
     }
 
     #[test]

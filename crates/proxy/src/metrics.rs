@@ -26,11 +26,23 @@ pub const ROUTES: [&str; 4] = ["login", "token", "data", "none"];
 /// by the edge itself (misroute, redirect, limits, no upstream), or failed while proxying.
 pub const DECISIONS: [&str; 4] = ["proxied", "refused", "edge", "error"];
 /// Reasons of the edge's own answers (see respond.rs and service.rs).
-pub const EDGE_REASONS: [&str; 12] = [
+pub const EDGE_REASONS: [&str; 23] = [
     "header_too_large",
     "unknown_host",
+    "bad_host",
     "unknown_region",
     "non_canonical_path",
+    // The gate (registry_edge_gate::Reject) and the token request parser.
+    "unknown_route",
+    "name_invalid",
+    "reference_invalid",
+    "digest_invalid",
+    "method_not_allowed",
+    "query_invalid",
+    "token_request_invalid",
+    "token_body_type",
+    "token_body_too_large",
+    "token_body_timeout",
     "https_required",
     "redirect_https",
     "no_upstream_peer",

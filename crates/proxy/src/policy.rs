@@ -1,8 +1,10 @@
-//! The access policy, decided in `request_filter` after routing and path canonicalisation, in
-//! this order: `allow_cidrs` pass the address checks; `deny_cidrs` → 403; an embargoed country →
+//! The access policy, decided in `request_filter` after routing and the gate (which has parsed a
+//! login-side request into a typed [`Operation`]: the policy never looks at a raw path or query),
+//! in this order: an address the security tracker has blocked → 403 (service.rs); `allow_cidrs` pass the address checks; `deny_cidrs` → 403; an embargoed country →
 //! 451; an unknown country → per `unknown_country`; `read_only` → 405 for anything but GET/HEAD
-//! (and the token paths); `repositories.allow` → a repository that is not public answers as an
-//! absent one does; `rate_limit` → 429 with `Retry-After`. In `detect` mode the decision is made,
+//! (and the token paths); `repositories.allow` → a repository that is not public (named by the
+//! path, a mount's `from=`, or a token scope) answers as an absent one does, a catalog listing is
+//! refused, a mount without `from=` is refused; `rate_limit` → 429 with `Retry-After`. In `detect` mode the decision is made,
 //! logged and counted, but the request goes through.
 
 use std::borrow::Cow;
@@ -11,8 +13,11 @@ use std::net::IpAddr;
 use registry_edge_config::{Access, AccessMode, CountryCode, UnknownCountry};
 use registry_edge_geo::CidrSet;
 
+use registry_edge_gate::token::{Scope, TokenRequest};
+use registry_edge_gate::Operation;
+
 use crate::ratelimit::RateLimiter;
-use crate::repo::{self, Allow, Target};
+use crate::repo::Allow;
 
 /// Largest token request body (form POST) the read-only policy lets through.
 pub const TOKEN_BODY_LIMIT: u64 = 64 * 1024;
@@ -49,8 +54,8 @@ pub struct Request<'a> {
     pub client: IpAddr,
     pub country: Option<[u8; 2]>,
     pub method: &'a http::Method,
-    pub path: &'a str,
-    pub query: Option<&'a str>,
+    /// What the gate parsed a login-side request into (`None` on data routes).
+    pub operation: Option<&'a Operation>,
     pub token_path: bool,
     /// The request carries credentials (`Authorization`).
     pub authorized: bool,
@@ -140,23 +145,23 @@ impl Policy {
                 ));
             }
         }
-        if !self.repositories.everything() && !r.token_path {
-            match repo::target(r.path, r.query) {
-                Target::NoRepository => {}
-                Target::Catalog => {
-                    return Some(Refusal::new(
-                        403,
-                        "DENIED",
-                        "catalog",
-                        "listing repositories is not available on this registry",
-                    ))
-                }
-                Target::Repositories(names) => {
-                    if let Some(hidden) = names.iter().find(|n| !self.repositories.allows(n)) {
-                        return Some(absent(hidden, r.authorized));
-                    }
-                }
-                Target::Unparsed => return Some(absent("", r.authorized)),
+        if let (false, Some(op), false) =
+            (self.repositories.everything(), r.operation, r.token_path)
+        {
+            if op.lists_repositories() {
+                return Some(Refusal::new(
+                    403,
+                    "DENIED",
+                    "catalog",
+                    "listing repositories is not available on this registry",
+                ));
+            }
+            if let Some(hidden) = op.repositories().find(|n| !self.repositories.allows(n)) {
+                return Some(absent(hidden, r.authorized));
+            }
+            if op.sourceless_mount() {
+                // The registry could look for the digest in any repository, hidden ones included.
+                return Some(absent("", r.authorized));
             }
         }
         if let Some((limiter, exempt)) = &self.rate {
@@ -206,36 +211,19 @@ impl Policy {
         }
     }
 
-    /// The token request's query without the scopes of repositories that are not public (the
-    /// token server then grants nothing for them, as for an absent repository). `None` when
-    /// nothing changes.
-    pub fn filter_token_query(&self, query: &str) -> Option<String> {
+    /// Drops the scopes of a token request that are not for public repositories (the token
+    /// server then grants nothing for them, as for an absent repository): `registry:catalog:*`,
+    /// scopes of other types and scopes that do not parse are dropped too when some repositories
+    /// are hidden. Returns how many were dropped.
+    pub fn filter_token(&self, t: &mut TokenRequest) -> usize {
         if self.repositories.everything() {
-            return None;
+            return 0;
         }
-        let mut changed = false;
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                if k != "scope" {
-                    return true;
-                }
-                let keep = repo::query_pairs(&format!("v={v}"))
-                    .next()
-                    .map(|(_, scope)| {
-                        scope.split(' ').all(|s| match repo::scope_repository(s) {
-                            Some(name) => self.repositories.allows(name),
-                            // registry:catalog:* would list what is hidden.
-                            None => !s.starts_with("registry:catalog"),
-                        })
-                    })
-                    .unwrap_or(false);
-                changed |= !keep;
-                keep
-            })
-            .collect();
-        changed.then(|| kept.join("&"))
+        t.retain_scopes(|scope: Option<Scope<'_>>| {
+            scope
+                .and_then(|s| s.repository())
+                .is_some_and(|name| self.repositories.allows(name))
+        })
     }
 }
 
@@ -285,13 +273,26 @@ mod tests {
         method: &'a http::Method,
         path: &'a str,
     ) -> Request<'a> {
+        req_q(client, country, method, path, None)
+    }
+
+    /// The request as the gate parses it (the operation is leaked: tests only).
+    fn req_q<'a>(
+        client: &str,
+        country: Option<&str>,
+        method: &'a http::Method,
+        path: &'a str,
+        query: Option<&str>,
+    ) -> Request<'a> {
+        let op = registry_edge_gate::parse(method.as_str(), path, query, &["/oauth2/token"])
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let token_path = matches!(op.kind, registry_edge_gate::Kind::Token { .. });
         Request {
             client: client.parse().unwrap(),
             country: country.map(|c| [c.as_bytes()[0], c.as_bytes()[1]]),
             method,
-            path,
-            query: None,
-            token_path: path.starts_with("/oauth2/"),
+            operation: Some(Box::leak(Box::new(op))),
+            token_path,
             authorized: false,
             content_length: None,
         }
@@ -373,23 +374,51 @@ mod tests {
         let mut with_token = req("192.0.2.1", None, &GET, "/v2/secret/app/manifests/1");
         with_token.authorized = true;
         assert_eq!(p.decide(&with_token).unwrap().status, 404);
-        // Encoded and odd paths name nothing that can be vouched for.
+        // Encoded and odd paths never reach the policy: the gate refuses them.
         for path in [
             "/v2/public%2fapp/manifests/1",
             "/v2/Public/app/manifests/1",
             "/v2/public/app/nothing",
         ] {
             assert!(
-                p.decide(&req("192.0.2.1", None, &GET, path)).is_some(),
+                registry_edge_gate::parse("GET", path, None, &["/oauth2/token"]).is_err(),
                 "{path}"
             );
         }
-        // A mount from a hidden repository into a public one.
+        // A mount from a hidden repository into a public one, and one that names no source.
         let post = http::Method::POST;
-        let mut mount = req("192.0.2.1", None, &post, "/v2/public/app/blobs/uploads/");
-        mount.query = Some("mount=sha256:abc&from=secret%2Fapp");
-        mount.authorized = true;
-        assert_eq!(p.decide(&mount).unwrap().status, 404);
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for query in [
+            format!("mount={digest}&from=secret%2Fapp"),
+            format!("mount={digest}"),
+        ] {
+            let mut mount = req_q(
+                "192.0.2.1",
+                None,
+                &post,
+                "/v2/public/app/blobs/uploads/",
+                Some(&query),
+            );
+            mount.authorized = true;
+            assert_eq!(p.decide(&mount).unwrap().status, 404, "{query}");
+        }
+        let pub_mount = format!("mount={digest}&from=public%2Fother");
+        let ok = req_q(
+            "192.0.2.1",
+            None,
+            &post,
+            "/v2/public/app/blobs/uploads/",
+            Some(&pub_mount),
+        );
+        assert_eq!(p.decide(&ok), None);
+        // Referrers of a hidden repository.
+        let referrers = format!("/v2/secret/app/referrers/{digest}");
+        assert_eq!(
+            p.decide(&req("192.0.2.1", None, &GET, &referrers))
+                .unwrap()
+                .status,
+            401
+        );
         assert_eq!(
             p.decide(&req("192.0.2.1", None, &GET, "/v2/_catalog"))
                 .unwrap()
@@ -414,25 +443,37 @@ mod tests {
     #[test]
     fn token_scopes_of_hidden_repositories_are_dropped() {
         let p = policy("  repositories: { allow: [\"public/*\"] }\n");
+        let filtered = |q: &str| {
+            let mut t = TokenRequest::parse(q).unwrap();
+            let dropped = p.filter_token(&mut t);
+            (t.serialize(), dropped)
+        };
         assert_eq!(
-            p.filter_token_query(
+            filtered(
                 "service=r&scope=repository%3Apublic%2Fapp%3Apull&scope=repository:secret/app:pull"
+            ),
+            (
+                "service=r&scope=repository%3Apublic%2Fapp%3Apull".to_owned(),
+                1
             )
-            .as_deref(),
-            Some("service=r&scope=repository%3Apublic%2Fapp%3Apull")
+        );
+        // Encoded names are decoded first: `sc%6fpe` is `scope` to the token server too.
+        assert_eq!(
+            filtered("service=r&sc%6fpe=repository:secret/app:pull"),
+            ("service=r".to_owned(), 1)
+        );
+        assert_eq!(filtered("scope=registry:catalog:*"), (String::new(), 1));
+        assert_eq!(
+            filtered("scope=Repository:secret/app:pull"),
+            (String::new(), 1)
         );
         assert_eq!(
-            p.filter_token_query("service=r&scope=repository:public/app:pull"),
-            None
+            filtered("scope=repository:public/app:pull+repository:secret/app:push"),
+            ("scope=repository%3Apublic%2Fapp%3Apull".to_owned(), 1)
         );
-        assert_eq!(
-            p.filter_token_query("scope=registry:catalog:*").as_deref(),
-            Some("")
-        );
-        assert_eq!(
-            policy("").filter_token_query("scope=repository:x:pull"),
-            None
-        );
+        let mut t = TokenRequest::parse("scope=repository:x:pull").unwrap();
+        assert_eq!(policy("").filter_token(&mut t), 0);
+        assert_eq!(t.serialize(), "scope=repository%3Ax%3Apull");
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Routing by Host: which side of the registry a request is for. Pure and synchronous, so that
 //! `early_request_filter` stays a thin call into it.
 //!
-//! - the login `public_host` → the login side, or the token server for the token paths;
+//! - the login `public_host` → the login side, or the token server for the token paths; what the
+//!   path means there is the gate's to decide (`registry_edge_gate::parse`, in service.rs);
 //! - a data endpoint's `public_host` → that region's data endpoint; where several regions share the
-//!   host, the region travels as a `/_r/<region>/` path prefix, stripped before forwarding;
+//!   host, the region travels as a `/_r/<region>/` path prefix, stripped before forwarding; the
+//!   path must be canonical ([`is_canonical`]): data URLs are the registry's own, and never need
+//!   dot segments, empty segments or encoded separators;
+//! - a Host that is not `name[:port]` (a port of 1 to 5 digits up to 65535) → 400;
 //! - anything else → 421 (the edge only ever connects to configured upstreams: never an open proxy).
 
 use std::collections::HashMap;
@@ -38,8 +42,10 @@ pub enum Misroute {
     UnknownHost,
     /// A shared data host without a known `/_r/<region>/` prefix: 404.
     UnknownRegion,
-    /// A path with `..`, `//`, encoded separators or control characters: 400.
+    /// A data path with `..`, `//`, encoded separators or control characters: 400.
     NonCanonicalPath,
+    /// A Host header that is not `name[:port]`: 400.
+    BadHost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +94,12 @@ impl Router {
 
     /// `host` is the Host header or `:authority` as received; `path` excludes the query.
     pub fn route(&self, host: Option<&str>, path: &str) -> Result<Routed, Misroute> {
-        let host = host.map(normalise_host).ok_or(Misroute::UnknownHost)?;
+        let raw = host.ok_or(Misroute::UnknownHost)?;
+        if !valid_host(raw) {
+            return Err(Misroute::BadHost);
+        }
+        let host = normalise_host(raw);
         if host == self.login_host {
-            if !is_canonical(path) {
-                return Err(Misroute::NonCanonicalPath);
-            }
             let route = if self.token_server && self.token_paths.iter().any(|t| t == path) {
                 Route::Token
             } else {
@@ -103,7 +110,11 @@ impl Router {
                 strip_prefix: 0,
             });
         }
-        match self.data_hosts.get(host.as_ref()) {
+        let data = self.data_hosts.get(host.as_ref());
+        if data.is_some() && !is_canonical(path) {
+            return Err(Misroute::NonCanonicalPath);
+        }
+        match data {
             None => Err(Misroute::UnknownHost),
             Some(DataHost::Single(i)) => Ok(Routed {
                 route: Route::Data(*i),
@@ -120,6 +131,41 @@ impl Router {
             }
         }
     }
+}
+
+/// `name[:port]` or `[v6][:port]`: a name of letters, digits, `-`, `.` and `_`, a port of 1 to 5
+/// digits up to 65535. Anything else (`registry.test:abc`, `:99999`, `a b`, `user@host`) is not a
+/// Host this edge will pass on as X-Forwarded-Host or build a URL from.
+pub fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => ("v6", after.strip_prefix(':').map_or(Some(""), Some)),
+        }
+    } else {
+        match host.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (host, None),
+        }
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
+    });
+    name_ok && port_ok
 }
 
 /// Lower case, port and trailing dot removed. An IPv6 literal keeps its brackets (and then
@@ -193,6 +239,36 @@ fn segment_ok(s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_syntax() {
+        for ok in [
+            "acr.contoso.com",
+            "acr.contoso.com:8443",
+            "ACR.contoso.com.",
+            "[::1]",
+            "[::1]:8080",
+            "127.0.0.1:1",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "registry.test:abc",
+            "registry.test:99999",
+            "registry.test:0",
+            "registry.test:",
+            "registry.test:123456",
+            "a b",
+            "user@host",
+            "[::1",
+            "[zz]:1",
+            "[::1]x",
+            "host:1:2",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn hosts() {

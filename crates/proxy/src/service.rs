@@ -1,13 +1,18 @@
 //! The Pingora `ProxyHttp` implementation. Each phase stays thin and calls a pure function:
 //!
 //! ```text
-//! early_request_filter    downstream timeouts from the listener; route::Router::route (Host, path)
+//! early_request_filter    downstream timeouts from the listener; route::Router::route (Host, path);
+//!                         the gate: a login-side request parsed into a typed Operation
 //! request_filter          redirect listener (308), header size (431), misroutes (421/404/400),
-//!                         an upstream without peers (503): EdgeResponse::write, connection kept
+//!                         the gate's refusals (400/404/405), the access policy on the Operation,
+//!                         a token request's parameters parsed, filtered and rebuilt (its form
+//!                         body read here, bounded), an upstream without peers (503):
+//!                         EdgeResponse::write, connection kept
 //! upstream_peer           the request's plan (select::Selector): next (pool, peer) on each retry
 //! fail_to_connect         back the peer off; retry GET/HEAD on the next peer/region, bounded
 //! error_while_proxy       same for a reset before the first response byte
-//! upstream_request_filter headers::upstream_request: Host, URI, X-Forwarded-*, no Authorization to data
+//! upstream_request_filter the target rebuilt from the Operation (or the token request);
+//!                         headers::upstream_request: Host, X-Forwarded-*, no Authorization to data
 //! response_filter         rewrite::Engine::apply_response (derived + user rules)
 //! fail_to_proxy           502/504 with an OCI body (EdgeResponse)
 //! logging                 Metrics::request, access_log::AccessLog::write
@@ -25,6 +30,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use registry_edge_config::Listener;
+use registry_edge_gate::{Kind, Operation, TokenRequest};
 use registry_edge_rewrite::{HeaderStore, RequestContext, Var};
 
 use crate::access_log::{AccessEvent, AccessLog};
@@ -85,6 +91,12 @@ pub struct Ctx {
     route: Option<Route>,
     strip_prefix: usize,
     misroute: Option<Misroute>,
+    /// A login-side request as the gate parsed it.
+    op: Option<Operation>,
+    /// Why the gate refused to parse it.
+    gate: Option<registry_edge_gate::Reject>,
+    /// A token request's parameters (its query, or its form body), filtered, to send upstream.
+    token: Option<TokenRequest>,
     client_ip: Option<IpAddr>,
     /// The socket peer, when it differs from the client (a trusted proxy).
     peer_ip: Option<IpAddr>,
@@ -97,8 +109,9 @@ pub struct Ctx {
     request_id: String,
     /// When the first upstream attempt started.
     upstream_start: Option<Instant>,
-    /// A token POST whose form body is being collected to drop hidden repositories' scopes.
-    token_body: Option<Vec<u8>>,
+    /// A token POST's form body, rebuilt from its filtered parameters, sent in place of the
+    /// client's (which `request_filter` has read).
+    token_body: Option<bytes::Bytes>,
     host: String,
     attempt: usize,
     /// The (pool, peer) pairs this request may use, in order.
@@ -208,6 +221,11 @@ impl Edge {
         let Some((service, _)) = rest.split_once('"') else {
             return;
         };
+        // It goes into the challenges the edge writes: a host name, an address, a port.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_');
+        if service.is_empty() || service.len() > 255 || !service.bytes().all(plain) {
+            return;
+        }
         let known = self.shared.service_name.load();
         if known.as_deref().map(String::as_str) != Some(service) {
             self.shared
@@ -244,8 +262,6 @@ impl Edge {
     fn observe_security(&self, session: &Session, ctx: &Ctx, status: u16) {
         use crate::security::Observation;
         let Some(client) = ctx.client_ip else { return };
-        let req = session.req_header();
-        let path = req.uri.path();
         let mut observations = Vec::new();
         if ctx.decision == Some("embargo") {
             observations.push(Observation::EmbargoHit);
@@ -255,17 +271,19 @@ impl Edge {
         }
         // Scanning: names refused as hidden, or absent at the registry on manifests and tags
         // (a push's 404s on blobs are normal).
-        let named = ctx.decision == Some("not_public")
-            || (status == 404 && (path.contains("/manifests/") || path.ends_with("/tags/list")));
-        let target = if named {
-            crate::repo::target(path, req.uri.query())
+        let names_a_repository = ctx
+            .op
+            .as_ref()
+            .is_some_and(|op| matches!(op.kind, Kind::Manifest { .. } | Kind::Tags));
+        let named = ctx.decision == Some("not_public") || (status == 404 && names_a_repository);
+        // A path the gate refused is a probe too; it is counted under its raw path.
+        let session_path = session.req_header().uri.path();
+        let first_name = if ctx.gate.is_some() {
+            Some(session_path)
+        } else if named {
+            ctx.op.as_ref().and_then(|op| op.repositories().next())
         } else {
-            crate::repo::Target::NoRepository
-        };
-        let first_name = match &target {
-            crate::repo::Target::Repositories(names) => names.first().map(|n| n.as_ref()),
-            crate::repo::Target::Unparsed => Some(path),
-            _ => None,
+            None
         };
         if let Some(name) = first_name {
             observations.push(Observation::RepositoryMiss(name));
@@ -313,16 +331,10 @@ impl Edge {
             });
         }
         let req = session.req_header();
-        let path = req.uri.path();
-        ctx.token_path = ctx.route == Some(Route::Token)
-            || (ctx.route == Some(Route::Login)
-                && ctx
-                    .gen
-                    .config
-                    .registry
-                    .token_paths
-                    .iter()
-                    .any(|t| t == path));
+        ctx.token_path = ctx
+            .op
+            .as_ref()
+            .is_some_and(|op| matches!(op.kind, Kind::Token { .. }));
         let content_length = req
             .headers
             .get(http::header::CONTENT_LENGTH)
@@ -332,8 +344,7 @@ impl Edge {
             client,
             country: ctx.country,
             method: &req.method,
-            path,
-            query: req.uri.query(),
+            operation: ctx.op.as_ref(),
             token_path: ctx.token_path,
             authorized: req.headers.contains_key(http::header::AUTHORIZATION),
             content_length,
@@ -421,6 +432,12 @@ impl Edge {
                     "non_canonical_path",
                     "the path has empty, `.` or `..` segments or encoded separators",
                 ),
+                Misroute::BadHost => EdgeResponse::error(
+                    400,
+                    "UNSUPPORTED",
+                    "bad_host",
+                    "the Host header is not a host name with an optional port",
+                ),
             });
         }
         if self.listener.redirect_to_https {
@@ -448,7 +465,120 @@ impl Edge {
                 extra: Vec::new(),
             });
         }
+        // The redirect listener sends every GET/HEAD to https, where the gate judges it.
+        if let Some(g) = &ctx.gate {
+            let mut r = EdgeResponse::error(g.status, g.code, g.reason, g.message);
+            r.allow = g.allow;
+            return Some(r);
+        }
         None
+    }
+
+    /// A token request's parameters: its query (GET) or its form body (POST, read here within
+    /// [`crate::policy::TOKEN_BODY_LIMIT`] however it is framed, under the listener's idle
+    /// deadline), decoded, held to the known names, the hidden repositories' scopes dropped,
+    /// kept in `ctx` to be sent upstream re-encoded. `Some`: the edge's answer instead.
+    async fn token_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Option<EdgeResponse>> {
+        let invalid = |m: &'static str| {
+            Some(EdgeResponse::error(
+                400,
+                "UNSUPPORTED",
+                "token_request_invalid",
+                m,
+            ))
+        };
+        let req = session.req_header();
+        let query = req.uri.query().unwrap_or("");
+        let post = req.method == http::Method::POST;
+        if post && !query.is_empty() {
+            return Ok(invalid(
+                "a token POST carries its parameters in the body, not the query",
+            ));
+        }
+        let raw = if post {
+            let form = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").trim())
+                .is_some_and(|m| m.eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+            let body = match self.read_token_body(session).await? {
+                Ok(b) => b,
+                Err(r) => return Ok(Some(r)),
+            };
+            if !form && !body.is_empty() {
+                let r = EdgeResponse::error(
+                    415,
+                    "UNSUPPORTED",
+                    "token_body_type",
+                    "a token request body must be application/x-www-form-urlencoded",
+                );
+                return Ok(Some(r));
+            }
+            match String::from_utf8(body) {
+                Ok(s) => s,
+                Err(_) => return Ok(invalid("the token request body is not UTF-8")),
+            }
+        } else {
+            query.to_owned()
+        };
+        let mut token = match TokenRequest::parse(&raw) {
+            Ok(t) => t,
+            Err(e) => return Ok(invalid(e.message())),
+        };
+        ctx.gen.policy.filter_token(&mut token);
+        if post {
+            ctx.token_body = Some(bytes::Bytes::from(token.serialize()));
+        }
+        ctx.token = Some(token);
+        Ok(None)
+    }
+
+    /// The whole request body, or the edge's answer: 413 past the limit, 408 when the client
+    /// stops sending for the listener's idle time (both close the connection: the rest of the
+    /// body is not read).
+    async fn read_token_body(
+        &self,
+        session: &mut Session,
+    ) -> Result<std::result::Result<Vec<u8>, EdgeResponse>> {
+        // What is read here is what pingora sends upstream from (its retry buffer), as one
+        // piece at the end of the body, which `request_body_filter` replaces.
+        session.enable_retry_buffering();
+        let idle = self.listener.timeouts.idle;
+        let mut body = Vec::new();
+        loop {
+            let chunk = match tokio::time::timeout(idle, session.read_request_body()).await {
+                Ok(chunk) => chunk?,
+                Err(_) => {
+                    let mut r = EdgeResponse::error(
+                        408,
+                        "UNSUPPORTED",
+                        "token_body_timeout",
+                        "the token request body did not arrive in time",
+                    );
+                    r.close = true;
+                    return Ok(Err(r));
+                }
+            };
+            let Some(chunk) = chunk else {
+                return Ok(Ok(body));
+            };
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > crate::policy::TOKEN_BODY_LIMIT {
+                let mut r = EdgeResponse::error(
+                    413,
+                    "SIZE_INVALID",
+                    "token_body_too_large",
+                    "token request body too large",
+                );
+                r.close = true;
+                return Ok(Err(r));
+            }
+        }
     }
 
     /// The (pool, peer) pairs for a routed request: the data endpoint of exactly its region; the
@@ -494,6 +624,13 @@ impl ProxyHttp for Edge {
     /// compressed layers and small JSON; the edge passes `Content-Encoding` through untouched.
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
+    /// What pingora prints for the request in its `Fail to proxy` / `Fail to filter request`
+    /// lines: method, host, route and the target through the allow-lists of crate::redact
+    /// (pingora's default is the raw target with its query: SAS signatures, tokens).
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        crate::redact::summary(session, ctx.route.map_or("none", Route::label))
+    }
+
     fn new_ctx(&self) -> Ctx {
         let n = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
         Ctx {
@@ -502,6 +639,9 @@ impl ProxyHttp for Edge {
             route: None,
             strip_prefix: 0,
             misroute: None,
+            op: None,
+            gate: None,
+            token: None,
             client_ip: None,
             peer_ip: None,
             country: None,
@@ -551,6 +691,17 @@ impl ProxyHttp for Edge {
             Ok(r) => {
                 ctx.route = Some(r.route);
                 ctx.strip_prefix = r.strip_prefix;
+                if matches!(r.route, Route::Login | Route::Token) {
+                    match registry_edge_gate::parse(
+                        req.method.as_str(),
+                        req.uri.path(),
+                        req.uri.query(),
+                        &ctx.gen.config.registry.token_paths,
+                    ) {
+                        Ok(op) => ctx.op = Some(op),
+                        Err(reject) => ctx.gate = Some(reject),
+                    }
+                }
             }
             Err(m) => ctx.misroute = Some(m),
         }
@@ -562,19 +713,24 @@ impl ProxyHttp for Edge {
             self.answer(session, ctx, &r).await?;
             return Ok(true);
         }
-        let Some(refusal) = self.policy(session, ctx) else {
-            return self.plan_or_refuse(session, ctx).await;
-        };
-        ctx.decision = Some(refusal.reason);
-        self.shared
-            .metrics
-            .refusal(refusal.reason, ctx.gen.policy.detect_only());
-        if ctx.gen.policy.detect_only() {
-            return self.plan_or_refuse(session, ctx).await;
+        if let Some(refusal) = self.policy(session, ctx) {
+            ctx.decision = Some(refusal.reason);
+            self.shared
+                .metrics
+                .refusal(refusal.reason, ctx.gen.policy.detect_only());
+            if !ctx.gen.policy.detect_only() {
+                let r = self.edge_refusal(ctx, refusal);
+                self.answer(session, ctx, &r).await?;
+                return Ok(true);
+            }
         }
-        let r = self.edge_refusal(ctx, refusal);
-        self.answer(session, ctx, &r).await?;
-        Ok(true)
+        if ctx.token_path {
+            if let Some(r) = self.token_request(session, ctx).await? {
+                self.answer(session, ctx, &r).await?;
+                return Ok(true);
+            }
+        }
+        self.plan_or_refuse(session, ctx).await
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -660,6 +816,30 @@ impl ProxyHttp for Edge {
             return Ok(());
         };
         let pool = ctx.gen.upstreams.get(id);
+        // Login side: the target the gate judged, re-serialised; never the client's bytes.
+        if let Some(op) = &ctx.op {
+            let target = match (op.target(), &ctx.token) {
+                (Some(t), _) => t,
+                (None, token) => {
+                    let mut t = session.req_header().uri.path().to_owned();
+                    if let Some(q) = token.as_ref().filter(|_| ctx.token_body.is_none()) {
+                        if !q.params.is_empty() {
+                            t.push('?');
+                            t.push_str(&q.serialize());
+                        }
+                    }
+                    t
+                }
+            };
+            let uri: http::Uri = target
+                .parse()
+                .or_err(InvalidHTTPHeader, "rebuilt request target")?;
+            upstream.set_uri(uri);
+        }
+        if let Some(body) = &ctx.token_body {
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        }
         let peer_trusted = ctx
             .peer_ip
             .is_some_and(|ip| ctx.gen.trusted_proxies.contains(ip));
@@ -675,31 +855,6 @@ impl ProxyHttp for Edge {
                 strip_authorization: matches!(route, Route::Data(_)),
             },
         )?;
-        if ctx.token_path
-            && upstream.method == http::Method::POST
-            && ctx.gen.policy.filters_repositories()
-        {
-            // The form body is collected (it is small: read-only caps it) and sent again without
-            // the hidden scopes, so its length is not known yet.
-            upstream.remove_header(&http::header::CONTENT_LENGTH);
-            upstream.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-            ctx.token_body = Some(Vec::new());
-        }
-        if ctx.token_path {
-            if let Some(q) = upstream.uri.query() {
-                if let Some(filtered) = ctx.gen.policy.filter_token_query(q) {
-                    let pq = if filtered.is_empty() {
-                        upstream.uri.path().to_owned()
-                    } else {
-                        format!("{}?{filtered}", upstream.uri.path())
-                    };
-                    let uri: http::Uri = pq
-                        .parse()
-                        .or_err(InvalidHTTPHeader, "filtered token request target")?;
-                    upstream.set_uri(uri);
-                }
-            }
-        }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         // The client's request is read while the upstream copy is changed: two objects.
         let vars = RewriteVars::new(session, ctx, self.scheme());
@@ -719,28 +874,15 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(collected) = ctx.token_body.as_mut() else {
+        if ctx.token_body.is_none() {
             return Ok(());
+        }
+        // The client's body was read in `request_filter`; what goes upstream is the rebuilt one.
+        *body = if end_of_stream {
+            ctx.token_body.take()
+        } else {
+            Some(bytes::Bytes::new())
         };
-        if let Some(chunk) = body.take() {
-            collected.extend_from_slice(&chunk);
-        }
-        if collected.len() as u64 > crate::policy::TOKEN_BODY_LIMIT {
-            return Err(Error::explain(
-                HTTPStatus(413),
-                "token request body too large",
-            ));
-        }
-        if end_of_stream {
-            let text = String::from_utf8_lossy(collected);
-            let filtered = ctx
-                .gen
-                .policy
-                .filter_token_query(&text)
-                .unwrap_or_else(|| text.into_owned());
-            *body = Some(bytes::Bytes::from(filtered));
-            ctx.token_body = None;
-        }
         Ok(())
     }
 

@@ -860,11 +860,10 @@ fn upload_status_location_is_rewritten() {
 /// bytes; nothing of `demo/app` may come back, and nothing naming it may reach the registry or the
 /// token server.
 ///
-/// Ignored until the edge decides on typed, decoded registry operations (the request gate): the
-/// string-based allow-list lets encoded variants through. Run it with
-/// `cargo test -p registry-edge --test e2e encoding_corpus -- --ignored --nocapture`.
+/// It passes because the edge decides on typed, decoded registry operations (the request gate,
+/// crates/gate); the string-based allow-list before it let 183 variants through. Run it alone
+/// with `cargo test -p registry-edge --test e2e encoding_corpus -- --nocapture`.
 #[test]
-#[ignore = "fails until the request gate lands: encoded paths and token parameters get past the string-based allow-list"]
 fn encoding_corpus_against_a_hidden_repository() {
     corpus::run()
 }

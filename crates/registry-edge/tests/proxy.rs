@@ -343,6 +343,11 @@ fn respond(
     };
     match kind {
         Kind::Login => {
+            // Registry-shaped paths that show what the edge forwarded (the gate lets only
+            // registry routes through).
+            if path.starts_with("/v2/echo/") {
+                return echo();
+            }
             let api = (
                 "Docker-Distribution-Api-Version",
                 "registry/2.0".to_string(),
@@ -395,7 +400,9 @@ fn respond(
                     &[],
                     b"{\"details\":\"incorrect username or password\"}",
                 )
-            } else if path.ends_with("/blobs/sha256:missing") {
+            } else if path.ends_with(
+                "/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ) {
                 fixed(404, &[api], b"{\"errors\":[{\"code\":\"BLOB_UNKNOWN\"}]}")
             } else if path.contains("/blobs/") {
                 let data = data.unwrap_or_default();
@@ -921,7 +928,7 @@ fn edge_core() {
     let r = get(
         edge.http,
         &host,
-        "/echo",
+        "/v2/echo/app/manifests/latest",
         "X-Forwarded-For: 203.0.113.9\r\nAuthorization: Basic dTpw\r\n",
     );
     let j = r.json();
@@ -942,16 +949,20 @@ fn edge_core() {
         "",
     );
     let j = r.json();
+    // The target is rebuilt from the decoded parameters, re-encoded.
     assert_eq!(
         j["target"],
-        "/oauth2/token?scope=repository:team/app:pull&service=x"
+        "/oauth2/token?scope=repository%3Ateam%2Fapp%3Apull&service=x"
     );
     assert_ne!(j["headers"]["host"], edge.login.addr.to_string().as_str());
-    let r = get(edge.http, &host, "/oauth2/other", "");
+    let r = get(edge.http, &host, "/v2/echo/app/manifests/x", "");
     assert_eq!(
         r.json()["headers"]["host"],
         edge.login.addr.to_string().as_str()
     );
+    // A path that is no registry route is answered by the edge, never forwarded.
+    let r = get(edge.http, &host, "/oauth2/other", "");
+    assert_oci_error(&r, 404, "NAME_UNKNOWN");
 
     // A chunked upload streams through; the absolute upload Location is rewritten.
     let r = uploads(&edge, &host);
@@ -1727,10 +1738,39 @@ fn embargo_and_access_policy() {
     );
     assert_eq!(
         r.json()["target"],
-        "/oauth2/token?service=x&scope=repository:team/app:pull"
+        "/oauth2/token?service=x&scope=repository%3Ateam%2Fapp%3Apull"
     );
+    // Names are decoded as the token server decodes them: an encoded `scope` is a scope.
+    let r = get_from(
+        "127.0.1.29",
+        edge.http,
+        &host,
+        "/oauth2/token?service=x&sc%6fpe=repository:secret/app:pull",
+        "",
+    );
+    assert_eq!(r.json()["target"], "/oauth2/token?service=x");
+    // Names token clients do not send, case-folded names, repeats and `;` are refused.
+    for trick in [
+        "/oauth2/token?service=x&Scope=repository:secret/app:pull",
+        "/oauth2/token?service=x&service=y",
+        "/oauth2/token?service=x;scope=repository:secret/app:pull",
+        "/oauth2/token?service=x&other=1",
+        "/oauth2/token?service=%zz",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = get_from(
+            &format!("127.0.1.{}", 30 + trick.0),
+            edge.http,
+            &host,
+            trick.1,
+            "",
+        );
+        assert_oci_error(&r, 400, "UNSUPPORTED");
+    }
 
-    // ... in a token POST's form body too (the body is sent again, chunked, without them).
+    // ... in a token POST's form body too (read by the edge, sent again rebuilt without them).
     let body = "grant_type=refresh_token&service=x&scope=repository%3Asecret%2Fapp%3Apull&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc";
     let mut s = connect_from("127.0.1.9", edge.http);
     let r = send(
@@ -1750,6 +1790,53 @@ fn embargo_and_access_policy() {
         kept.len() as u64,
         "the hidden scope left the body"
     );
+    let before = seen.len();
+    drop(seen);
+
+    // A chunked body is held to the same limit: 413, and nothing reaches the token server.
+    let chunk = "scope=".to_string() + &"a".repeat(8192);
+    let mut chunked = String::new();
+    for _ in 0..9 {
+        chunked.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    chunked.push_str("0\r\n\r\n");
+    let mut s = connect_from("127.0.1.9", edge.http);
+    let r = send(
+        &mut s,
+        &format!(
+            "POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+        ),
+    );
+    assert_oci_error(&r, 413, "SIZE_INVALID");
+    // A chunked form under the limit is decoded and rebuilt like any other; a JSON body and an
+    // encoded parameter name in a form are not a way around the scope filter.
+    let form = "service=x&sc%6fpe=repository%3Asecret%2Fapp%3Apull";
+    let mut s = connect_from("127.0.1.9", edge.http);
+    let r = send(
+        &mut s,
+        &format!(
+            "POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{form}\r\n0\r\n\r\n",
+            form.len()
+        ),
+    );
+    assert_eq!(r.status, 200);
+    let json = "{\"scope\":\"repository:secret/app:pull\"}";
+    let mut s = connect_from("127.0.1.9", edge.http);
+    let r = send(
+        &mut s,
+        &format!(
+            "POST /oauth2/token HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        ),
+    );
+    assert_oci_error(&r, 415, "UNSUPPORTED");
+    let seen = edge.token_seen.lock().unwrap();
+    assert_eq!(
+        seen.len(),
+        before + 1,
+        "only the valid form reached the token server"
+    );
+    assert_eq!(seen.last().unwrap().body_len, "service=x".len() as u64);
     drop(seen);
 
     // Rate limit: a client past its burst gets 429 with Retry-After; its neighbour does not;
@@ -2441,7 +2528,7 @@ fn metrics_log_and_security_events() {
     );
     for _ in 0..12 {
         let mut s = connect_from(normal, edge.http);
-        let r = send(&mut s, &format!("HEAD /v2/team/app/blobs/sha256:missing HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer t\r\n\r\n"));
+        let r = send(&mut s, &format!("HEAD /v2/team/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000 HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer t\r\n\r\n"));
         assert_eq!(r.status, 404);
     }
     let mut s = connect_from(normal, edge.http);
