@@ -62,6 +62,8 @@ pub struct Listener {
     pub timeouts: Timeouts,
     pub max_request_header_bytes: usize,
     pub max_requests_per_connection: u64,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
     pub redirect_to_https: bool,
 }
 

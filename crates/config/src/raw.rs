@@ -55,6 +55,8 @@ pub struct RawListener {
     #[serde(default)]
     pub max_requests_per_connection: Option<u64>,
     #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+    #[serde(default)]
     pub redirect_to_https: bool,
 }
 

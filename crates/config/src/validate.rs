@@ -330,6 +330,13 @@ impl<'a> Validator<'a> {
                     "must be at least 1",
                 );
             }
+            let max_concurrent_streams = l.max_concurrent_streams.unwrap_or(100);
+            if !(1..=1000).contains(&max_concurrent_streams) {
+                self.err(
+                    format!("{p}.max_concurrent_streams"),
+                    "must be between 1 and 1000",
+                );
+            }
             if let Some(address) = address {
                 out.push(Listener {
                     address,
@@ -338,6 +345,7 @@ impl<'a> Validator<'a> {
                     timeouts,
                     max_request_header_bytes,
                     max_requests_per_connection,
+                    max_concurrent_streams,
                     redirect_to_https: l.redirect_to_https,
                 });
             }

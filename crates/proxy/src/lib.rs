@@ -16,6 +16,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod generation;
+pub mod h2watch;
 pub mod headers;
 pub mod health;
 pub mod listen;
@@ -132,6 +133,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         access_log,
         draining: AtomicBool::new(false),
         reloading: tokio::sync::Mutex::new(()),
+        h2: Arc::new(h2watch::Registry::default()),
     });
 
     let s = &config.server;
@@ -169,6 +171,10 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         );
         o.h2_idle_timeout = Some(listener.timeouts.idle);
         proxy.server_options = Some(o);
+        // pingora's bounded defaults (header list size), with the listener's stream cap.
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_concurrent_streams(listener.max_concurrent_streams);
+        proxy.h2_options = Some(h2);
         let address = listener.address.to_string();
         let tls = match &listener.tls {
             None => None,
@@ -194,6 +200,8 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                     let shared = shared.clone();
                     Arc::new(move || shared.current.load().upstreams.resolved())
                 },
+                h2: shared.h2.clone(),
+                h2_body_timeouts: shared.metrics.h2_body_timeouts.clone(),
                 tls_failed: tls_failures.with_label_values(&[&address, "error"]),
                 tls_timed_out: tls_failures.with_label_values(&[&address, "timeout"]),
             },

@@ -84,6 +84,10 @@ pub struct Settings {
     /// of addresses it is about to have. Until then they wait in the listen backlog (during an
     /// upgrade the old instance still accepts).
     pub upstreams_resolved: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// HTTP/2 connections, watched for stalled request bodies (h2watch.rs).
+    pub h2: Arc<crate::h2watch::Registry>,
+    /// `registry_edge_http2_body_timeouts_total`.
+    pub h2_body_timeouts: prometheus::IntCounter,
 }
 
 /// Longest wait for upstream names before accepting anyway (a name that does not resolve
@@ -258,6 +262,7 @@ async fn connection<A: HttpServerApp + Send + Sync + 'static>(
 ) {
     settings.open_connections.inc();
     let _open = Open(settings.open_connections.clone());
+    let local = tcp.local_addr().ok();
     let Some(acceptor) = &settings.tls else {
         let conn = Box::new(Conn::new(tcp, peer, None, &settings));
         return serve_h1(&app, conn, &settings, shutdown).await;
@@ -268,9 +273,21 @@ async fn connection<A: HttpServerApp + Send + Sync + 'static>(
         return;
     };
     if matches!(conn.alpn, Some(ALPN::H2)) {
-        // pingora's HTTP/2 server; the preface is read under the head deadlines.
+        // pingora's HTTP/2 server; the preface is read under the head deadlines, each stream's
+        // request body under `idle` by the watchdog beside it.
         conn.new_head();
-        ServerApp::process_new(&app, conn, &shutdown).await;
+        let Some(local) = local else {
+            ServerApp::process_new(&app, conn, &shutdown).await;
+            return;
+        };
+        let watched = settings.h2.open(peer, local);
+        tokio::select! {
+            _ = ServerApp::process_new(&app, conn, &shutdown) => {}
+            () = watched.connection.stalled(settings.idle) => {
+                settings.h2_body_timeouts.inc();
+                log::debug!("HTTP/2 connection from {peer} closed: a request body stalled");
+            }
+        }
         return;
     }
     serve_h1(&app, conn, &settings, shutdown).await
@@ -722,16 +739,17 @@ impl<T> GetSocketDigest for Conn<T> {
 impl<T> Peek for Conn<T> {}
 
 /// Whether `new` completes the blank line that ends a head, given the `tail` (last 3 bytes) seen
-/// before it; updates `tail`.
+/// before it; updates `tail`. The blank line is found as pingora's parser (httparse) finds it: a
+/// line feed, then an empty line ended by `\n` or `\r\n` — so `\r\n\r\n`, and also the bare-LF
+/// forms `\n\n` and `\n\r\n`. A head that pingora will parse as complete is complete here too,
+/// and its body is never read under the head's deadline.
 fn head_ends(tail: &mut [u8; 3], new: &[u8]) -> bool {
     // Across the boundary: the last 3 bytes seen and the first 3 new ones.
     let mut edge = [0u8; 6];
     edge[..3].copy_from_slice(tail);
     let k = new.len().min(3);
     edge[3..3 + k].copy_from_slice(&new[..k]);
-    if edge[..3 + k].windows(4).any(|w| w == b"\r\n\r\n")
-        || memchr::memmem::find(new, b"\r\n\r\n").is_some()
-    {
+    if blank_line(&edge[..3 + k]) || blank_line(new) {
         return true;
     }
     if new.len() >= 3 {
@@ -743,6 +761,15 @@ fn head_ends(tail: &mut [u8; 3], new: &[u8]) -> bool {
         tail.copy_from_slice(&t[new.len()..new.len() + 3]);
     }
     false
+}
+
+/// `\n\n` or `\n\r\n` somewhere in `b`.
+fn blank_line(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', b).any(|i| match b.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => b.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 #[cfg(test)]
@@ -822,6 +849,9 @@ mod tests {
             tls_timed_out: prometheus::IntCounter::new("timed_out", "timed out")
                 .unwrap_or_else(|e| unreachable!("{e}")),
             upstreams_resolved: Arc::new(|| true),
+            h2: Arc::default(),
+            h2_body_timeouts: prometheus::IntCounter::new("h2", "h2")
+                .unwrap_or_else(|e| unreachable!("{e}")),
         };
         let io = Recorder {
             writes: Vec::new(),
@@ -914,6 +944,31 @@ mod tests {
         }
         let mut tail = [0u8; 3];
         assert!(!head_ends(&mut tail, b"GET / HTTP/1.1\r\nA: b\r\n"));
+        assert!(!head_ends(&mut tail, b"\r"));
+        assert!(head_ends(&mut tail, b"\n"));
+    }
+
+    /// Bare-LF heads end where httparse says they end, in one piece or split anywhere.
+    #[test]
+    fn bare_lf_heads_end_where_pingora_parses_them_to_end() {
+        for head in [
+            &b"PATCH /v2/a/blobs/uploads/u HTTP/1.1\nHost: a\nContent-Length: 9\n\n"[..],
+            b"GET /v2/ HTTP/1.1\r\nHost: a\n\r\n",
+            b"GET /v2/ HTTP/1.1\nHost: a\r\n\n",
+        ] {
+            let mut headers = [httparse::EMPTY_HEADER; 8];
+            let parsed = httparse::Request::new(&mut headers).parse(head).unwrap();
+            assert_eq!(parsed, httparse::Status::Complete(head.len()));
+            for i in 0..=head.len() {
+                let mut tail = [0u8; 3];
+                let first = head_ends(&mut tail, &head[..i]);
+                let found = first || head_ends(&mut tail, &head[i..]);
+                assert!(found, "{head:?} split at {i}");
+                assert!(!first || i == head.len(), "{head:?} ended early at {i}");
+            }
+        }
+        let mut tail = [0u8; 3];
+        assert!(!head_ends(&mut tail, b"GET / HTTP/1.1\nA: b\n"));
         assert!(!head_ends(&mut tail, b"\r"));
         assert!(head_ends(&mut tail, b"\n"));
     }

@@ -144,6 +144,8 @@ pub struct Metrics {
     geo_index: HashMap<[u8; 2], usize>,
     security: Vec<IntCounter>,
     pub blocks: IntCounter,
+    /// HTTP/2 connections ended because a request body stalled (h2watch.rs).
+    pub h2_body_timeouts: IntCounter,
     upstream_requests: IntCounterVec,
     upstream_failovers: IntCounterVec,
     upstream_healthy_peers: IntGaugeVec,
@@ -293,6 +295,10 @@ impl Metrics {
             "registry_edge_security_blocks_total",
             "Client addresses blocked by access.auto_block (each block once).",
         )?)?;
+        let h2_body_timeouts = reg.add(IntCounter::new(
+            "registry_edge_http2_body_timeouts_total",
+            "HTTP/2 connections ended because a request body sent nothing for the listener's idle timeout.",
+        )?)?;
         let upstream_requests = counter_vec(
             &mut reg,
             "registry_edge_upstream_requests_total",
@@ -437,6 +443,7 @@ impl Metrics {
             geo_index,
             security,
             blocks,
+            h2_body_timeouts,
             upstream_requests,
             upstream_failovers,
             upstream_healthy_peers,

@@ -65,6 +65,8 @@ pub struct Shared {
     pub id_counter: std::sync::atomic::AtomicU64,
     /// One reload at a time.
     pub reloading: tokio::sync::Mutex<()>,
+    /// HTTP/2 connections and their request bodies in progress (the body deadline).
+    pub h2: Arc<crate::h2watch::Registry>,
 }
 
 impl Shared {
@@ -112,6 +114,8 @@ pub struct Ctx {
     /// A token POST's form body, rebuilt from its filtered parameters, sent in place of the
     /// client's (which `request_filter` has read).
     token_body: Option<bytes::Bytes>,
+    /// An HTTP/2 request body in progress, under the listener's idle deadline (h2watch.rs).
+    body_wait: Option<Arc<crate::h2watch::BodyWait>>,
     host: String,
     attempt: usize,
     /// The (pool, peer) pairs this request may use, in order.
@@ -581,6 +585,22 @@ impl Edge {
         }
     }
 
+    /// An HTTP/2 request whose body is still to come gets the HTTP/1 rule: no more than the
+    /// listener's idle time between its bytes (pingora reads it with no deadline).
+    fn watch_h2_body(&self, session: &mut Session, ctx: &mut Ctx) {
+        if session.req_header().version != http::Version::HTTP_2
+            || self.shared.h2.is_empty()
+            || session.is_body_done()
+        {
+            return;
+        }
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if let (Some(client), Some(local)) = (client, local) {
+            ctx.body_wait = self.shared.h2.body(client, local);
+        }
+    }
+
     /// The (pool, peer) pairs for a routed request: the data endpoint of exactly its region; the
     /// token server; or the login side's regions in order of preference.
     fn plan(&self, ctx: &mut Ctx) -> Vec<(PoolId, std::net::SocketAddr)> {
@@ -642,6 +662,7 @@ impl ProxyHttp for Edge {
             op: None,
             gate: None,
             token: None,
+            body_wait: None,
             client_ip: None,
             peer_ip: None,
             country: None,
@@ -730,6 +751,7 @@ impl ProxyHttp for Edge {
                 return Ok(true);
             }
         }
+        self.watch_h2_body(session, ctx);
         self.plan_or_refuse(session, ctx).await
     }
 
@@ -874,6 +896,12 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(w) = &ctx.body_wait {
+            w.progress();
+            if end_of_stream {
+                w.finish();
+            }
+        }
         if ctx.token_body.is_none() {
             return Ok(());
         }

@@ -8,6 +8,8 @@
 mod ports;
 
 /// The process log: secrets redacted on every error path, client floods rate-limited.
+#[path = "proxy/h2.rs"]
+mod h2;
 #[path = "proxy/logs.rs"]
 mod logs;
 
@@ -593,6 +595,19 @@ fn start_edge_with(name: &str, http_opts: &str, extra: &str) -> Edge {
 }
 
 fn start_edge_full(name: &str, http_opts: &str, extra: &str, grace_period: &str) -> Edge {
+    start_edge_tls_opts(name, http_opts, "", extra, grace_period, "2s")
+}
+
+/// `tls_opts`: options of the TLS listener (indented as `HTTP_OPTS`); `read_timeout`: the
+/// registry's.
+fn start_edge_tls_opts(
+    name: &str,
+    http_opts: &str,
+    tls_opts: &str,
+    extra: &str,
+    grace_period: &str,
+    read_timeout: &str,
+) -> Edge {
     let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -630,7 +645,7 @@ listeners:
       certificates:
         - {{ cert: registry.test.pem, key: registry.test.key }}
         - {{ cert: data.test.pem, key: data.test.key }}
-  - address: "127.0.0.1:{redirect}"
+{tls_opts}  - address: "127.0.0.1:{redirect}"
     redirect_to_https: true
 {v6_listener}admin:
   address: "127.0.0.1:{admin}"
@@ -640,7 +655,7 @@ registry:
   tls: false
   token_server: "{token}"
   connect_timeout: 1s
-  read_timeout: 2s
+  read_timeout: {read_timeout}
   data_endpoints:
     - {{ region: eastus, endpoint: "{data}", public_host: data.test, peers: ["127.0.0.1:{refused}", "{data}"] }}
     - {{ region: westus, endpoint: "127.0.0.1:{refused}", public_host: down.test }}
