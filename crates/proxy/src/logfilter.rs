@@ -79,7 +79,12 @@ pub fn classify(target: &str, level: Level, message: &str) -> Option<Kind> {
     if message.starts_with("H2 handshake error") || message.contains("malformed requests") {
         return Some(Kind::H2);
     }
-    if message.starts_with("Peer sent more data than expected") {
+    // Body framing a peer got wrong: more bytes than declared, a Content-Length that is not a
+    // number (its raw value is in the line).
+    if message.starts_with("Peer sent more data than expected")
+        || message.starts_with("invalid content-length header")
+        || message.starts_with("negative content-length header")
+    {
         return Some(Kind::BadRequest);
     }
     // A pingora error prints `<source> <type> context: ...`; the first source named is the
@@ -407,7 +412,7 @@ mod tests {
 
     /// pingora 0.9.1's lines as they read for each client failure (checked against a running
     /// edge; the request summary is the edge's).
-    const CLIENT_LINES: [(&str, Level, &str, Kind); 12] = [
+    const CLIENT_LINES: [(&str, Level, &str, Kind); 14] = [
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream ConnectionClosed context: Peer: addr: 127.0.0.1:15000, scheme: HTTP, sni: 127.0.0.1 cause:  context: Peer prematurely closed connection with 950000 bytes of body remaining to read, status: 0, tries: 1, retry: false, PATCH registry.test login /v2/a/blobs/uploads/u1", Kind::ClientClosed),
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream ConnectionClosed context: while reading request headers, bytes already read: 45, downstream session type: h1", Kind::ClientClosed),
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream InvalidChunk context: Peer: addr: 127.0.0.1:15000, scheme: HTTP, sni: 127.0.0.1 cause:  context: Invalid chunked encoding: InvalidChunkSize, status: 400, tries: 1, retry: false, PATCH registry.test login /v2/a", Kind::BadRequest),
@@ -420,6 +425,8 @@ mod tests {
         ("pingora_proxy::proxy_h1", Level::Error, "Error finish sending body to downstream: Downstream WriteError cause: Broken pipe", Kind::ClientClosed),
         ("pingora_core::protocols::http::v1::body", Level::Warn, "Peer sent more data than expected: extra 5 bytes", Kind::BadRequest),
         ("rustls::msgs::handshake", Level::Warn, "Illegal SNI hostname received \"x\"", Kind::Tls),
+        ("pingora_core::protocols::http::v1::common", Level::Warn, "invalid content-length header value 12x", Kind::BadRequest),
+        ("pingora_core::protocols::http::v1::common", Level::Warn, "negative content-length header value -1", Kind::BadRequest),
     ];
 
     #[test]
