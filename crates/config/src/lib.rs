@@ -14,37 +14,55 @@
 
 pub mod error;
 pub mod files;
+pub mod limits;
 pub mod model;
 pub mod position;
 pub mod raw;
 mod validate;
 pub mod values;
 
+use std::io::Read;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use limits::{MAX_BYTES, MAX_DEPTH};
 pub use model::*;
 pub use position::Position;
 pub use validate::{derived_spec, Options, DEFAULT_TOKEN_PATHS};
 pub use values::{Authority, CountryCode};
 
 /// Reads and validates a configuration file. Relative paths inside it are taken relative to the
-/// file's directory.
+/// file's directory. At most [`MAX_BYTES`] are read (one more tells a longer file).
 pub fn load(path: &Path, options: Options) -> Result<Config, ConfigErrors> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+    let fail = |error| ConfigErrors {
         file: source.clone(),
-        errors: vec![ConfigError {
-            path: String::new(),
-            position: None,
-            message: format!("cannot read the file: {e}"),
-        }],
+        errors: vec![error],
+    };
+    let unreadable = |e: std::io::Error| ConfigError {
+        path: String::new(),
+        position: None,
+        message: format!("cannot read the file: {e}"),
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail(unreadable(e)))?;
+    if bytes.len() > MAX_BYTES {
+        return Err(fail(limits::too_large(&bytes[..MAX_BYTES])));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        fail(unreadable(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )))
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, &source, base, options)
 }
 
-/// Validates configuration text; `source` names it in messages.
+/// Validates configuration text; `source` names it in messages. A text over [`MAX_BYTES`] or
+/// nested deeper than [`MAX_DEPTH`] is refused first, in linear time (see [`limits`]).
 pub fn parse(
     text: &str,
     source: &str,
@@ -55,6 +73,7 @@ pub fn parse(
         file: source.to_owned(),
         errors,
     };
+    limits::check(text).map_err(|e| fail(vec![e]))?;
     let raw: raw::RawConfig =
         serde_yaml::from_str(text).map_err(|e| fail(vec![serde_error(&e)]))?;
     let index = position::PositionIndex::build(text);
