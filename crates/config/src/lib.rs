@@ -28,7 +28,7 @@ pub use error::{ConfigError, ConfigErrors};
 pub use limits::{MAX_BYTES, MAX_DEPTH};
 pub use model::*;
 pub use position::Position;
-pub use validate::{derived_spec, Options, DEFAULT_TOKEN_PATHS};
+pub use validate::{derived_spec, Options, DEFAULT_IPV6_PREFIX, DEFAULT_TOKEN_PATHS};
 pub use values::{Authority, CountryCode};
 
 /// Reads and validates a configuration file. Relative paths inside it are taken relative to the

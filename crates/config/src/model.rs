@@ -258,6 +258,10 @@ pub struct AutoBlock {
 pub struct RateLimit {
     pub requests_per_second: f64,
     pub burst: u32,
+    /// IPv6 clients share a bucket per prefix of this length (0..=128, default
+    /// [`DEFAULT_IPV6_PREFIX`](crate::DEFAULT_IPV6_PREFIX)): one subscriber usually holds a
+    /// whole /64 and could otherwise rotate through it. IPv4 clients have a bucket each.
+    pub ipv6_prefix: u8,
     pub exempt_cidrs: Vec<IpNet>,
 }
 

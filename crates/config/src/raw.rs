@@ -250,6 +250,9 @@ pub struct RawRepositories {
 pub struct RawRateLimit {
     pub requests_per_second: f64,
     pub burst: u32,
+    /// Wider than `u8` so that 300 or -1 get the validator's message, not serde's.
+    #[serde(default)]
+    pub ipv6_prefix: Option<i64>,
     #[serde(default)]
     pub exempt_cidrs: Vec<String>,
 }

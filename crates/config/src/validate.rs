@@ -25,6 +25,8 @@ use crate::values::{
 pub const DEFAULT_PID_FILE: &str = "/run/registry-edge/registry-edge.pid";
 pub const DEFAULT_UPGRADE_SOCK: &str = "/run/registry-edge/upgrade.sock";
 pub const DEFAULT_TOKEN_PATHS: [&str; 2] = ["/oauth2/token", "/oauth2/exchange"];
+/// `access.rate_limit.ipv6_prefix` when absent: a /64, what one IPv6 subscriber is given.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 /// pingora itself refuses request headers over 1 MiB with a bare 400 before any hook runs.
 const MAX_HEADER_LIMIT: usize = 1024 * 1024;
 
@@ -838,9 +840,23 @@ impl<'a> Validator<'a> {
             if r.burst == 0 {
                 self.err("access.rate_limit.burst", "must be at least 1");
             }
+            let ipv6_prefix = match r.ipv6_prefix {
+                None => DEFAULT_IPV6_PREFIX,
+                Some(bits) => u8::try_from(bits)
+                    .ok()
+                    .filter(|b| *b <= 128)
+                    .unwrap_or_else(|| {
+                        self.err(
+                            "access.rate_limit.ipv6_prefix",
+                            format!("{bits} is not a prefix length from 0 to 128 (default 64: one bucket per /64)"),
+                        );
+                        DEFAULT_IPV6_PREFIX
+                    }),
+            };
             RateLimit {
                 requests_per_second: r.requests_per_second,
                 burst: r.burst,
+                ipv6_prefix,
                 exempt_cidrs: self.cidrs("access.rate_limit.exempt_cidrs", &r.exempt_cidrs),
             }
         });
@@ -1184,4 +1200,60 @@ fn check_repository_glob(glob: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_access(access: &str) -> Result<crate::Config, crate::ConfigErrors> {
+        let yaml = format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry:\n  login_server: \"127.0.0.1:5000\"\n  tls: false\n  public_host: registry.localhost\naccess:\n{access}"
+        );
+        crate::parse(
+            &yaml,
+            "edge.yaml",
+            Path::new("."),
+            Options { check_files: false },
+        )
+    }
+
+    fn ipv6_prefix(config: &crate::Config) -> u8 {
+        config.access.rate_limit.as_ref().unwrap().ipv6_prefix
+    }
+
+    #[test]
+    fn rate_limit_ipv6_prefix_defaults_to_64_and_takes_0_to_128() {
+        let c = parse_access("  rate_limit: { requests_per_second: 1, burst: 1 }\n").unwrap();
+        assert_eq!(ipv6_prefix(&c), 64);
+        for bits in [0u8, 48, 56, 64, 128] {
+            let c = parse_access(&format!(
+                "  rate_limit: {{ requests_per_second: 1, burst: 1, ipv6_prefix: {bits} }}\n"
+            ))
+            .unwrap();
+            assert_eq!(ipv6_prefix(&c), bits);
+        }
+    }
+
+    #[test]
+    fn rate_limit_ipv6_prefix_out_of_range_is_a_positioned_error() {
+        for bits in ["129", "-1", "256", "99999999999"] {
+            let e = parse_access(&format!(
+                "  rate_limit:\n    burst: 1\n    requests_per_second: 1\n    ipv6_prefix: {bits}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                e,
+                format!("edge.yaml:11:18: access.rate_limit.ipv6_prefix: {bits} is not a prefix length from 0 to 128 (default 64: one bucket per /64)")
+            );
+        }
+        // Not a number at all: serde's error, on the key.
+        let e =
+            parse_access("  rate_limit: { requests_per_second: 1, burst: 1, ipv6_prefix: /64 }\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.starts_with("edge.yaml:8:"), "{e}");
+        assert!(e.contains("ipv6_prefix"), "{e}");
+    }
 }

@@ -1,32 +1,48 @@
-//! `access.rate_limit`: a token bucket per client address, with burst, in bounded memory.
+//! `access.rate_limit`: a token bucket per client, with burst, in bounded memory. A client is
+//! an IPv4 address, or an IPv6 prefix (`access.rate_limit.ipv6_prefix`, default /64): one IPv6
+//! subscriber is usually given a whole /64 and could otherwise take a fresh bucket with every
+//! address of it. IPv4-mapped IPv6 addresses count as their IPv4 address.
 //!
-//! The table is a fixed array of slots indexed by a keyed hash of the address (sharded behind
-//! mutexes). A client whose slot another address took over starts again with a full bucket: a
+//! The table is a fixed array of slots indexed by a keyed hash of the client (sharded behind
+//! mutexes). A client whose slot another one took over starts again with a full bucket: a
 //! collision can only be lenient, never limit a client for someone else's traffic, and the keyed
-//! hash keeps a client from choosing its collisions. Memory is `SLOTS × 32` bytes whatever the
-//! number of clients.
+//! hash keeps a client from choosing its collisions. Memory is `SHARDS × SLOTS_PER_SHARD × 32`
+//! bytes (2 MiB) whatever the number of clients: a slot is a 16-byte key, an 8-byte token count
+//! and an 8-byte timestamp, the timestamp doubling as the mark of an unused slot.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 const SHARDS: usize = 64;
 const SLOTS_PER_SHARD: usize = 1024;
 
+/// The IPv6 prefix length a limiter starts with: `access.rate_limit.ipv6_prefix`'s default.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 #[derive(Clone, Copy)]
 struct Slot {
     key: u128,
-    used: bool,
     tokens: f64,
-    /// Nanoseconds since `RateLimiter::epoch` at the last refill.
+    /// Nanoseconds since `RateLimiter::epoch` at the last refill; [`UNUSED`] for a slot no
+    /// client has taken yet.
     at: u64,
 }
+
+/// The `at` of an empty slot: 584 years after the limiter was created.
+const UNUSED: u64 = u64::MAX;
+
+// The layout the module documentation promises.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
+    /// IPv6 clients are keyed by this many leading bits (0..=128).
+    ipv6_prefix: AtomicU8,
     hasher: RandomState,
     epoch: Instant,
     shards: Vec<Mutex<Vec<Slot>>>,
@@ -38,26 +54,45 @@ pub struct Limited {
     pub retry_after_secs: u64,
 }
 
-/// A client address as a slot-table key: IPv4 and IPv6 never collide (the top bit marks IPv4).
-/// Shared with the security event tracker, which keeps its table the same way.
+/// A client address as a slot-table key: an IPv4 address as its IPv4-mapped IPv6 form
+/// (`::ffff:192.0.2.1`), so both forms of one address share a key and no other IPv6 address
+/// has it. Shared with the security event tracker, which keeps its table the same way.
 pub(crate) fn key(ip: IpAddr) -> u128 {
     match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1u128 << 127),
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
         IpAddr::V6(v6) => u128::from(v6),
     }
 }
 
+/// The bucket key of a client: an IPv4 address (or an IPv4-mapped IPv6 one) as [`key`] has
+/// it; any other IPv6 address cut to its first `ipv6_prefix` bits (more than 128 count as 128).
+/// No IPv6 prefix meets an IPv4 key: a masked key inside `::ffff:0:0/96` would need the
+/// address itself to be IPv4-mapped (the mask keeps those 96 bits whenever it keeps the
+/// `ffff`), and such an address is keyed as IPv4.
+fn bucket_key(ip: IpAddr, ipv6_prefix: u8) -> u128 {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let bits = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+            u128::from(v6) & mask
+        }
+        _ => key(ip),
+    }
+}
+
 impl RateLimiter {
+    /// A limiter of `requests_per_second` with `burst`, keying IPv6 clients by
+    /// [`DEFAULT_IPV6_PREFIX`] bits; [`set_ipv6_prefix`](Self::set_ipv6_prefix) changes that.
     pub fn new(requests_per_second: f64, burst: u32) -> RateLimiter {
         let empty = Slot {
             key: 0,
-            used: false,
             tokens: 0.0,
-            at: 0,
+            at: UNUSED,
         };
         RateLimiter {
             rate: requests_per_second,
             burst: f64::from(burst),
+            ipv6_prefix: AtomicU8::new(DEFAULT_IPV6_PREFIX),
             hasher: RandomState::new(),
             epoch: Instant::now(),
             shards: (0..SHARDS)
@@ -71,13 +106,26 @@ impl RateLimiter {
         self.rate == requests_per_second && self.burst == f64::from(burst)
     }
 
+    /// Keys IPv6 clients by their first `bits` bits from now on (values over 128 count as
+    /// 128): every address of one prefix shares a bucket. A limiter kept across a reload takes
+    /// the new length in place; buckets under the old keys are simply never matched again
+    /// (their clients start with a full bucket once), the table's size does not change.
+    pub fn set_ipv6_prefix(&self, bits: u8) {
+        self.ipv6_prefix.store(bits.min(128), Ordering::Relaxed);
+    }
+
+    /// The length set by [`set_ipv6_prefix`](Self::set_ipv6_prefix).
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.ipv6_prefix.load(Ordering::Relaxed)
+    }
+
     pub fn check(&self, ip: IpAddr) -> Result<(), Limited> {
         self.check_at(ip, self.epoch.elapsed().as_nanos() as u64)
     }
 
     /// `now`: nanoseconds since the limiter was created (tests drive time explicitly).
     pub fn check_at(&self, ip: IpAddr, now: u64) -> Result<(), Limited> {
-        let k = key(ip);
+        let k = bucket_key(ip, self.ipv6_prefix.load(Ordering::Relaxed));
         let h = self.hasher.hash_one(k) as usize;
         let shard = &self.shards[h % SHARDS];
         let index = (h / SHARDS) % SLOTS_PER_SHARD;
@@ -85,17 +133,16 @@ impl RateLimiter {
         // still plain numbers, so keep using it.
         let mut slots = shard.lock().unwrap_or_else(|p| p.into_inner());
         let slot = &mut slots[index];
-        if !slot.used || slot.key != k {
+        if slot.at == UNUSED || slot.key != k {
             *slot = Slot {
                 key: k,
-                used: true,
                 tokens: self.burst,
-                at: now,
+                at: now.min(UNUSED - 1),
             };
         } else {
             let elapsed = now.saturating_sub(slot.at) as f64 / 1e9;
             slot.tokens = (slot.tokens + elapsed * self.rate).min(self.burst);
-            slot.at = now;
+            slot.at = now.min(UNUSED - 1);
         }
         if slot.tokens >= 1.0 {
             slot.tokens -= 1.0;
@@ -161,6 +208,118 @@ mod tests {
                 retry_after_secs: 10
             })
         );
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Spends `a`'s burst of 2 and tells whether `b` is then limited too (shares the bucket).
+    fn shared(rl: &RateLimiter, a: &str, b: &str, now: u64) -> bool {
+        assert!(rl.check_at(ip(a), now).is_ok());
+        assert!(rl.check_at(ip(a), now).is_ok());
+        assert!(rl.check_at(ip(a), now).is_err());
+        rl.check_at(ip(b), now).is_err()
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64_by_default() {
+        let rl = RateLimiter::new(0.001, 2);
+        assert_eq!(rl.ipv6_prefix(), 64);
+        // Rotating through its /64 gains a client nothing.
+        assert!(shared(
+            &rl,
+            "2001:db8:1:2::1",
+            "2001:db8:1:2:ffff:ffff:ffff:fffe",
+            0
+        ));
+        // The neighbouring /64 is another client.
+        assert!(!shared(&rl, "2001:db8:1:3::1", "2001:db8:1:4::1", 0));
+    }
+
+    #[test]
+    fn the_ipv6_prefix_is_configurable() {
+        let rl = RateLimiter::new(0.001, 2);
+        rl.set_ipv6_prefix(48);
+        assert_eq!(rl.ipv6_prefix(), 48);
+        assert!(shared(&rl, "2001:db8:1:2::1", "2001:db8:1:ffff::1", 0));
+        assert!(!shared(&rl, "2001:db8:2::1", "2001:db8:3::1", 0));
+
+        let rl = RateLimiter::new(0.001, 2);
+        rl.set_ipv6_prefix(128);
+        assert!(!shared(&rl, "2001:db8::1", "2001:db8::2", 0));
+
+        // 0: every IPv6 client in one bucket, IPv4 clients still one each.
+        let rl = RateLimiter::new(0.001, 2);
+        rl.set_ipv6_prefix(0);
+        assert!(shared(&rl, "2001:db8::1", "2a00:1450::1", 0));
+        assert!(!shared(&rl, "192.0.2.1", "192.0.2.2", 0));
+        let fresh = RateLimiter::new(0.001, 2);
+        fresh.set_ipv6_prefix(0);
+        assert!(!shared(&fresh, "192.0.2.3", "::", 0));
+
+        // Over 128 is 128.
+        rl.set_ipv6_prefix(200);
+        assert_eq!(rl.ipv6_prefix(), 128);
+    }
+
+    #[test]
+    fn ipv4_stays_per_address_and_mapped_addresses_are_ipv4() {
+        let rl = RateLimiter::new(0.001, 2);
+        assert!(!shared(&rl, "192.0.2.1", "192.0.2.2", 0));
+        assert!(shared(&rl, "198.51.100.1", "::ffff:198.51.100.1", 0));
+        assert!(shared(&rl, "::ffff:203.0.113.1", "203.0.113.1", 0));
+        // The mapped form of one address is not its /64 (which would hold every IPv4 address).
+        assert!(!shared(&rl, "::ffff:203.0.113.2", "::ffff:203.0.113.3", 0));
+    }
+
+    #[test]
+    fn ipv6_prefixes_never_meet_ipv4_keys() {
+        for bits in [0u8, 1, 64, 95, 96, 97, 127, 128] {
+            for v6 in [
+                "::",
+                "::1",
+                "::ffff:0:0",
+                "::fffe:c000:201",
+                "0:0:0:0:0:ffff:0:1",
+                "8000::c000:201",
+                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+                "::ffff:ffff:ffff",
+            ] {
+                let k = bucket_key(ip(v6), bits);
+                let mapped = IpAddr::V6(v6.parse().unwrap()).to_canonical().is_ipv4();
+                if !mapped {
+                    // An IPv4 key is ::ffff:a.b.c.d.
+                    assert_ne!(k >> 32, 0xffff, "{v6}/{bits}");
+                }
+            }
+        }
+        assert_eq!(
+            bucket_key(ip("192.0.2.1"), 64),
+            bucket_key(ip("::ffff:192.0.2.1"), 0)
+        );
+    }
+
+    #[test]
+    fn a_slot_is_32_bytes() {
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        let rl = RateLimiter::new(1.0, 1);
+        let bytes: usize = rl
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().len() * std::mem::size_of::<Slot>())
+            .sum();
+        assert_eq!(bytes, 2 << 20);
+    }
+
+    #[test]
+    fn an_empty_slot_is_not_taken_for_a_client_at_time_zero() {
+        // `::` at prefix 0 (or /128) is key 0, the key of an empty slot: the timestamp, not
+        // the key, tells an empty slot.
+        let rl = RateLimiter::new(0.001, 1);
+        rl.set_ipv6_prefix(0);
+        assert!(rl.check_at(ip("2001:db8::1"), 0).is_ok());
+        assert!(rl.check_at(ip("::"), 0).is_err());
     }
 
     #[test]
