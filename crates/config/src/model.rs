@@ -103,6 +103,19 @@ pub struct Registry {
     pub token_paths: Vec<String>,
     pub regional_endpoints: Vec<RegionalEndpoint>,
     pub data_endpoints: Vec<DataEndpoint>,
+    /// What happens to a redirect whose absolute `Location` no derived rule mapped.
+    pub unmapped_redirects: UnmappedRedirects,
+    /// Upstream `Server`, `X-Powered-By`, `X-AspNet-Version`, `X-AspNetMvc-Version` removed.
+    pub hide_server_headers: bool,
+}
+
+/// `registry.unmapped_redirects`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnmappedRedirects {
+    /// The client gets 502 instead of a URL that would bypass the edge.
+    Refuse,
+    /// Passed as the registry wrote it (counted and logged).
+    Pass,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -112,6 +112,10 @@ pub struct RawRegistry {
     pub regional_endpoints: Vec<RawRegionalEndpoint>,
     #[serde(default)]
     pub data_endpoints: Vec<RawDataEndpoint>,
+    #[serde(default)]
+    pub unmapped_redirects: Option<String>,
+    #[serde(default)]
+    pub hide_server_headers: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -542,6 +542,16 @@ impl<'a> Validator<'a> {
                     format!("registry.token_paths[{i}]"),
                     format!("`{t}` is not a path (it must start with / and carry no query)"),
                 );
+            } else if !canonical_token_path(t) {
+                // The request gate matches token paths exactly and refuses any path outside
+                // this alphabet: such a token path could never be reached.
+                self.err(
+                    format!("registry.token_paths[{i}]"),
+                    format!(
+                        "`{t}` must be written with letters, digits and `/ . _ - : = +` only, \
+                         without empty, `.` or `..` segments"
+                    ),
+                );
             }
             if t == "/v2" || t.starts_with("/v2/") {
                 self.err(
@@ -597,13 +607,15 @@ impl<'a> Validator<'a> {
                 &format!("{p}.public_host"),
                 parse_public_host(&d.public_host),
             );
+            // A subdomain of the login host is accepted: the edge never forwards
+            // `Authorization` or cookies to a data endpoint (`check` notes it).
             if let (Some(dh), Some(lh)) = (&dhost, &public_host) {
-                if dh == lh || dh.ends_with(&format!(".{lh}")) {
+                if dh == lh {
                     self.err(
                         format!("{p}.public_host"),
                         format!(
-                            "`{dh}` must not be the login public host `{lh}` or a subdomain of it: \
-                             clients would send their registry credentials to the data endpoint"
+                            "`{dh}` must not be the login public host: data URLs and registry \
+                             API paths would share one name"
                         ),
                     );
                 }
@@ -686,6 +698,18 @@ impl<'a> Validator<'a> {
             self.err(p, m);
         }
 
+        let unmapped_redirects = match raw.unmapped_redirects.as_deref() {
+            None | Some("refuse") => UnmappedRedirects::Refuse,
+            Some("pass") => UnmappedRedirects::Pass,
+            Some(other) => {
+                self.err(
+                    "registry.unmapped_redirects",
+                    format!("`{other}` is not `refuse` or `pass`"),
+                );
+                UnmappedRedirects::Refuse
+            }
+        };
+
         Some(Registry {
             login: login?,
             public_host: public_host?,
@@ -693,6 +717,8 @@ impl<'a> Validator<'a> {
             token_paths,
             regional_endpoints: regional,
             data_endpoints: data,
+            unmapped_redirects,
+            hide_server_headers: raw.hide_server_headers.unwrap_or(true),
         })
     }
 
@@ -1202,6 +1228,18 @@ fn check_repository_glob(glob: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A path the request gate can match: the grammar's alphabet, no empty, `.` or `..` segment.
+fn canonical_token_path(t: &str) -> bool {
+    let rest = &t[1..];
+    !rest.is_empty()
+        && rest.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-' | b':' | b'=' | b'+')
+        })
+        && rest
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1255,5 +1293,42 @@ mod tests {
                 .to_string();
         assert!(e.starts_with("edge.yaml:8:"), "{e}");
         assert!(e.contains("ipv6_prefix"), "{e}");
+    }
+
+    /// A configuration with `keys` added to the `registry` block.
+    fn parse_registry(keys: &str) -> Result<crate::Config, crate::ConfigErrors> {
+        let yaml = format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry:\n  login_server: \"127.0.0.1:5000\"\n  tls: false\n  public_host: registry.localhost\n{keys}"
+        );
+        crate::parse(
+            &yaml,
+            "edge.yaml",
+            Path::new("."),
+            Options { check_files: false },
+        )
+    }
+
+    #[test]
+    fn token_paths_are_written_as_the_gate_matches_them() {
+        let c = parse_registry(
+            "  token_paths: [/oauth2/token, /auth/v1.0/token]\n  unmapped_redirects: pass\n",
+        )
+        .unwrap();
+        assert_eq!(c.registry.unmapped_redirects, UnmappedRedirects::Pass);
+        assert!(c.registry.hide_server_headers);
+        for bad in [
+            "/oauth2/t%6fken",
+            "/oauth2//token",
+            "/oauth2/./token",
+            "/a~b",
+            "/",
+        ] {
+            let e = parse_registry(&format!("  token_paths: [\"{bad}\"]\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("registry.token_paths[0]"), "{bad}: {e}");
+        }
+        let e = parse_registry("  unmapped_redirects: maybe\n").unwrap_err();
+        assert!(e.to_string().contains("is not `refuse` or `pass`"), "{e}");
     }
 }

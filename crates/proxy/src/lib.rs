@@ -19,6 +19,7 @@ pub mod generation;
 pub mod h2watch;
 pub mod headers;
 pub mod health;
+pub mod identity;
 pub mod listen;
 pub mod logfilter;
 pub mod metrics;
@@ -134,6 +135,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         draining: AtomicBool::new(false),
         reloading: tokio::sync::Mutex::new(()),
         h2: Arc::new(h2watch::Registry::default()),
+        unmapped_warned: Default::default(),
     });
 
     let s = &config.server;

@@ -653,7 +653,14 @@ impl<T: Transport> AsyncWrite for Conn<T> {
             if me.wbuf.capacity() == 0 {
                 me.wbuf.reserve_exact(WRITE_HOLD);
             }
-            me.wbuf.extend_from_slice(buf);
+            match pingora_server_line(buf) {
+                // pingora's own bare answers (a head it cannot parse, CONNECT) name it.
+                Some(at) => {
+                    me.wbuf.extend_from_slice(&buf[..at]);
+                    me.wbuf.extend_from_slice(&buf[at + PINGORA_SERVER.len()..]);
+                }
+                None => me.wbuf.extend_from_slice(buf),
+            }
             return Poll::Ready(Ok(buf.len()));
         }
         // Too much to hold: what is held and the new bytes, in one system call.
@@ -761,6 +768,19 @@ fn head_ends(tail: &mut [u8; 3], new: &[u8]) -> bool {
         tail.copy_from_slice(&t[new.len()..new.len() + 3]);
     }
     false
+}
+
+/// The header line pingora's own error responses carry (`error_resp::gen_error_response`).
+const PINGORA_SERVER: &[u8] = b"Server: Pingora\r\n";
+
+/// Where `Server: Pingora` starts in a response head that pingora wrote itself: the edge's
+/// answers and the proxied ones carry no such line, so only pingora's bare 400/405/502 do.
+fn pingora_server_line(buf: &[u8]) -> Option<usize> {
+    if !buf.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    let head = memchr::memmem::find(buf, b"\r\n\r\n").map_or(buf.len(), |e| e + 2);
+    memchr::memmem::find(&buf[..head], b"\r\nServer: Pingora\r\n").map(|i| i + 2)
 }
 
 /// `\n\n` or `\n\r\n` somewhere in `b`.
@@ -946,6 +966,28 @@ mod tests {
         assert!(!head_ends(&mut tail, b"GET / HTTP/1.1\r\nA: b\r\n"));
         assert!(!head_ends(&mut tail, b"\r"));
         assert!(head_ends(&mut tail, b"\n"));
+    }
+
+    #[test]
+    fn pingoras_server_line_is_found_only_in_its_own_heads() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\nContent-Length: 0\r\n\r\n";
+        let at = pingora_server_line(bare).unwrap();
+        let mut out = bare[..at].to_vec();
+        out.extend_from_slice(&bare[at + PINGORA_SERVER.len()..]);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            pingora_server_line(b"HTTP/1.1 200 OK\r\nServer: nginx\r\n\r\n"),
+            None
+        );
+        // A body that happens to hold the line is not a head.
+        assert_eq!(
+            pingora_server_line(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nx\r\nServer: Pingora\r\n"),
+            None
+        );
+        assert_eq!(pingora_server_line(b"body\r\nServer: Pingora\r\n"), None);
     }
 
     /// Bare-LF heads end where httparse says they end, in one piece or split anywhere.

@@ -26,7 +26,7 @@ pub const ROUTES: [&str; 4] = ["login", "token", "data", "none"];
 /// by the edge itself (misroute, redirect, limits, no upstream), or failed while proxying.
 pub const DECISIONS: [&str; 4] = ["proxied", "refused", "edge", "error"];
 /// Reasons of the edge's own answers (see respond.rs and service.rs).
-pub const EDGE_REASONS: [&str; 23] = [
+pub const EDGE_REASONS: [&str; 25] = [
     "header_too_large",
     "unknown_host",
     "bad_host",
@@ -41,8 +41,10 @@ pub const EDGE_REASONS: [&str; 23] = [
     "query_invalid",
     "token_request_invalid",
     "token_body_type",
-    "token_body_too_large",
+    "token_body_over_limit",
     "token_body_timeout",
+    "token_service_unknown",
+    "unmapped_redirect",
     "https_required",
     "redirect_https",
     "no_upstream_peer",
@@ -53,7 +55,7 @@ pub const EDGE_REASONS: [&str; 23] = [
     "status",
 ];
 /// Reasons of the access policy (see policy.rs).
-pub const POLICY_REASONS: [&str; 9] = [
+pub const POLICY_REASONS: [&str; 10] = [
     "deny_cidr",
     "embargo",
     "unknown_country",
@@ -63,6 +65,8 @@ pub const POLICY_REASONS: [&str; 9] = [
     "not_public",
     "rate_limit",
     "auto_block",
+    // A token request's scope for a hidden repository, dropped (the request goes on).
+    "hidden_scope",
 ];
 /// Security event kinds (see security.rs).
 pub const SECURITY_EVENTS: [&str; 3] = ["repository_scan", "credential_guessing", "embargo_hits"];
@@ -144,6 +148,9 @@ pub struct Metrics {
     geo_index: HashMap<[u8; 2], usize>,
     security: Vec<IntCounter>,
     pub blocks: IntCounter,
+    /// Absolute URLs on no public host left in Location, Link or a realm, by header
+    /// (identity.rs, in the order of `identity::URL_HEADERS`).
+    pub unmapped_urls: Vec<IntCounter>,
     /// HTTP/2 connections ended because a request body stalled (h2watch.rs).
     pub h2_body_timeouts: IntCounter,
     upstream_requests: IntCounterVec,
@@ -295,6 +302,16 @@ impl Metrics {
             "registry_edge_security_blocks_total",
             "Client addresses blocked by access.auto_block (each block once).",
         )?)?;
+        let unmapped_vec = counter_vec(
+            &mut reg,
+            "registry_edge_rewrite_unmapped_urls_total",
+            "Absolute URLs an upstream sent in Location, Link or a WWW-Authenticate realm that no rewrite mapped to a public host.",
+            &["header"],
+        )?;
+        let unmapped_urls = crate::identity::URL_HEADERS
+            .iter()
+            .map(|h| unmapped_vec.get_metric_with_label_values(&[h]))
+            .collect::<Result<_, _>>()?;
         let h2_body_timeouts = reg.add(IntCounter::new(
             "registry_edge_http2_body_timeouts_total",
             "HTTP/2 connections ended because a request body sent nothing for the listener's idle timeout.",
@@ -444,6 +461,7 @@ impl Metrics {
             security,
             blocks,
             h2_body_timeouts,
+            unmapped_urls,
             upstream_requests,
             upstream_failovers,
             upstream_healthy_peers,

@@ -99,6 +99,7 @@ impl Policy {
                     .unwrap_or_else(|| {
                         std::sync::Arc::new(RateLimiter::new(r.requests_per_second, r.burst))
                     });
+                limiter.set_ipv6_prefix(r.ipv6_prefix);
                 (limiter, CidrSet::new(&r.exempt_cidrs))
             }),
         }

@@ -65,6 +65,8 @@ pub struct Shared {
     pub id_counter: std::sync::atomic::AtomicU64,
     /// One reload at a time.
     pub reloading: tokio::sync::Mutex<()>,
+    /// When an unmapped URL was last logged, per `identity::URL_HEADERS` (ms, health::now_ms).
+    pub unmapped_warned: [std::sync::atomic::AtomicU64; 3],
     /// HTTP/2 connections and their request bodies in progress (the body deadline).
     pub h2: Arc<crate::h2watch::Registry>,
 }
@@ -212,20 +214,10 @@ impl Edge {
     }
 
     fn learn_service(&self, response: &ResponseHeader) {
-        let Some(v) = response
-            .headers
-            .get(http::header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-        else {
+        let Some(service) = crate::identity::service_of(response) else {
             return;
         };
-        let Some(rest) = v.split("service=\"").nth(1) else {
-            return;
-        };
-        let Some((service, _)) = rest.split_once('"') else {
-            return;
-        };
-        // It goes into the challenges the edge writes: a host name, an address, a port.
+        // It goes upstream in token requests: a host name, an address, a port.
         let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_');
         if service.is_empty() || service.len() > 255 || !service.bytes().all(plain) {
             return;
@@ -236,6 +228,65 @@ impl Edge {
                 .service_name
                 .store(Some(Arc::new(service.to_owned())));
         }
+    }
+
+    /// The registry's token audience: as its challenges name it, or its login server's authority
+    /// before any challenge was seen (what ACR uses).
+    fn registry_service(&self, ctx: &Ctx) -> String {
+        self.shared
+            .service_name
+            .load_full()
+            .map(|s| s.as_ref().clone())
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(ctx.gen.upstreams.login.host_header.as_bytes()).into_owned()
+            })
+    }
+
+    /// Absolute URLs that the rewrites left on an upstream's authority: counted, logged at most
+    /// once a minute per header, and for a redirect refused (`registry.unmapped_redirects`).
+    fn unmapped_urls(&self, response: &ResponseHeader, ctx: &Ctx) -> Result<()> {
+        let registry = &ctx.gen.config.registry;
+        let status = response.status.as_u16();
+        let mut publics = Vec::with_capacity(1 + registry.data_endpoints.len());
+        publics.push(registry.public_host.clone());
+        publics.extend(
+            registry
+                .data_endpoints
+                .iter()
+                .map(|d| d.public_host.clone()),
+        );
+        let found = crate::identity::unmapped(response, status, &publics);
+        let mut refuse = false;
+        for (i, host) in found {
+            self.shared.metrics.unmapped_urls[i].inc();
+            let now = crate::health::now_ms();
+            let last = &self.shared.unmapped_warned[i];
+            let before = last.load(Ordering::Relaxed);
+            // 0: never warned (the clock starts with the process).
+            if (before == 0 || now.saturating_sub(before) >= 60_000)
+                && last
+                    .compare_exchange(before, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                log::warn!(
+                    "the registry sent a {} URL on {host}, which no rewrite maps to a public host: \
+                     clients would bypass the edge (is a data endpoint written as the registry \
+                     writes it? see docs/operations.md); counted in \
+                     registry_edge_rewrite_unmapped_urls_total, next warning in a minute at most",
+                    crate::identity::URL_HEADERS[i]
+                );
+            }
+            refuse |= i == 0
+                && (300..400).contains(&status)
+                && registry.unmapped_redirects == registry_edge_config::UnmappedRedirects::Refuse;
+        }
+        if refuse {
+            return Err(Error::explain(
+                Custom("unmapped_redirect"),
+                "the registry redirected to a location this edge does not publish",
+            ));
+        }
+        Ok(())
     }
 
     /// Plans the upstream; with no usable peer, answers 503 here (an error from `upstream_peer`
@@ -377,12 +428,7 @@ impl Edge {
                 .token_paths
                 .first()
                 .map_or("/oauth2/token", String::as_str);
-            let service = self
-                .shared
-                .service_name
-                .load_full()
-                .map(|s| s.as_ref().clone())
-                .unwrap_or_else(|| ctx.gen.upstreams.login.host_header.clone());
+            let service = &ctx.gen.config.registry.public_host;
             let mut challenge =
                 format!("Bearer realm=\"{origin}{token_path}\",service=\"{service}\"");
             if !scope.is_empty() {
@@ -469,12 +515,6 @@ impl Edge {
                 extra: Vec::new(),
             });
         }
-        // The redirect listener sends every GET/HEAD to https, where the gate judges it.
-        if let Some(g) = &ctx.gate {
-            let mut r = EdgeResponse::error(g.status, g.code, g.reason, g.message);
-            r.allow = g.allow;
-            return Some(r);
-        }
         None
     }
 
@@ -502,6 +542,23 @@ impl Edge {
             return Ok(invalid(
                 "a token POST carries its parameters in the body, not the query",
             ));
+        }
+        // A GET's parameters are its query; a body would be a second, unread set (some token
+        // servers read form bodies on any method).
+        let has_body = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            || req
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if !post && has_body {
+            let mut r = EdgeResponse::error(
+                400,
+                "UNSUPPORTED",
+                "token_request_invalid",
+                "a token GET has no body",
+            );
+            r.close = true;
+            return Ok(Some(r));
         }
         let raw = if post {
             let form = req
@@ -534,7 +591,27 @@ impl Edge {
             Ok(t) => t,
             Err(e) => return Ok(invalid(e.message())),
         };
-        ctx.gen.policy.filter_token(&mut token);
+        // The audience: clients echo the public host the challenges named; the token server
+        // validates the registry's own name.
+        if let Some(service) = token.get(registry_edge_gate::token::TokenParam::Service) {
+            let registry = self.registry_service(ctx);
+            if service.eq_ignore_ascii_case(&ctx.gen.config.registry.public_host) {
+                token.set(registry_edge_gate::token::TokenParam::Service, registry);
+            } else if service != registry {
+                return Ok(Some(EdgeResponse::error(
+                    400,
+                    "UNSUPPORTED",
+                    "token_service_unknown",
+                    "the token request's service is not this registry",
+                )));
+            }
+        }
+        let dropped = ctx.gen.policy.filter_token(&mut token);
+        for _ in 0..dropped {
+            self.shared
+                .metrics
+                .refusal("hidden_scope", ctx.gen.policy.detect_only());
+        }
         if post {
             ctx.token_body = Some(bytes::Bytes::from(token.serialize()));
         }
@@ -576,7 +653,7 @@ impl Edge {
                 let mut r = EdgeResponse::error(
                     413,
                     "SIZE_INVALID",
-                    "token_body_too_large",
+                    "token_body_over_limit",
                     "token request body too large",
                 );
                 r.close = true;
@@ -734,6 +811,8 @@ impl ProxyHttp for Edge {
             self.answer(session, ctx, &r).await?;
             return Ok(true);
         }
+        // The address checks, the embargo and the rate limit come first, also for a request the
+        // gate refused (an embargoed client learns nothing else, a flood of garbage is limited).
         if let Some(refusal) = self.policy(session, ctx) {
             ctx.decision = Some(refusal.reason);
             self.shared
@@ -744,6 +823,14 @@ impl ProxyHttp for Edge {
                 self.answer(session, ctx, &r).await?;
                 return Ok(true);
             }
+        }
+        // What does not parse is never forwarded, in detect mode too: the grammar is not a policy
+        // decision.
+        if let Some(g) = &ctx.gate {
+            let mut r = EdgeResponse::error(g.status, g.code, g.reason, g.message);
+            r.allow = g.allow;
+            self.answer(session, ctx, &r).await?;
+            return Ok(true);
         }
         if ctx.token_path {
             if let Some(r) = self.token_request(session, ctx).await? {
@@ -924,13 +1011,23 @@ impl ProxyHttp for Edge {
             self.learn_service(upstream_response);
         }
         self.rewrite_response(session, upstream_response, ctx);
-        Ok(())
+        let registry = &ctx.gen.config.registry;
+        crate::identity::public_service(upstream_response, &registry.public_host);
+        if registry.hide_server_headers {
+            crate::identity::hide_server(upstream_response);
+        }
+        self.unmapped_urls(upstream_response, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let upstream = *e.esource() == ErrorSource::Upstream;
         let (status, reason, message) = match e.etype() {
             HTTPStatus(c) => (*c, "status", "the request could not be served"),
+            Custom("unmapped_redirect") => (
+                502,
+                "unmapped_redirect",
+                "the registry redirected to a location this edge does not publish",
+            ),
             ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout if upstream => (
                 504,
                 "upstream_timeout",
@@ -1023,7 +1120,11 @@ impl ProxyHttp for Edge {
             decision: ctx.decision,
             method: req.method.as_str(),
             host: &ctx.host,
-            path: req.uri.path(),
+            // The access log splits off the query and redacts both by allow-list.
+            path: req
+                .uri
+                .path_and_query()
+                .map_or(req.uri.path(), |pq| pq.as_str()),
             status,
             bytes_sent: session.body_bytes_sent(),
             duration: elapsed,

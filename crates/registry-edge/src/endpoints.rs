@@ -82,5 +82,17 @@ pub fn render(config: &Config) -> Result<String, String> {
             }
         }
     });
+    if !r.data_endpoints.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nA blob redirect maps to a public data host only when its authority is exactly the \
+             data ENDPOINT above (host, and port unless it is the default); any other is counted \
+             in registry_edge_rewrite_unmapped_urls_total and, with unmapped_redirects: refuse, \
+             answered 502."
+        );
+    }
+    for note in crate::summary::notes(config) {
+        let _ = writeln!(out, "note: {note}");
+    }
     Ok(out)
 }

@@ -78,7 +78,7 @@ enum Command {
         /// The custom domain clients log in to.
         #[arg(long, value_name = "HOST")]
         public_host: String,
-        /// The custom domain of the data endpoints (not the public host nor a subdomain of it).
+        /// The custom domain of the data endpoints (not the public host; a subdomain of it is fine).
         #[arg(long, value_name = "HOST")]
         data_host: String,
         /// Write here instead of standard output (refuses to overwrite).
@@ -124,7 +124,9 @@ fn main() -> ExitCode {
         Command::Upgrade { config } => upgrade(&config),
         Command::Reload { config } => reload(&config),
         Command::Endpoints { config } => {
-            let options = registry_edge_config::Options { check_files: true };
+            // Only the upstream part is needed: certificates and the GeoIP database are not
+            // opened (as `check --no-files`), so it runs on `init`'s output before they exist.
+            let options = registry_edge_config::Options { check_files: false };
             match registry_edge_config::load(&config, options) {
                 Err(errors) => {
                     eprintln!("{errors}");

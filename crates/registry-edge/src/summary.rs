@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 
 use registry_edge_config::{
-    AccessLog, AccessMode, Config, HealthCheckKind, Options, UnknownCountry, Upstream,
+    AccessLog, AccessMode, Config, HealthCheckKind, Options, UnknownCountry, UnmappedRedirects,
+    Upstream,
 };
 use registry_edge_rewrite::{ActionSpec, Subject};
 
@@ -173,6 +174,21 @@ pub fn render(c: &Config, options: Options) -> String {
         None => line("geoip", "none".into()),
     }
 
+    line(
+        "redirects",
+        match r.unmapped_redirects {
+            UnmappedRedirects::Refuse => {
+                "an absolute Location no rule maps is refused (502), counted and logged".into()
+            }
+            UnmappedRedirects::Pass => {
+                "an absolute Location no rule maps is passed (counted and logged)".into()
+            }
+        },
+    );
+    for note in notes(c) {
+        line("note", note);
+    }
+
     let derived = (c.rewrites.len()..c.engine.rule_count())
         .map(|i| c.engine.rule_name(i).to_string())
         .collect::<Vec<_>>();
@@ -267,4 +283,34 @@ fn upstream(u: &Upstream) -> String {
 
 fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
     items.map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+}
+
+/// What an operator should know about a valid configuration.
+pub fn notes(c: &Config) -> Vec<String> {
+    let r = &c.registry;
+    let mut out = Vec::new();
+    for d in &r.data_endpoints {
+        if d.public_host.ends_with(&format!(".{}", r.public_host)) {
+            out.push(format!(
+                "data host {} is a subdomain of {}: Go clients (docker, containerd) resend \
+                 Authorization and cookies on the blob redirect; the edge removes both before \
+                 anything reaches the data endpoint",
+                d.public_host, r.public_host
+            ));
+        }
+        if d.upstream
+            .authority
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok()
+        {
+            out.push(format!(
+                "data endpoint {} ({}) is an IP literal: registries write host names in their \
+                 blob redirects, and a redirect only maps when its authority is exactly this \
+                 one; see `registry-edge endpoints` and docs/operations.md",
+                d.upstream.authority, d.region
+            ));
+        }
+    }
+    out
 }

@@ -107,7 +107,7 @@ fn three_semantic_mistakes_are_all_reported_with_positions() {
            login_server: reg.azurecr.io\n  \
            public_host: acr.contoso.com\n  \
            data_endpoints:\n    \
-             - { region: eastus, endpoint: reg.eastus.data.azurecr.io, public_host: data.acr.contoso.com }\n\
+             - { region: eastus, endpoint: reg.eastus.data.azurecr.io, public_host: acr.contoso.com }\n\
          local_region: westus\n\
          clients: { trusted_proxies: [\"10.0.0.0/33\"] }\n",
     );
@@ -116,7 +116,7 @@ fn three_semantic_mistakes_are_all_reported_with_positions() {
     let stderr = String::from_utf8(out.stderr).unwrap();
     let file = p.display().to_string();
     for want in [
-        format!("{file}:7:76: registry.data_endpoints[0].public_host: `data.acr.contoso.com` must not be the login public host"),
+        format!("{file}:7:76: registry.data_endpoints[0].public_host: `acr.contoso.com` must not be the login public host"),
         format!("{file}:8:15: local_region: no endpoint has region `westus` (known regions: eastus)"),
         format!("{file}:9:30: clients.trusted_proxies[0]: `10.0.0.0/33` is not an IP address or CIDR"),
     ] {
@@ -299,18 +299,14 @@ fn init_writes_a_valid_config_and_refuses_storage_accounts() {
         "show-endpoints.json",
         "{\n\"loginServer\": \"contoso.azurecr.io\",\n\"dataEndpoints\": [\n{\n\"region\": \"eastus\",\n\"endpoint\": \"contoso.eastus.data.azurecr.io\",\n},\n]\n}\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args([
-            "init",
-            "--endpoints",
-            seed.to_str().unwrap(),
-            "--public-host",
-            "registry.contoso.com",
-            "--data-host",
-            "data.contoso.com",
-        ])
-        .output()
-        .unwrap();
+    let init = |public: &str, data: &str| {
+        Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+            .args(["init", "--endpoints", seed.to_str().unwrap()])
+            .args(["--public-host", public, "--data-host", data])
+            .output()
+            .unwrap()
+    };
+    let out = init("registry.contoso.com", "data.contoso.com");
     assert!(
         out.status.success(),
         "{}",
@@ -320,20 +316,34 @@ fn init_writes_a_valid_config_and_refuses_storage_accounts() {
     assert!(check(&["--no-files", "-c", yaml.to_str().unwrap()])
         .status
         .success());
-    // The data host may not be a subdomain of the public host.
+    // The data host may be a subdomain of the public host (the edge never forwards credentials
+    // to a data endpoint; `check` says so), but not the public host itself.
+    let out = init("contoso.com", "data.contoso.com");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = write_temp("init-sub.yaml", &String::from_utf8(out.stdout).unwrap());
+    let out = check(&["--no-files", "-c", yaml.to_str().unwrap()]);
+    assert!(out.status.success());
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("subdomain") && summary.contains("Authorization"),
+        "{summary}"
+    );
+    assert_eq!(init("contoso.com", "contoso.com").status.code(), Some(64));
+    // `endpoints` needs no certificate file (init's output names some that do not exist yet).
     let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args([
-            "init",
-            "--endpoints",
-            seed.to_str().unwrap(),
-            "--public-host",
-            "contoso.com",
-            "--data-host",
-            "data.contoso.com",
-        ])
+        .args(["endpoints", "-c", yaml.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("ROLE") && text.contains("note: data host data.contoso.com"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let blob = write_temp(
         "blob.json",
         r#"{"loginServer":"c.azurecr.io","dataEndpoints":[{"region":"eastus","endpoint":"*.blob.core.windows.net"}]}"#,

@@ -324,9 +324,10 @@ fn curl_pull(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
 /// The curl checks of one protocol, on an image pushed before.
 fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
     let o = c.origin();
-    let service = h.shim.to_string();
+    // The edge maps the public host back to the registry's name in token requests.
+    let service = LOGIN_HOST;
 
-    // The challenge: realm on the public origin; `service=` stays the registry's name.
+    // The challenge: realm on the public origin; `service=` is the public host.
     let r = c.get(&format!("{o}/v2/"), &[]);
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(
@@ -339,17 +340,24 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
         Some("registry/2.0")
     );
 
-    // Anonymous: pull only, whatever is asked; the audience is the registry's service.
+    // Anonymous: pull only, whatever is asked; the client sends the public host as `service`
+    // and the token's audience is the registry's own (the edge mapped it back).
     let anon = token_for(
         c,
         &format!("{o}/oauth2/token"),
-        &service,
+        service,
         &format!("repository:{repo}:pull,push"),
         None,
     );
     let claims = token::claims(&anon);
     assert_eq!(claims["access"][0]["actions"], serde_json::json!(["pull"]));
-    assert_eq!(claims["aud"], service.as_str());
+    assert_eq!(claims["aud"], h.shim.to_string().as_str());
+    // A `service` that is neither the public host nor the registry's is refused by the edge.
+    let r = c.get(
+        &format!("{o}/oauth2/token?service=other.example&scope=repository:{repo}:pull"),
+        &[],
+    );
+    assert_eq!(r.status, 400, "{r:?}");
     let header = token::jwt_part(&anon, 0);
     assert_eq!(header["alg"], "ES256");
     assert_eq!(header["kid"], h.token.kid.as_str());

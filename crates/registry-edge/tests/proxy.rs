@@ -10,6 +10,8 @@ mod ports;
 /// The process log: secrets redacted on every error path, client floods rate-limited.
 #[path = "proxy/h2.rs"]
 mod h2;
+#[path = "proxy/identity.rs"]
+mod identity;
 #[path = "proxy/logs.rs"]
 mod logs;
 
@@ -339,7 +341,12 @@ fn respond(
         let j = serde_json::json!({"target": req.target, "headers": h, "body_len": req.body_len, "body_ok": body_ok});
         fixed(
             200,
-            &[("Content-Type", "application/json".into())],
+            &[
+                ("Content-Type", "application/json".into()),
+                // What a registry's web server says of itself (the edge removes it).
+                ("Server", "origin-httpd/1.0".into()),
+                ("X-Powered-By", "origin-framework".into()),
+            ],
             j.to_string().as_bytes(),
         )
     };
@@ -349,6 +356,18 @@ fn respond(
             // registry routes through).
             if path.starts_with("/v2/echo/") {
                 return echo();
+            }
+            // A registry whose blob redirects name a storage host no data endpoint is
+            // configured for (docs/operations.md, "why do my clients see a storage URL").
+            if path.starts_with("/v2/team/unmapped/blobs/") {
+                return fixed(
+                    307,
+                    &[(
+                        "Location",
+                        format!("http://storage.invalid:{}/docker/x/data?{SAS}", me.port()),
+                    )],
+                    b"",
+                );
             }
             let api = (
                 "Docker-Distribution-Api-Version",
@@ -595,19 +614,60 @@ fn start_edge_with(name: &str, http_opts: &str, extra: &str) -> Edge {
 }
 
 fn start_edge_full(name: &str, http_opts: &str, extra: &str, grace_period: &str) -> Edge {
-    start_edge_tls_opts(name, http_opts, "", extra, grace_period, "2s")
+    start_edge_opts(
+        name,
+        &EdgeOpts {
+            http_opts,
+            extra,
+            grace_period,
+            ..EdgeOpts::default()
+        },
+    )
 }
 
-/// `tls_opts`: options of the TLS listener (indented as `HTTP_OPTS`); `read_timeout`: the
-/// registry's.
-fn start_edge_tls_opts(
-    name: &str,
-    http_opts: &str,
-    tls_opts: &str,
-    extra: &str,
-    grace_period: &str,
-    read_timeout: &str,
-) -> Edge {
+/// What a test may change in the edge's configuration.
+#[derive(Clone, Copy)]
+struct EdgeOpts<'a> {
+    /// Options of the plain listener (indented as `HTTP_OPTS`).
+    http_opts: &'a str,
+    /// Options of the TLS listener.
+    tls_opts: &'a str,
+    /// Top-level YAML.
+    extra: &'a str,
+    grace_period: &'a str,
+    /// The registry's read timeout.
+    read_timeout: &'a str,
+    /// Keys added to the `registry` block.
+    registry_opts: &'a str,
+    /// A further data endpoint: its public host, served by the data origin under another
+    /// authority (`localhost:<port>`).
+    data_host: Option<&'a str>,
+}
+
+impl Default for EdgeOpts<'_> {
+    fn default() -> Self {
+        EdgeOpts {
+            http_opts: HTTP_OPTS,
+            tls_opts: "",
+            extra: "",
+            grace_period: "1s",
+            read_timeout: "2s",
+            registry_opts: "",
+            data_host: None,
+        }
+    }
+}
+
+fn start_edge_opts(name: &str, o: &EdgeOpts<'_>) -> Edge {
+    let EdgeOpts {
+        http_opts,
+        tls_opts,
+        extra,
+        grace_period,
+        read_timeout,
+        registry_opts,
+        data_host,
+    } = *o;
     let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -656,7 +716,7 @@ registry:
   token_server: "{token}"
   connect_timeout: 1s
   read_timeout: {read_timeout}
-  data_endpoints:
+{registry_opts}  data_endpoints:
     - {{ region: eastus, endpoint: "{data}", public_host: data.test, peers: ["127.0.0.1:{refused}", "{data}"] }}
     - {{ region: westus, endpoint: "127.0.0.1:{refused}", public_host: down.test }}
     - {{ region: centralus, endpoint: "{silent}", public_host: slow.test }}
@@ -666,7 +726,7 @@ registry:
          ca_file: ca.pem, peers: ["{tls_wrong}"] }}
     - {{ region: systemroots, endpoint: "localhost:{tls_data_port2}", public_host: roots-data.test, tls: true,
          peers: ["{tls_data}"] }}
-{extra}rewrites:
+{data_extra}{extra}rewrites:
   - name: frame-policy
     action: {{ set_header: X-Frame-Options, value: DENY }}
 logging:
@@ -682,6 +742,10 @@ logging:
         tls_data_port2 = free_port(),
         tls_wrong = tls_wrong.addr,
         tls_wrong_port = tls_wrong.addr.port(),
+        data_extra = data_host.map_or(String::new(), |h| format!(
+            "    - {{ region: extra, endpoint: \"localhost:{}\", public_host: {h} }}\n",
+            data.addr.port()
+        )),
     );
     let child = spawn_edge(&dir, &yaml);
     let edge = Edge {
@@ -847,15 +911,12 @@ fn edge_core() {
     let data_host = format!("data.test:{}", edge.http);
 
     // The realm and the blob Location name the client's public origin; the SAS query survives
-    // byte for byte; `service=` stays the registry's own name.
+    // byte for byte; `service=` is the public host (mapped back in token requests).
     let r = get(edge.http, &host, "/v2/", "");
     assert_eq!(r.status, 401);
     assert_eq!(
         r.header("www-authenticate").unwrap(),
-        format!(
-            "Bearer realm=\"http://{host}/oauth2/token\",service=\"{}\"",
-            edge.login.addr
-        )
+        format!("Bearer realm=\"http://{host}/oauth2/token\",service=\"registry.test\"")
     );
     let r = get(
         edge.http,
@@ -960,14 +1021,18 @@ fn edge_core() {
     let r = get(
         edge.http,
         &host,
-        "/oauth2/token?scope=repository:team/app:pull&service=x",
+        "/oauth2/token?scope=repository:team/app:pull&service=registry.test",
         "",
     );
     let j = r.json();
-    // The target is rebuilt from the decoded parameters, re-encoded.
+    // The target is rebuilt from the decoded parameters, re-encoded, with the registry's own
+    // `service` in place of the public host.
     assert_eq!(
         j["target"],
-        "/oauth2/token?scope=repository%3Ateam%2Fapp%3Apull&service=x"
+        format!(
+            "/oauth2/token?scope=repository%3Ateam%2Fapp%3Apull&service={}",
+            edge.login.addr.to_string().replace(':', "%3A")
+        )
     );
     assert_ne!(j["headers"]["host"], edge.login.addr.to_string().as_str());
     let r = get(edge.http, &host, "/v2/echo/app/manifests/x", "");
@@ -1259,7 +1324,8 @@ fn edge_core() {
     assert!(!m.contains("registry_edge_upstream_connect_errors_total{upstream=\"data:westus\"} 0"));
     assert!(!m.contains("registry_edge_upstream_retries_total{upstream=\"data:eastus\"} 0"));
 
-    // The access log has one JSON line per request, without the query (SAS signatures).
+    // The access log has one JSON line per request; the query's values are redacted unless
+    // known to be harmless (a SAS signature is not).
     std::thread::sleep(Duration::from_millis(300));
     let log = std::fs::read_to_string(edge.dir.join("access.log")).unwrap();
     assert!(log.lines().count() >= 20, "{log}");
@@ -1267,7 +1333,8 @@ fn edge_core() {
         let j: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(j["status"].is_number());
     }
-    assert!(!log.contains("sig="), "no SAS signature in the access log");
+    assert!(!log.contains("AbC"), "no SAS signature in the access log");
+    assert!(log.contains("sig=REDACTED"), "{log}");
     assert!(
         !log.contains("secret") && !log.contains("dTpw"),
         "no credentials in the log"
@@ -1575,7 +1642,7 @@ fn embargo_and_access_policy() {
     for (h, target) in [
         (host.as_str(), "/v2/"),
         (host.as_str(), "/v2/team/app/manifests/1"),
-        (host.as_str(), "/oauth2/token?service=x"),
+        (host.as_str(), "/oauth2/token?service=registry.test"),
         (data_host.as_str(), "/blob?sig=1"),
     ] {
         let r = get_from("127.0.2.1", edge.http, h, target, "");
@@ -1718,7 +1785,7 @@ fn embargo_and_access_policy() {
         .status,
         200
     );
-    for trick in [
+    for (i, trick) in [
         "/v2/team/..%2Fsecret/app/manifests/1",
         "/v2/team/%2e%2e/secret/app/manifests/1",
         "/v2/team/../secret/app/manifests/1",
@@ -1728,9 +1795,13 @@ fn embargo_and_access_policy() {
         "/v2/_catalog",
         "/acr/v1/_catalog",
         "/acr/v1/secret/app/_tags",
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // One address each: the rate limit counts refused requests too.
         let r = get_from(
-            "127.0.1.7",
+            &format!("127.0.1.{}", 40 + i),
             edge.http,
             &host,
             trick,
@@ -1743,33 +1814,35 @@ fn embargo_and_access_policy() {
             String::from_utf8_lossy(&r.body)
         );
     }
-    // Token requests lose the scopes of hidden repositories.
+    // Token requests lose the scopes of hidden repositories (and name the registry's own
+    // audience upstream).
+    let svc = edge.login.addr.to_string().replace(':', "%3A");
     let r = get_from(
         "127.0.1.8",
         edge.http,
         &host,
-        "/oauth2/token?service=x&scope=repository:secret/app:pull&scope=repository:team/app:pull",
+        "/oauth2/token?service=registry.test&scope=repository:secret/app:pull&scope=repository:team/app:pull",
         "",
     );
     assert_eq!(
         r.json()["target"],
-        "/oauth2/token?service=x&scope=repository%3Ateam%2Fapp%3Apull"
+        format!("/oauth2/token?service={svc}&scope=repository%3Ateam%2Fapp%3Apull")
     );
     // Names are decoded as the token server decodes them: an encoded `scope` is a scope.
     let r = get_from(
         "127.0.1.29",
         edge.http,
         &host,
-        "/oauth2/token?service=x&sc%6fpe=repository:secret/app:pull",
+        "/oauth2/token?service=registry.test&sc%6fpe=repository:secret/app:pull",
         "",
     );
-    assert_eq!(r.json()["target"], "/oauth2/token?service=x");
+    assert_eq!(r.json()["target"], format!("/oauth2/token?service={svc}"));
     // Names token clients do not send, case-folded names, repeats and `;` are refused.
     for trick in [
-        "/oauth2/token?service=x&Scope=repository:secret/app:pull",
-        "/oauth2/token?service=x&service=y",
-        "/oauth2/token?service=x;scope=repository:secret/app:pull",
-        "/oauth2/token?service=x&other=1",
+        "/oauth2/token?service=registry.test&Scope=repository:secret/app:pull",
+        "/oauth2/token?service=registry.test&service=y",
+        "/oauth2/token?service=registry.test;scope=repository:secret/app:pull",
+        "/oauth2/token?service=registry.test&other=1",
         "/oauth2/token?service=%zz",
     ]
     .iter()
@@ -1786,7 +1859,7 @@ fn embargo_and_access_policy() {
     }
 
     // ... in a token POST's form body too (read by the edge, sent again rebuilt without them).
-    let body = "grant_type=refresh_token&service=x&scope=repository%3Asecret%2Fapp%3Apull&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc";
+    let body = "grant_type=refresh_token&service=registry.test&scope=repository%3Asecret%2Fapp%3Apull&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc";
     let mut s = connect_from("127.0.1.9", edge.http);
     let r = send(
         &mut s,
@@ -1798,8 +1871,9 @@ fn embargo_and_access_policy() {
     assert_eq!(r.status, 200);
     let seen = edge.token_seen.lock().unwrap();
     let last = seen.last().unwrap();
-    let kept =
-        "grant_type=refresh_token&service=x&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc";
+    let kept = format!(
+        "grant_type=refresh_token&service={svc}&scope=repository%3Ateam%2Fapp%3Apull&refresh_token=abc"
+    );
     assert_eq!(
         last.body_len,
         kept.len() as u64,
@@ -1825,7 +1899,7 @@ fn embargo_and_access_policy() {
     assert_oci_error(&r, 413, "SIZE_INVALID");
     // A chunked form under the limit is decoded and rebuilt like any other; a JSON body and an
     // encoded parameter name in a form are not a way around the scope filter.
-    let form = "service=x&sc%6fpe=repository%3Asecret%2Fapp%3Apull";
+    let form = "service=registry.test&sc%6fpe=repository%3Asecret%2Fapp%3Apull";
     let mut s = connect_from("127.0.1.9", edge.http);
     let r = send(
         &mut s,
@@ -1851,7 +1925,10 @@ fn embargo_and_access_policy() {
         before + 1,
         "only the valid form reached the token server"
     );
-    assert_eq!(seen.last().unwrap().body_len, "service=x".len() as u64);
+    assert_eq!(
+        seen.last().unwrap().body_len,
+        format!("service={svc}").len() as u64
+    );
     drop(seen);
 
     // Rate limit: a client past its burst gets 429 with Retry-After; its neighbour does not;
@@ -2591,14 +2668,21 @@ fn metrics_log_and_security_events() {
             "127.0.6.5",
             edge.http,
             &host,
-            "/oauth2/token?service=x",
+            "/oauth2/token?service=registry.test",
             "Authorization: Basic d3Jvbmc6d3Jvbmc=\r\n",
         );
         assert_eq!(r.status, 401);
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        get_from("127.0.6.5", edge.http, &host, "/oauth2/token?service=x", "").status,
+        get_from(
+            "127.0.6.5",
+            edge.http,
+            &host,
+            "/oauth2/token?service=registry.test",
+            ""
+        )
+        .status,
         403,
         "blocked after guessing"
     );

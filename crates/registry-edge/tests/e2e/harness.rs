@@ -894,22 +894,15 @@ impl Client<'_> {
 // The scan
 
 /// Checks one header a client saw: no upstream authority anywhere in it (the `service=` audience
-/// of a challenge excepted), and every URL in it on the public origin the client used.
+/// of a challenge included: the edge names its public host there), and every URL in it on the
+/// public origin the client used.
 pub fn check_header(
     name: &str,
     value: &str,
     port: u16,
     upstreams: &[String],
 ) -> Result<(), String> {
-    let mut v = value.to_string();
-    if name.eq_ignore_ascii_case("www-authenticate") {
-        // The token audience stays the registry's name.
-        while let Some(i) = v.find("service=\"") {
-            let end = v[i + 9..].find('"').map_or(v.len(), |j| i + 9 + j + 1);
-            v.replace_range(i..end, "");
-        }
-    }
-    let lower = v.to_ascii_lowercase();
+    let lower = value.to_ascii_lowercase();
     for up in upstreams {
         if lower.contains(&up.to_ascii_lowercase()) {
             return Err(format!("{name}: {value} names the upstream {up}"));
@@ -992,6 +985,11 @@ fn scan_rules() {
     let ups = vec!["127.0.0.1:4000".to_string(), "127.0.0.1:4001".to_string()];
     let ok = |n: &str, v: &str| check_header(n, v, 8443, &ups).is_ok();
     assert!(ok(
+        "WWW-Authenticate",
+        "Bearer realm=\"https://registry.localhost:8443/oauth2/token\",service=\"registry.localhost\""
+    ));
+    // The audience names the upstream: a leak.
+    assert!(!ok(
         "WWW-Authenticate",
         "Bearer realm=\"https://registry.localhost:8443/oauth2/token\",service=\"127.0.0.1:4000\""
     ));

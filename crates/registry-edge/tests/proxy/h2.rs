@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{metrics_text, runtime, sample, start_edge_tls_opts, Edge, HTTP_OPTS};
+use super::{metrics_text, runtime, sample, start_edge_opts, Edge, EdgeOpts};
 
 /// One frame: 24-bit length, type, flags, stream id, payload.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
@@ -103,7 +103,14 @@ fn http2_bodies_have_a_deadline_and_streams_a_cap() {
         "    timeouts: { header_read: 5s, idle: 2s, write: 5s }\n    max_concurrent_streams: 4\n";
     // The registry's read timeout is far longer than the test: only the edge's own body
     // deadline can end the stalled streams in time.
-    let edge = start_edge_tls_opts("h2-limits", HTTP_OPTS, tls_opts, "", "1s", "60s");
+    let edge = start_edge_opts(
+        "h2-limits",
+        &EdgeOpts {
+            tls_opts,
+            read_timeout: "60s",
+            ..EdgeOpts::default()
+        },
+    );
     let path = "/v2/team/app/blobs/uploads/u-1?_state=s";
     let series = "registry_edge_http2_body_timeouts_total";
     let before = sample(&metrics_text(edge.admin), series);
