@@ -5,22 +5,15 @@
 //! for one probe interval.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pingora::connectors::TransportConnector;
 use pingora::upstreams::peer::HttpPeer;
 use registry_edge_config::{HealthCheck, HealthCheckKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-pub fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
-}
+/// The old path of [`crate::clock::now_ms`], for the call sites not yet moved to it.
+pub(crate) use crate::clock::now_ms;
 
 /// One peer's state. New peers start healthy: an upstream is usable at once, and probes take it
 /// out after `unhealthy_after` failures.
@@ -29,7 +22,7 @@ pub struct PeerHealth {
     healthy: AtomicBool,
     /// Positive: consecutive successes; negative: consecutive failures.
     streak: AtomicI32,
-    /// Passive back-off: not chosen before this instant (ms since the process epoch).
+    /// Passive back-off: not chosen before this instant (`clock::now_ms`).
     down_until_ms: AtomicU64,
 }
 

@@ -14,9 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::clock::since_epoch;
 use crate::generation::{self, Generation};
 use crate::service::Shared;
-use crate::since_epoch;
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +73,6 @@ pub fn status_path(pid_file: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-pub fn unix_now() -> i64 {
-    since_epoch().as_secs() as i64
-}
-
 /// Reloads the configuration file; returns what happened (also logged, counted and written to
 /// the status file). The new generation's probe loops are started by the caller.
 pub async fn reload(shared: &Arc<Shared>) -> (Outcome, Option<Arc<Generation>>) {
@@ -94,7 +90,7 @@ pub async fn reload(shared: &Arc<Shared>) -> (Outcome, Option<Arc<Generation>>) 
         } => {
             m.config_reloads[0].inc();
             m.config_generation.set(*generation as i64);
-            m.config_loaded_at.set(unix_now());
+            m.config_loaded_at.set(since_epoch().as_secs() as i64);
             m.config_restart_pending
                 .set(i64::from(!restart_required.is_empty()));
             log::info!(
