@@ -34,6 +34,7 @@ pub mod route;
 pub mod security;
 pub mod select;
 pub mod service;
+pub(crate) mod slots;
 pub mod tls;
 pub mod upstream;
 

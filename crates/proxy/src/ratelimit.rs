@@ -3,19 +3,19 @@
 //! subscriber is usually given a whole /64 and could otherwise take a fresh bucket with every
 //! address of it. IPv4-mapped IPv6 addresses count as their IPv4 address.
 //!
-//! The table is a fixed array of slots indexed by a keyed hash of the client (sharded behind
-//! mutexes). A client whose slot another one took over starts again with a full bucket: a
-//! collision can only be lenient, never limit a client for someone else's traffic, and the keyed
-//! hash keeps a client from choosing its collisions. Memory is `SHARDS × SLOTS_PER_SHARD × 32`
-//! bytes (2 MiB) whatever the number of clients: a slot is a 16-byte key, an 8-byte token count
-//! and an 8-byte timestamp, the timestamp doubling as the mark of an unused slot.
+//! The buckets live in a `slots::SlotTable`: a fixed array of slots indexed by a keyed hash of the
+//! client (sharded behind mutexes). A client whose slot another one took over starts again with a
+//! full bucket: a collision can only be lenient, never limit a client for someone else's traffic,
+//! and the keyed hash keeps a client from choosing its collisions. Memory is
+//! `SHARDS × SLOTS_PER_SHARD × 32` bytes (2 MiB) whatever the number of clients: a slot is a
+//! 16-byte key, an 8-byte token count and an 8-byte timestamp, the timestamp doubling as the mark
+//! of an unused slot.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
+
+use crate::slots::{ip_key, SlotTable};
 
 const SHARDS: usize = 64;
 const SLOTS_PER_SHARD: usize = 1024;
@@ -38,14 +38,19 @@ const UNUSED: u64 = u64::MAX;
 // The layout the module documentation promises.
 const _: () = assert!(std::mem::size_of::<Slot>() == 32);
 
+impl crate::slots::Slot for Slot {
+    fn holds(&self, key: u128) -> bool {
+        self.at != UNUSED && self.key == key
+    }
+}
+
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     /// IPv6 clients are keyed by this many leading bits (0..=128).
     ipv6_prefix: AtomicU8,
-    hasher: RandomState,
     epoch: Instant,
-    shards: Vec<Mutex<Vec<Slot>>>,
+    table: SlotTable<Slot, SHARDS, SLOTS_PER_SHARD>,
 }
 
 /// A refusal: how long until one request would pass.
@@ -54,17 +59,7 @@ pub struct Limited {
     pub retry_after_secs: u64,
 }
 
-/// A client address as a slot-table key: an IPv4 address as its IPv4-mapped IPv6 form
-/// (`::ffff:192.0.2.1`), so both forms of one address share a key and no other IPv6 address
-/// has it. Shared with the security event tracker, which keeps its table the same way.
-pub(crate) fn key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-/// The bucket key of a client: an IPv4 address (or an IPv4-mapped IPv6 one) as [`key`] has
+/// The bucket key of a client: an IPv4 address (or an IPv4-mapped IPv6 one) as [`ip_key`] has
 /// it; any other IPv6 address cut to its first `ipv6_prefix` bits (more than 128 count as 128).
 /// No IPv6 prefix meets an IPv4 key: a masked key inside `::ffff:0:0/96` would need the
 /// address itself to be IPv4-mapped (the mask keeps those 96 bits whenever it keeps the
@@ -76,7 +71,7 @@ fn bucket_key(ip: IpAddr, ipv6_prefix: u8) -> u128 {
             let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
             u128::from(v6) & mask
         }
-        _ => key(ip),
+        _ => ip_key(ip),
     }
 }
 
@@ -84,20 +79,16 @@ impl RateLimiter {
     /// A limiter of `requests_per_second` with `burst`, keying IPv6 clients by
     /// [`DEFAULT_IPV6_PREFIX`] bits; [`set_ipv6_prefix`](Self::set_ipv6_prefix) changes that.
     pub fn new(requests_per_second: f64, burst: u32) -> RateLimiter {
-        let empty = Slot {
-            key: 0,
-            tokens: 0.0,
-            at: UNUSED,
-        };
         RateLimiter {
             rate: requests_per_second,
             burst: f64::from(burst),
             ipv6_prefix: AtomicU8::new(DEFAULT_IPV6_PREFIX),
-            hasher: RandomState::new(),
             epoch: Instant::now(),
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(vec![empty; SLOTS_PER_SHARD]))
-                .collect(),
+            table: SlotTable::new(Slot {
+                key: 0,
+                tokens: 0.0,
+                at: UNUSED,
+            }),
         }
     }
 
@@ -126,33 +117,29 @@ impl RateLimiter {
     /// `now`: nanoseconds since the limiter was created (tests drive time explicitly).
     pub fn check_at(&self, ip: IpAddr, now: u64) -> Result<(), Limited> {
         let k = bucket_key(ip, self.ipv6_prefix.load(Ordering::Relaxed));
-        let h = self.hasher.hash_one(k) as usize;
-        let shard = &self.shards[h % SHARDS];
-        let index = (h / SHARDS) % SLOTS_PER_SHARD;
-        // A poisoned shard only means another request panicked mid-update: the slot data is
-        // still plain numbers, so keep using it.
-        let mut slots = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = &mut slots[index];
-        if slot.at == UNUSED || slot.key != k {
-            *slot = Slot {
-                key: k,
-                tokens: self.burst,
-                at: now.min(UNUSED - 1),
-            };
-        } else {
-            let elapsed = now.saturating_sub(slot.at) as f64 / 1e9;
-            slot.tokens = (slot.tokens + elapsed * self.rate).min(self.burst);
-            slot.at = now.min(UNUSED - 1);
-        }
-        if slot.tokens >= 1.0 {
-            slot.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - slot.tokens) / self.rate;
-            Err(Limited {
-                retry_after_secs: wait.ceil().max(1.0) as u64,
-            })
-        }
+        let at = now.min(UNUSED - 1);
+        // A client new to its slot (or back after another took it over) has a full bucket.
+        let full = || Slot {
+            key: k,
+            tokens: self.burst,
+            at,
+        };
+        self.table.with(k, full, |slot, taken| {
+            if !taken {
+                let elapsed = now.saturating_sub(slot.at) as f64 / 1e9;
+                slot.tokens = (slot.tokens + elapsed * self.rate).min(self.burst);
+                slot.at = at;
+            }
+            if slot.tokens >= 1.0 {
+                slot.tokens -= 1.0;
+                Ok(())
+            } else {
+                let wait = (1.0 - slot.tokens) / self.rate;
+                Err(Limited {
+                    retry_after_secs: wait.ceil().max(1.0) as u64,
+                })
+            }
+        })
     }
 }
 
@@ -304,11 +291,7 @@ mod tests {
     fn a_slot_is_32_bytes() {
         assert_eq!(std::mem::size_of::<Slot>(), 32);
         let rl = RateLimiter::new(1.0, 1);
-        let bytes: usize = rl
-            .shards
-            .iter()
-            .map(|s| s.lock().unwrap().len() * std::mem::size_of::<Slot>())
-            .sum();
+        let bytes = rl.table.slots() * std::mem::size_of::<Slot>();
         assert_eq!(bytes, 2 << 20);
     }
 
@@ -328,7 +311,6 @@ mod tests {
         for i in 0..200_000u32 {
             let _ = rl.check_at(IpAddr::V4(i.into()), 0);
         }
-        let total: usize = rl.shards.iter().map(|s| s.lock().unwrap().len()).sum();
-        assert_eq!(total, SHARDS * SLOTS_PER_SHARD);
+        assert_eq!(rl.table.slots(), SHARDS * SLOTS_PER_SHARD);
     }
 }

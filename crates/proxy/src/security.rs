@@ -10,18 +10,17 @@
 //!
 //! Crossing a threshold raises one event per kind and window. With `access.auto_block`, an address
 //! with `after` events within its window is refused for `duration`. Memory is bounded like the
-//! rate limiter's: a fixed table of slots by keyed hash; a collision forgets the older address
-//! (it can only be lenient).
+//! rate limiter's, in a `slots::SlotTable` of its own: a fixed table of slots by keyed hash; a
+//! collision forgets the older address (it can only be lenient).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::Mutex;
 
 use registry_edge_config::{AutoBlock, SecurityEvents};
 
 use crate::health::now_ms;
-use crate::ratelimit::key;
+use crate::slots::{ip_key, SlotTable};
 
 const SHARDS: usize = 32;
 const SLOTS_PER_SHARD: usize = 512;
@@ -74,11 +73,18 @@ struct Slot {
     blocked_until: u64,
 }
 
+impl crate::slots::Slot for Slot {
+    fn holds(&self, key: u128) -> bool {
+        self.used && self.key == key
+    }
+}
+
 pub struct Security {
     cfg: SecurityEvents,
     block: Option<AutoBlock>,
+    /// Keys the hashes of repository names counted as distinct.
     hasher: RandomState,
-    shards: Vec<Mutex<Vec<Slot>>>,
+    table: SlotTable<Slot, SHARDS, SLOTS_PER_SHARD>,
 }
 
 impl Security {
@@ -92,28 +98,19 @@ impl Security {
             cfg: cfg.clone(),
             block: block.cloned(),
             hasher: RandomState::new(),
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(vec![Slot::default(); SLOTS_PER_SHARD]))
-                .collect(),
+            table: SlotTable::new(Slot::default()),
         }
     }
 
     fn with_slot<T>(&self, ip: IpAddr, now: u64, f: impl FnOnce(&mut Slot) -> T) -> T {
-        let k = key(ip);
-        let h = self.hasher.hash_one(k) as usize;
-        let mut slots = self.shards[h % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let slot = &mut slots[(h / SHARDS) % SLOTS_PER_SHARD];
-        if !slot.used || slot.key != k {
-            *slot = Slot {
-                key: k,
-                used: true,
-                window_start: now,
-                ..Slot::default()
-            };
-        }
-        f(slot)
+        let k = ip_key(ip);
+        let fresh = || Slot {
+            key: k,
+            used: true,
+            window_start: now,
+            ..Slot::default()
+        };
+        self.table.with(k, fresh, |slot, _| f(slot))
     }
 
     /// The address is refused by auto_block right now.
