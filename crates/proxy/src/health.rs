@@ -3,6 +3,28 @@
 //! login-side upstreams, connection (TCP, and TLS for TLS upstreams) probes for data endpoints, and
 //! passive marking: a connect failure or a reset before the first response byte backs a peer off
 //! for one probe interval.
+//!
+//! Why not pingora-load-balancing's `HttpHealthCheck` / `TcpHealthCheck` (0.9.1,
+//! `src/health_check.rs` and `src/lib.rs`): its thresholds are the same rule as
+//! [`PeerHealth::record`] (`Health::observe_health` counts consecutive results opposite to the
+//! current state, resets on an agreeing one, flips at `consecutive_failure` /
+//! `consecutive_success`), and a `validator` on the response head could take the status ranges,
+//! so neither is the reason. These are:
+//!
+//! - No deadline for the whole probe. `HttpHealthCheck::check` bounds the connection
+//!   (`connection_timeout`, 1 s by default) and each write and read (`write_timeout`,
+//!   `read_timeout`) apart, then reads the whole response body, each read under its own timeout:
+//!   a peer trickling its body holds the probe as long as it likes. App Gateway's `timeout` bounds
+//!   the probe; [`probe`] runs connect, request and status line under one `tokio::time::timeout`
+//!   and reads no body.
+//! - No timed back-off. A backend is taken out by the probes or by `set_enable(backend, false)`,
+//!   a manual switch with no expiry; passive marking ("off for one interval") would be a second
+//!   state kept beside it, which is what [`PeerHealth`] is.
+//! - Its checks run inside a `LoadBalancer` / `HealthRegistry` over its own `Backend` set and
+//!   selection (`select` by key over `RoundRobin`, consistent hashing…): the edge keeps its own
+//!   peer lists (resolved in the background, carried over reloads) and chooses by region
+//!   ([`crate::select`]) and client ([`crate::upstream::Pool::usable_peers`]), so the balancer
+//!   would hold a copy of them only to read one flag per peer.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
