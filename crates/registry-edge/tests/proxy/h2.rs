@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{metrics_text, runtime, sample, start_edge_opts, Edge, EdgeOpts};
+use crate::support::{metrics_text, runtime, sample, start_edge_opts, Edge, EdgeOpts};
 
 /// One frame: 24-bit length, type, flags, stream id, payload.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {

@@ -7,19 +7,28 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use super::{assert_oci_error, get, metrics_text, sample, send, start_edge_opts, EdgeOpts, DIGEST};
+use crate::support::{
+    assert_oci_error, eventually, get, metrics_text, sample, send, start_edge_opts, Edge, EdgeOpts,
+    DIGEST,
+};
 
 const LOCATION: &str = "registry_edge_rewrite_unmapped_urls_total{header=\"location\"}";
 
-/// The warnings about the unmapped storage host, and the whole log for a failure message.
-fn warnings(edge: &super::Edge) -> (usize, String) {
-    std::thread::sleep(Duration::from_millis(200));
-    let log = std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap_or_default();
-    let n = log
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("storage.invalid"))
-        .count();
-    (n, log)
+/// The warnings about the unmapped storage host, once there is one, and the whole log for a
+/// failure message.
+fn warnings(edge: &Edge) -> (usize, String) {
+    let read = || {
+        let log = std::fs::read_to_string(edge.dir.join("stderr.log")).unwrap_or_default();
+        let n = log
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("storage.invalid"))
+            .count();
+        (n, log)
+    };
+    eventually("a warning naming the host", Duration::from_secs(5), || {
+        read().0 > 0
+    });
+    read()
 }
 
 #[test]

@@ -3,7 +3,17 @@
 //! lines, each counted. The edge runs with the default log level, the access log on stdout and
 //! the process log on stderr, in front of an origin that resets and streams on request.
 
-use super::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
+
+use crate::ports::free_port;
+use crate::support::{edge_dir, eventually, get, make_certs, metrics_text, runtime, sample, send};
 
 /// Every secret of these tests starts with this; none may appear on stdout or stderr.
 const MARK: &str = "SECRETMARK";
@@ -150,9 +160,7 @@ impl LogEdge {
 /// TLS listener (HTTP/2 by ALPN), both with a 1 s write timeout; `data.test` in front of the
 /// log origin, `down.test` in front of a port nobody listens on.
 fn start_log_edge(name: &str) -> LogEdge {
-    let dir = std::env::temp_dir().join(format!("registry-edge-it-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = edge_dir(name);
     let certs = make_certs(&dir);
     let (login, login_task) = start_log_origin();
     let (data, data_task) = start_log_origin();
@@ -364,13 +372,42 @@ fn wait_for_stderr(edge: &LogEdge, what: &str, within: Duration, check: impl Fn(
     }
 }
 
-/// Every error path pingora logs a request on, each with secrets in the path, the query and
-/// `Authorization`: nothing of them on the edge's stdout (the access log) or stderr (the
-/// process log, pingora's lines included), while the lines themselves are there, naming the
-/// request by method, host, route and the redacted target.
+/// Once the access log (the edge's stdout) has a line for which `awaited` holds: no secret on
+/// the edge's stdout or stderr, and the access log's lines parsed.
+fn assert_no_secret_once(
+    edge: &LogEdge,
+    awaited: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let parse = |stdout: &str| -> Vec<serde_json::Value> {
+        // Whole lines only: the access log is written out every 100 ms.
+        let whole = stdout.rfind('\n').map_or("", |i| &stdout[..i]);
+        whole
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    eventually("the access log's line", Duration::from_secs(10), || {
+        parse(&edge.output().0).iter().any(&awaited)
+    });
+    let (stdout, stderr) = edge.output();
+    for (name, text) in [("stdout (access log)", &stdout), ("stderr", &stderr)] {
+        if let Some(at) = text.find(MARK) {
+            let line = text[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+            panic!("a secret on the edge's {name}: {}", &text[line..end]);
+        }
+    }
+    parse(&stdout)
+}
+
+/// The error paths of a client that misbehaves, each with secrets in the path, the query and
+/// `Authorization` (an aborted upload, a broken chunk, an HTTP/2 stream reset, a head cut
+/// short): nothing of them on the edge's stdout (the access log) or stderr (the process log,
+/// pingora's lines included), while the lines themselves are there, naming the request by
+/// method, host, route and the redacted target.
 #[test]
-fn pingora_error_lines_carry_no_secret() {
-    let edge = start_log_edge("log-secrets");
+fn client_errors_log_no_secret() {
+    let edge = start_log_edge("log-secrets-client");
     let port = edge.http;
     let data = format!("data.test:{port}");
     let login = format!("registry.test:{port}");
@@ -397,7 +434,76 @@ fn pingora_error_lines_carry_no_secret() {
         ))
     });
 
-    // 2. The upstream resets the connection mid-response.
+    // 2. A broken chunk in a chunked request body: 400, and pingora's line.
+    let answer = bad_chunk(port, &data, &format!("/upload/x?sig={MARK}8"));
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    wait_for_stderr(&edge, "bad chunk", Duration::from_secs(5), |e| {
+        e.contains("InvalidChunk")
+            && e.contains(&format!("PATCH {data} data /upload/x?sig=REDACTED"))
+    });
+
+    // 3. An HTTP/2 stream the client resets mid-upload.
+    let h2_data = format!("data.test:{}", edge.tls);
+    h2_stream_reset(
+        &edge,
+        &h2_data,
+        &format!("/upload/sig%3D{MARK}9?sig={MARK}10"),
+        &format!("Bearer {MARK}11"),
+    );
+    wait_for_stderr(&edge, "h2 stream reset", Duration::from_secs(5), |e| {
+        e.contains("stream error received")
+            && e.contains(&format!(
+                "PATCH {h2_data} data /upload/REDACTED?sig=REDACTED"
+            ))
+    });
+
+    // 4. A head cut short.
+    partial_head(port, &format!("/v2/x?sig={MARK}13"));
+    wait_for_stderr(&edge, "a head cut short", Duration::from_secs(5), |e| {
+        e.contains("while reading request headers")
+    });
+
+    // The access log names every request, redacted (the stream reset's line is the last).
+    let lines = assert_no_secret_once(&edge, |l| l["host"] == h2_data.as_str());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/upload/REDACTED" && l["host"] == data.as_str()),
+        "{lines:?}"
+    );
+    // None of these client failures went past the burst: every one was written.
+    let m = metrics_text(edge.admin);
+    let kind = |k: &str| {
+        sample(
+            &m,
+            &format!("registry_edge_log_client_errors_total{{kind=\"{k}\"}}"),
+        )
+    };
+    let suppressed = "registry_edge_log_lines_suppressed_total{kind=\"client_closed\"}";
+    assert!(m.contains(&format!("{suppressed} ")), "no {suppressed}");
+    assert_eq!(sample(&m, suppressed), 0.0);
+    assert!(kind("client_closed") >= 2.0);
+    assert!(kind("bad_request") >= 1.0);
+    assert!(kind("h2") >= 1.0);
+}
+
+/// The error paths of an upstream or a reader that fail, each with secrets in the path, the
+/// query and `Authorization` (an upstream reset mid-response, a client that stops reading, a
+/// data host whose only peer refuses connections, a target the login side refuses itself): no
+/// secret on the edge's stdout or stderr, and pingora's lines name the redacted target.
+#[test]
+fn upstream_errors_and_timeouts_log_no_secret() {
+    let edge = start_log_edge("log-secrets-upstream");
+    let port = edge.http;
+    let data = format!("data.test:{port}");
+    let login = format!("registry.test:{port}");
+    let bearer = format!("Authorization: Bearer {MARK}3\r\n");
+
+    // 1. The upstream resets the connection mid-response.
     let mut s = connect(port);
     s.write_all(
         format!(
@@ -420,34 +526,7 @@ fn pingora_error_lines_carry_no_secret() {
         e.contains(&format!("GET {data} data /layer/reset?sig=REDACTED"))
     });
 
-    // 3. A broken chunk in a chunked request body: 400, and pingora's line.
-    let answer = bad_chunk(port, &data, &format!("/upload/x?sig={MARK}8"));
-    assert!(
-        answer.starts_with(b"HTTP/1.1 400"),
-        "{}",
-        String::from_utf8_lossy(&answer)
-    );
-    wait_for_stderr(&edge, "bad chunk", Duration::from_secs(5), |e| {
-        e.contains("InvalidChunk")
-            && e.contains(&format!("PATCH {data} data /upload/x?sig=REDACTED"))
-    });
-
-    // 4. An HTTP/2 stream the client resets mid-upload.
-    h2_stream_reset(
-        &edge,
-        &format!("data.test:{}", edge.tls),
-        &format!("/upload/sig%3D{MARK}9?sig={MARK}10"),
-        &format!("Bearer {MARK}11"),
-    );
-    wait_for_stderr(&edge, "h2 stream reset", Duration::from_secs(5), |e| {
-        e.contains("stream error received")
-            && e.contains(&format!(
-                "PATCH data.test:{} data /upload/REDACTED?sig=REDACTED",
-                edge.tls
-            ))
-    });
-
-    // 5. A client that stops reading a large response: the write timeout (1 s).
+    // 2. A client that stops reading a large response: the write timeout (1 s).
     let mut s = connect(port);
     socket2::SockRef::from(&s)
         .set_recv_buffer_size(4096)
@@ -460,9 +539,8 @@ fn pingora_error_lines_carry_no_secret() {
     });
     drop(s);
 
-    // 6. A head cut short; a data host whose only peer refuses connections (502 after the
-    //    attempts); a target the login side refuses itself.
-    partial_head(port, &format!("/v2/x?sig={MARK}13"));
+    // 3. A data host whose only peer refuses connections (502 after the attempts); a target
+    //    the login side refuses itself.
     let r = get(
         port,
         &format!("down.test:{port}"),
@@ -479,55 +557,16 @@ fn pingora_error_lines_carry_no_secret() {
     wait_for_stderr(&edge, "connect refused", Duration::from_secs(5), |e| {
         e.contains(&format!(
             "GET down.test:{port} data /blob/REDACTED?sig=REDACTED"
-        )) && e.contains("while reading request headers")
+        ))
     });
 
-    std::thread::sleep(Duration::from_millis(300)); // the access log's flush
-    let (stdout, stderr) = edge.output();
-    for (name, text) in [("stdout (access log)", &stdout), ("stderr", &stderr)] {
-        if let Some(at) = text.find(MARK) {
-            let line = text[..at].rfind('\n').map_or(0, |i| i + 1);
-            let end = text[at..].find('\n').map_or(text.len(), |i| at + i);
-            panic!("a secret on the edge's {name}: {}", &text[line..end]);
-        }
-    }
-    // The access log names every request, redacted.
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["path"] == "/upload/REDACTED" && l["host"] == data.as_str()),
-        "{stdout}"
-    );
+    // The access log names every request, redacted (the login side's line is the last).
+    let lines = assert_no_secret_once(&edge, |l| l["path"] == "/v2/team/app/manifests/1");
     assert!(
         lines.iter().any(|l| l["path"] == "/blob/REDACTED"),
-        "{stdout}"
+        "{lines:?}"
     );
-    // None of these client failures went past the burst: every one was written.
     let m = metrics_text(edge.admin);
-    assert_eq!(
-        sample(
-            &m,
-            "registry_edge_log_lines_suppressed_total{kind=\"client_closed\"}"
-        ),
-        0.0
-    );
-    assert!(
-        sample(
-            &m,
-            "registry_edge_log_client_errors_total{kind=\"client_closed\"}"
-        ) >= 2.0
-    );
-    assert!(
-        sample(
-            &m,
-            "registry_edge_log_client_errors_total{kind=\"bad_request\"}"
-        ) >= 1.0
-    );
-    assert!(sample(&m, "registry_edge_log_client_errors_total{kind=\"h2\"}") >= 1.0);
     assert!(
         sample(
             &m,
