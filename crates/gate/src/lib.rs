@@ -23,5 +23,5 @@ pub mod grammar;
 pub mod operation;
 pub mod token;
 
-pub use operation::{parse, Kind, Operation, Reject};
+pub use operation::{parse, Kind, Operation, Reject, RejectReason};
 pub use token::{TokenReject, TokenRequest};

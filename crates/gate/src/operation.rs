@@ -119,18 +119,44 @@ pub struct Reject {
     pub status: u16,
     /// OCI error code.
     pub code: &'static str,
-    /// Bounded label for metrics and logs.
-    pub reason: &'static str,
+    pub reason: RejectReason,
     pub message: &'static str,
     /// For a 405: the methods the route takes.
     pub allow: Option<&'static str>,
+}
+
+/// Which grammar rule a refused request broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    NonCanonicalPath,
+    UnknownRoute,
+    NameInvalid,
+    ReferenceInvalid,
+    DigestInvalid,
+    MethodNotAllowed,
+    QueryInvalid,
+}
+
+impl RejectReason {
+    /// Bounded label for metrics and logs.
+    pub const fn label(self) -> &'static str {
+        match self {
+            RejectReason::NonCanonicalPath => "non_canonical_path",
+            RejectReason::UnknownRoute => "unknown_route",
+            RejectReason::NameInvalid => "name_invalid",
+            RejectReason::ReferenceInvalid => "reference_invalid",
+            RejectReason::DigestInvalid => "digest_invalid",
+            RejectReason::MethodNotAllowed => "method_not_allowed",
+            RejectReason::QueryInvalid => "query_invalid",
+        }
+    }
 }
 
 impl Reject {
     const fn new(
         status: u16,
         code: &'static str,
-        reason: &'static str,
+        reason: RejectReason,
         message: &'static str,
     ) -> Self {
         Reject {
@@ -145,40 +171,44 @@ impl Reject {
     pub const NON_CANONICAL: Reject = Reject::new(
         400,
         "NAME_INVALID",
-        "non_canonical_path",
+        RejectReason::NonCanonicalPath,
         "the path is not in canonical form: no percent-encoding, empty, `.` or `..` segments, `;` parameters or characters outside the registry grammar",
     );
     pub const UNKNOWN_ROUTE: Reject = Reject::new(
         404,
         "NAME_UNKNOWN",
-        "unknown_route",
+        RejectReason::UnknownRoute,
         "no registry API route has this path",
     );
     pub const NAME_INVALID: Reject = Reject::new(
         400,
         "NAME_INVALID",
-        "name_invalid",
+        RejectReason::NameInvalid,
         "invalid repository name",
     );
     pub const REFERENCE_INVALID: Reject = Reject::new(
         400,
         "TAG_INVALID",
-        "reference_invalid",
+        RejectReason::ReferenceInvalid,
         "the manifest reference is neither a valid tag nor a valid digest",
     );
-    pub const DIGEST_INVALID: Reject =
-        Reject::new(400, "DIGEST_INVALID", "digest_invalid", "invalid digest");
+    pub const DIGEST_INVALID: Reject = Reject::new(
+        400,
+        "DIGEST_INVALID",
+        RejectReason::DigestInvalid,
+        "invalid digest",
+    );
     pub const QUERY_INVALID: Reject = Reject::new(
         400,
         "UNSUPPORTED",
-        "query_invalid",
+        RejectReason::QueryInvalid,
         "the query has a parameter this route does not define, a duplicate, an encoded or case-folded name, or an invalid value",
     );
     const fn method(allow: &'static str) -> Reject {
         Reject {
             status: 405,
             code: "UNSUPPORTED",
-            reason: "method_not_allowed",
+            reason: RejectReason::MethodNotAllowed,
             message: "the method is not allowed on this route",
             allow: Some(allow),
         }
@@ -551,7 +581,7 @@ mod tests {
             .map_or((target, None), |(p, q)| (p, Some(q)));
         match parse(method, p, q, &TOKEN) {
             Ok(op) => panic!("{target} parsed as {op:?}"),
-            Err(e) => e.reason,
+            Err(e) => e.reason.label(),
         }
     }
 

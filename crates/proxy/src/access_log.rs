@@ -11,7 +11,7 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use registry_edge_config::AccessLog as Target;
 
-use crate::since_epoch;
+use crate::clock::since_epoch;
 
 /// How long a line may wait in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);

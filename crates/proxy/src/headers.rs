@@ -12,7 +12,9 @@ pub struct Forwarding<'a> {
     pub host_header: &'a HeaderValue,
     /// Bytes of `/_r/<region>` to remove from the path.
     pub strip_prefix: usize,
-    pub client_ip: Option<IpAddr>,
+    /// The socket peer's address (appended to X-Forwarded-For; the client itself unless a
+    /// trusted proxy stands between).
+    pub peer_ip: Option<IpAddr>,
     /// The socket peer is a trusted proxy: its X-Forwarded-For is kept and extended.
     pub peer_trusted: bool,
     /// The Host the client sent.
@@ -60,7 +62,7 @@ pub fn upstream_request(req: &mut RequestHeader, f: &Forwarding<'_>) -> Result<(
             }
         }
     }
-    if let Some(ip) = f.client_ip {
+    if let Some(ip) = f.peer_ip {
         if !xff.is_empty() {
             xff.extend_from_slice(b", ");
         }
@@ -182,7 +184,7 @@ mod tests {
                 "reg.eastus.data.azurecr.io",
             ))),
             strip_prefix: strip,
-            client_ip: Some("192.0.2.7".parse().unwrap()),
+            peer_ip: Some("192.0.2.7".parse().unwrap()),
             peer_trusted: trusted,
             public_host: "data.contoso.com:8443",
             public_scheme: "https",

@@ -34,8 +34,7 @@ use pingora::upstreams::peer::HttpPeer;
 use registry_edge_config::{HealthCheck, HealthCheckKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The old path of [`crate::clock::now_ms`], for the call sites not yet moved to it.
-pub(crate) use crate::clock::now_ms;
+use crate::clock::now_ms;
 
 /// One peer's state. New peers start healthy: an upstream is usable at once, and probes take it
 /// out after `unhealthy_after` failures.
@@ -65,12 +64,22 @@ impl PeerHealth {
 
     /// Healthy by the probes and not backed off by a recent failure.
     pub fn usable(&self) -> bool {
-        self.healthy() && self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+        self.usable_at(now_ms())
     }
 
+    /// [`usable`](Self::usable) at `now` (`clock::now_ms`).
+    fn usable_at(&self, now: u64) -> bool {
+        self.healthy() && self.down_until_ms.load(Ordering::Relaxed) <= now
+    }
+
+    /// Not chosen for `d` from now.
     pub fn back_off(&self, d: Duration) {
+        self.back_off_at(now_ms(), d);
+    }
+
+    fn back_off_at(&self, now: u64, d: Duration) {
         self.down_until_ms
-            .store(now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+            .store(now + d.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Records a probe result; returns the new state when it changed.
@@ -182,10 +191,17 @@ mod tests {
     #[test]
     fn back_off_is_passive_and_temporary() {
         let h = PeerHealth::default();
-        h.back_off(Duration::from_millis(50));
-        assert!(h.healthy());
+        h.back_off_at(1_000, Duration::from_millis(50));
+        assert!(h.healthy(), "a back-off is not a probe verdict");
+        assert!(!h.usable_at(1_000));
+        assert!(!h.usable_at(1_049));
+        assert!(h.usable_at(1_050));
+        // On the process clock: backed off now, for long enough not to end during the test.
+        h.back_off(Duration::from_secs(3600));
         assert!(!h.usable());
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(h.usable());
+        // A peer the probes took out stays out when its back-off ends.
+        let down = PeerHealth::default();
+        down.healthy.store(false, Ordering::Relaxed);
+        assert!(!down.usable_at(u64::MAX));
     }
 }

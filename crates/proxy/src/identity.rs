@@ -23,6 +23,9 @@ pub static SERVER_HEADERS: [HeaderName; 4] = [
     HeaderName::from_static("x-aspnetmvc-version"),
 ];
 
+/// The error type of a response refused for an unmapped redirect (`fail_to_proxy` answers 502).
+pub const UNMAPPED_REDIRECT: &str = "unmapped_redirect";
+
 /// The headers whose URLs are checked, as metric labels.
 pub const URL_HEADERS: [&str; 3] = ["location", "link", "www-authenticate"];
 

@@ -13,29 +13,30 @@
 //! server.run_forever();
 //! ```
 
-pub mod access_log;
-pub mod admin;
+pub(crate) mod access_log;
+pub(crate) mod admin;
 pub(crate) mod clock;
-pub mod generation;
-pub mod h2watch;
-pub mod headers;
+pub(crate) mod generation;
+pub(crate) mod h2watch;
+pub(crate) mod headers;
 pub mod health;
-pub mod identity;
+pub(crate) mod identity;
 pub(crate) mod listen;
 pub mod logfilter;
 pub mod metrics;
+pub(crate) mod outcome;
 pub mod policy;
-pub mod ratelimit;
-pub mod redact;
+pub(crate) mod ratelimit;
+pub(crate) mod redact;
 pub mod reload;
-pub mod repo;
-pub mod respond;
-pub mod route;
-pub mod security;
-pub mod select;
-pub mod service;
+pub(crate) mod repo;
+pub(crate) mod respond;
+pub(crate) mod route;
+pub(crate) mod security;
+pub(crate) mod select;
+pub(crate) mod service;
 pub(crate) mod slots;
-pub mod tls;
+pub(crate) mod tls;
 pub mod upstream;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,9 +53,6 @@ use registry_edge_config::Config;
 
 use crate::generation::Generation;
 use crate::service::{Edge, Shared};
-
-/// The old path of [`clock::since_epoch`], for the call sites not yet moved to it.
-pub(crate) use crate::clock::since_epoch;
 
 /// How often upstream names are re-resolved.
 const RESOLVE_EVERY: Duration = Duration::from_secs(30);
@@ -121,7 +119,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         }
     }
     let shared = Arc::new(Shared {
-        current: arc_swap::ArcSwap::from_pointee(generation),
+        in_force: arc_swap::ArcSwap::from_pointee(generation),
         config_path: options.config_path.clone(),
         certificates,
         service_name: arc_swap::ArcSwapOption::empty(),
@@ -200,7 +198,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 open_connections: shared.metrics.open_connections.clone(),
                 upstreams_resolved: {
                     let shared = shared.clone();
-                    Arc::new(move || shared.current.load().upstreams.resolved())
+                    Arc::new(move || shared.in_force.load().upstreams.resolved())
                 },
                 h2: shared.h2.clone(),
                 h2_body_timeouts: shared.metrics.h2_body_timeouts.clone(),
@@ -222,7 +220,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         server.add_service(service);
     }
     server.add_service(background_service(
-        "upstreams",
+        "maintenance",
         Maintenance {
             shared: shared.clone(),
         },
@@ -364,7 +362,9 @@ async fn probe_loop(
     id: upstream::PoolId,
 ) {
     let connector = pingora::connectors::TransportConnector::new(None);
-    let pool = generation.upstreams.get(id);
+    let Some(pool) = generation.upstreams.get(id) else {
+        return;
+    };
     let hc = pool.health_check.clone();
     let region = pool.region.clone().unwrap_or_default();
     loop {
@@ -386,6 +386,7 @@ async fn probe_loop(
                 );
                 shared
                     .metrics
+                    .upstreams
                     .health_transitions
                     .with_label_values(&[pool.name.as_str(), to])
                     .inc();
@@ -394,6 +395,7 @@ async fn probe_loop(
             healthy += usize::from(state);
             shared
                 .metrics
+                .upstreams
                 .peer_healthy
                 .with_label_values(&[pool.name.as_str(), region.as_str(), &p.addr.to_string()])
                 .set(i64::from(state));

@@ -1,11 +1,18 @@
 //! The access policy, decided in `request_filter` after routing and the gate (which has parsed a
 //! login-side request into a typed [`Operation`]: the policy never looks at a raw path or query),
-//! in this order: an address the security tracker has blocked → 403 (service.rs); `allow_cidrs` pass the address checks; `deny_cidrs` → 403; an embargoed country →
-//! 451; an unknown country → per `unknown_country`; `read_only` → 405 for anything but GET/HEAD
-//! (and the token paths); `repositories.allow` → a repository that is not public (named by the
-//! path, a mount's `from=`, or a token scope) answers as an absent one does, a catalog listing is
-//! refused, a mount without `from=` is refused; `rate_limit` → 429 with `Retry-After`. In `detect` mode the decision is made,
-//! logged and counted, but the request goes through.
+//! in this order:
+//!
+//! 1. an address the security tracker has blocked (`access.auto_block`) → 403, unless it is in
+//!    `allow_cidrs`;
+//! 2. `allow_cidrs` pass the address checks; `deny_cidrs` → 403; an embargoed country → 451; an
+//!    unknown country → per `unknown_country`;
+//! 3. `read_only` → 405 for anything but GET/HEAD (and the token paths);
+//! 4. `repositories.allow` → a repository that is not public (named by the path, a mount's
+//!    `from=`, or a token scope) answers as an absent one does, a catalog listing is refused, a
+//!    mount without `from=` is refused;
+//! 5. `rate_limit` → 429 with `Retry-After`.
+//!
+//! In `detect` mode the decision is made, logged and counted, but the request goes through.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -16,6 +23,7 @@ use registry_edge_geo::CidrSet;
 use registry_edge_gate::token::{Scope, TokenRequest};
 use registry_edge_gate::Operation;
 
+use crate::outcome::PolicyReason;
 use crate::ratelimit::RateLimiter;
 use crate::repo::Allow;
 
@@ -27,8 +35,7 @@ pub struct Refusal {
     pub status: u16,
     /// OCI error code.
     pub code: &'static str,
-    /// Bounded label for metrics and logs.
-    pub reason: &'static str,
+    pub reason: PolicyReason,
     pub message: Cow<'static, str>,
     pub retry_after: Option<u64>,
     pub allow: Option<&'static str>,
@@ -37,7 +44,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(status: u16, code: &'static str, reason: &'static str, message: &'static str) -> Self {
+    fn new(status: u16, code: &'static str, reason: PolicyReason, message: &'static str) -> Self {
         Refusal {
             status,
             code,
@@ -61,6 +68,8 @@ pub struct Request<'a> {
     pub authorized: bool,
     /// Declared body size, when there is one.
     pub content_length: Option<u64>,
+    /// The security tracker has blocked the client address (`access.auto_block`).
+    pub blocked: bool,
 }
 
 pub struct Policy {
@@ -121,6 +130,14 @@ impl Policy {
 
     /// `None`: the request passes. Pure except for the rate limiter's buckets.
     pub fn decide(&self, r: &Request<'_>) -> Option<Refusal> {
+        if r.blocked && !self.allow.contains(r.client) {
+            return Some(Refusal::new(
+                403,
+                "DENIED",
+                PolicyReason::AutoBlock,
+                "this address is temporarily refused after repeated suspicious requests",
+            ));
+        }
         if let Some(refusal) = self.address_and_country(r.client, r.country) {
             return Some(refusal);
         }
@@ -131,7 +148,7 @@ impl Policy {
                 let mut x = Refusal::new(
                     405,
                     "UNSUPPORTED",
-                    "read_only",
+                    PolicyReason::ReadOnly,
                     "this registry is read-only here: only pulls are served",
                 );
                 x.allow = Some("GET, HEAD");
@@ -141,7 +158,7 @@ impl Policy {
                 return Some(Refusal::new(
                     413,
                     "SIZE_INVALID",
-                    "token_body_too_large",
+                    PolicyReason::TokenBodyTooLarge,
                     "token request body too large",
                 ));
             }
@@ -153,7 +170,7 @@ impl Policy {
                 return Some(Refusal::new(
                     403,
                     "DENIED",
-                    "catalog",
+                    PolicyReason::Catalog,
                     "listing repositories is not available on this registry",
                 ));
             }
@@ -171,7 +188,7 @@ impl Policy {
                     let mut x = Refusal::new(
                         429,
                         "TOOMANYREQUESTS",
-                        "rate_limit",
+                        PolicyReason::RateLimit,
                         "too many requests from this address; retry later",
                     );
                     x.retry_after = Some(l.retry_after_secs);
@@ -191,7 +208,7 @@ impl Policy {
             return Some(Refusal::new(
                 403,
                 "DENIED",
-                "deny_cidr",
+                PolicyReason::DenyCidr,
                 "access from this network is denied by the registry's access policy",
             ));
         }
@@ -199,13 +216,13 @@ impl Policy {
             Some(c) if self.embargo.contains(&c) => Some(Refusal::new(
                 451,
                 "DENIED",
-                "embargo",
+                PolicyReason::Embargo,
                 "access from this location is not permitted by the registry's export-control policy",
             )),
             None if self.unknown == UnknownCountry::Deny => Some(Refusal::new(
                 451,
                 "DENIED",
-                "unknown_country",
+                PolicyReason::UnknownCountry,
                 "the location of this address could not be determined; the registry's export-control policy refuses such requests",
             )),
             _ => None,
@@ -235,11 +252,16 @@ fn absent(name: &str, authorized: bool) -> Refusal {
         Refusal::new(
             404,
             "NAME_UNKNOWN",
-            "not_public",
+            PolicyReason::NotPublic,
             "repository name not known to registry",
         )
     } else {
-        let mut x = Refusal::new(401, "UNAUTHORIZED", "not_public", "authentication required");
+        let mut x = Refusal::new(
+            401,
+            "UNAUTHORIZED",
+            PolicyReason::NotPublic,
+            "authentication required",
+        );
         x.challenge_scope = Some(if name.is_empty() {
             String::new()
         } else {
@@ -296,6 +318,7 @@ mod tests {
             token_path,
             authorized: false,
             content_length: None,
+            blocked: false,
         }
     }
 
@@ -342,6 +365,23 @@ mod tests {
             status(&req("192.0.2.1", Some("US"), &post, "/v2/a/blobs/uploads/")),
             Some(405)
         );
+    }
+
+    /// A blocked address is refused before everything else, unless `allow_cidrs` holds it.
+    #[test]
+    fn a_blocked_address_is_refused_first() {
+        let p = policy("  allow_cidrs: [203.0.113.0/24]\n  deny_cidrs: [192.0.2.0/24]\n");
+        let mut r = req("192.0.2.1", Some("US"), &GET, "/v2/");
+        assert_eq!(p.decide(&r).map(|x| x.reason), Some(PolicyReason::DenyCidr));
+        r.blocked = true;
+        let x = p.decide(&r).unwrap();
+        assert_eq!(
+            (x.status, x.code, x.reason),
+            (403, "DENIED", PolicyReason::AutoBlock)
+        );
+        let mut allowed = req("203.0.113.9", None, &GET, "/v2/");
+        allowed.blocked = true;
+        assert_eq!(p.decide(&allowed), None);
     }
 
     #[test]

@@ -123,6 +123,7 @@ impl RateLimiter {
     }
 
     /// The length set by [`set_ipv6_prefix`](Self::set_ipv6_prefix).
+    #[cfg(test)]
     pub fn ipv6_prefix(&self) -> u8 {
         self.ipv6_prefix.load(Ordering::Relaxed)
     }

@@ -22,8 +22,6 @@
 //! What these functions write is printable ASCII without `"` or `\`: safe inside a JSON
 //! string and on one line.
 
-use std::borrow::Cow;
-
 /// What replaces anything that is not allowed.
 pub const REDACTED: &str = "REDACTED";
 
@@ -165,7 +163,8 @@ pub fn write_host(out: &mut Vec<u8>, host: &str) {
     }
 }
 
-/// Appends a request target, `path[?query]`.
+/// Appends a request target, `path[?query]`. Tests read the writers through it.
+#[cfg(test)]
 pub fn write_target(out: &mut Vec<u8>, target: &str) {
     match target.split_once('?') {
         Some((path, query)) => {
@@ -183,24 +182,27 @@ fn into_string(out: Vec<u8>) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// The loggable form of a request target, `path[?query]`.
+/// The loggable form of a request target, `path[?query]`. Tests read the writers through it.
+#[cfg(test)]
 pub fn target(target: &str) -> String {
     let mut out = Vec::with_capacity(target.len() + 16);
     write_target(&mut out, target);
     into_string(out)
 }
 
-/// The loggable form of a path.
-pub fn path(path: &str) -> Cow<'_, str> {
+/// The loggable form of a path. Tests read the writers through it.
+#[cfg(test)]
+pub fn path(path: &str) -> std::borrow::Cow<'_, str> {
     if all(&SEGMENT_OR_SLASH, path) && path.split('/').all(|s| s.len() <= MAX_SEGMENT) {
-        return Cow::Borrowed(path);
+        return std::borrow::Cow::Borrowed(path);
     }
     let mut out = Vec::with_capacity(path.len());
     write_path(&mut out, path);
-    Cow::Owned(into_string(out))
+    std::borrow::Cow::Owned(into_string(out))
 }
 
-/// The loggable form of a query string (without its `?`).
+/// The loggable form of a query string (without its `?`). Tests read the writers through it.
+#[cfg(test)]
 pub fn query(query: &str) -> String {
     let mut out = Vec::with_capacity(query.len());
     write_query(&mut out, query);

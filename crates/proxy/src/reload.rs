@@ -152,7 +152,7 @@ async fn attempt(shared: &Arc<Shared>) -> Result<(Outcome, Arc<Generation>), Str
     }
     let next = Arc::new(next);
     // The swap: new requests take `next`; requests in flight keep `running`.
-    shared.current.store(next.clone());
+    shared.in_force.store(next.clone());
     running.retire();
     forget_stale_series(shared, &running, &next);
     Ok((
@@ -170,7 +170,7 @@ fn forget_stale_series(shared: &Shared, old: &Generation, new: &Generation) {
     let m = &shared.metrics;
     for pool in old.upstreams.all() {
         if !new.upstreams.all().any(|p| p.name == pool.name) {
-            m.forget_upstream(
+            m.upstreams.forget(
                 &pool.name,
                 pool.region.as_deref().unwrap_or(""),
                 &pool.peer_addrs(),

@@ -19,26 +19,18 @@ use std::net::IpAddr;
 
 use registry_edge_config::{AutoBlock, SecurityEvents};
 
-use crate::health::now_ms;
+use crate::clock::now_ms;
 use crate::slots::{ip_key, SlotTable};
 
 const SHARDS: usize = 32;
 const SLOTS_PER_SHARD: usize = 512;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    RepositoryScan,
-    CredentialGuessing,
-    EmbargoHits,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::RepositoryScan => "repository_scan",
-            Kind::CredentialGuessing => "credential_guessing",
-            Kind::EmbargoHits => "embargo_hits",
-        }
+crate::outcome::labelled! {
+    /// A security event's kind (`registry_edge_security_events_total`, the event line's `event`).
+    pub enum Kind {
+        RepositoryScan => "repository_scan",
+        CredentialGuessing => "credential_guessing",
+        EmbargoHits => "embargo_hits",
     }
 }
 

@@ -7,7 +7,7 @@
 
 use registry_edge_config::Config;
 
-use crate::upstream::{PoolId, Upstreams};
+use crate::upstream::{Pool, PoolId, Upstreams};
 
 #[derive(Debug)]
 struct Rule {
@@ -87,8 +87,8 @@ impl Selector {
     ) -> Plan {
         let preferred = self.preferred(country, continent);
         let available = |i: usize| {
-            ups.get(PoolId::Regional(i)).has_usable_peer()
-                && self.data_of[i].is_none_or(|d| ups.get(PoolId::Data(d)).has_usable_peer())
+            let usable = |id| ups.get(id).is_some_and(Pool::has_usable_peer);
+            usable(PoolId::Regional(i)) && self.data_of[i].is_none_or(|d| usable(PoolId::Data(d)))
         };
         let mut pools = Vec::with_capacity(ups.regional.len() + 1);
         let order = preferred
@@ -163,13 +163,16 @@ geoip: { database: /x.mmdb }
         assert_eq!(s.login_plan(&ups, None, None).pools[0], Regional(1));
 
         // A region whose data endpoint has no usable peer takes no login-side requests.
-        ups.get(Data(0)).back_off("192.0.2.11:443".parse().unwrap());
+        ups.get(Data(0))
+            .unwrap()
+            .back_off("192.0.2.11:443".parse().unwrap());
         assert_eq!(
             s.login_plan(&ups, cc("US"), cc("NA")).pools,
             vec![Regional(1), Regional(2), Login]
         );
         // Nor one whose regional endpoint is down.
         ups.get(Regional(1))
+            .unwrap()
             .back_off("192.0.2.2:443".parse().unwrap());
         assert_eq!(
             s.login_plan(&ups, cc("US"), cc("NA")).pools,

@@ -112,7 +112,7 @@ impl Pool {
                 Some(Arc::from(wrapped))
             }
         };
-        let metrics = metrics.upstream(&name)?;
+        let metrics = metrics.upstreams.get(&name)?;
         metrics.peers.set(u.peers.len() as i64);
         let host_header = u.authority.host_header(u.tls);
         let host_value = http::HeaderValue::from_str(&host_header)
@@ -360,12 +360,14 @@ impl Upstreams {
         self.all().find(|p| !p.has_peers()).map(|p| p.name.as_str())
     }
 
-    pub fn get(&self, id: PoolId) -> &Pool {
+    /// The pool `id` names: `Token` is the login pool when no token server is configured;
+    /// `None` for an index this configuration does not have.
+    pub fn get(&self, id: PoolId) -> Option<&Pool> {
         match id {
-            PoolId::Login => &self.login,
-            PoolId::Token => self.token.as_ref().unwrap_or(&self.login),
-            PoolId::Regional(i) => self.regional.get(i).unwrap_or(&self.login),
-            PoolId::Data(i) => self.data.get(i).unwrap_or(&self.login),
+            PoolId::Login => Some(&self.login),
+            PoolId::Token => Some(self.token.as_ref().unwrap_or(&self.login)),
+            PoolId::Regional(i) => self.regional.get(i),
+            PoolId::Data(i) => self.data.get(i),
         }
     }
 
@@ -447,11 +449,11 @@ mod tests {
         pool.apply_resolution(Ok(vec![a, b]));
         assert_eq!(pool.usable_peers(0), vec![a, b]);
         assert_eq!(pool.usable_peers(1), vec![b, a]);
-        assert_eq!(
-            pool.usable_peers(7),
-            pool.usable_peers(7),
-            "deterministic per client"
-        );
+        // The client key picks the first peer (key modulo the peer count); the rest follow.
+        for key in [2, 7, 1 << 40, u64::MAX] {
+            let want = if key % 2 == 0 { vec![a, b] } else { vec![b, a] };
+            assert_eq!(pool.usable_peers(key), want, "key {key}");
+        }
         pool.back_off(a);
         assert_eq!(pool.usable_peers(0), vec![b]);
         // A re-resolution keeps what is known about a peer that stays.

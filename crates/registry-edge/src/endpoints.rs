@@ -26,7 +26,7 @@ pub fn render(config: &Config) -> Result<String, String> {
         ups.resolve_all().await;
         let connector = pingora::connectors::TransportConnector::new(None);
         for id in ups.ids() {
-            let pool = ups.get(id);
+            let Some(pool) = ups.get(id) else { continue };
             let (role, public, endpoint) = match id {
                 PoolId::Login => (
                     "login",

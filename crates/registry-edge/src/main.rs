@@ -274,7 +274,7 @@ fn geo_lookup(address: std::net::IpAddr, path: PathBuf) -> ExitCode {
             "decision   refuse {} {} ({}): {}{}",
             r.status,
             r.code,
-            r.reason,
+            r.reason.label(),
             r.message,
             if policy.detect_only() {
                 " [detect mode: logged, let through]"

@@ -20,7 +20,7 @@ fn registry_paths_are_kept_whole() {
         "",
     ] {
         assert_eq!(path(p), p);
-        assert!(matches!(path(p), Cow::Borrowed(_)));
+        assert!(matches!(path(p), std::borrow::Cow::Borrowed(_)));
     }
 }
 

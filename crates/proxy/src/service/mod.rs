@@ -18,7 +18,6 @@
 //! logging                 Metrics::request, access_log::AccessLog::write
 //! ```
 
-mod answers;
 mod names;
 mod observe;
 mod plan;
@@ -46,8 +45,9 @@ use crate::access_log::AccessLog;
 use crate::generation::Generation;
 use crate::headers;
 use crate::metrics::Metrics;
+use crate::outcome::{Answered, PolicyReason};
 use crate::policy::Refusal;
-use crate::respond::EdgeResponse;
+use crate::respond::{self, EdgeResponse};
 use crate::route::{Misroute, Route};
 use crate::upstream::PoolId;
 
@@ -58,7 +58,7 @@ const MAX_ATTEMPTS: usize = 3;
 /// State shared by every listener's service and the admin app, for the life of the process.
 /// What a configuration reload changes is in the current [`Generation`].
 pub struct Shared {
-    pub current: arc_swap::ArcSwap<Generation>,
+    pub in_force: arc_swap::ArcSwap<Generation>,
     /// The file a reload reads (the one the process started with).
     pub config_path: Option<std::path::PathBuf>,
     pub metrics: Metrics,
@@ -74,7 +74,7 @@ pub struct Shared {
     pub id_counter: std::sync::atomic::AtomicU64,
     /// One reload at a time.
     pub reloading: tokio::sync::Mutex<()>,
-    /// When an unmapped URL was last logged, per `identity::URL_HEADERS` (ms, health::now_ms).
+    /// When an unmapped URL was last logged, per `identity::URL_HEADERS` (ms, clock::now_ms).
     pub unmapped_warned: [std::sync::atomic::AtomicU64; 3],
     /// HTTP/2 connections and their request bodies in progress (the body deadline).
     pub h2: Arc<crate::h2watch::Registry>,
@@ -82,12 +82,12 @@ pub struct Shared {
 
 impl Shared {
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.current.load().upstreams.resolved()
+        !self.draining.load(Ordering::Relaxed) && self.in_force.load().upstreams.resolved()
     }
 
     /// The configuration in force now.
     pub fn generation(&self) -> Arc<Generation> {
-        self.current.load_full()
+        self.in_force.load_full()
     }
 }
 
@@ -99,8 +99,8 @@ pub struct Edge {
 
 pub struct Ctx {
     /// The configuration this request runs under, from its start to its end.
-    gen: Arc<Generation>,
-    start: Option<Instant>,
+    generation: Arc<Generation>,
+    start: Instant,
     route: Option<Route>,
     strip_prefix: usize,
     misroute: Option<Misroute>,
@@ -116,7 +116,7 @@ pub struct Ctx {
     country: Option<[u8; 2]>,
     continent: Option<[u8; 2]>,
     /// The policy's verdict: `None` passed; `Some(reason)` refused (or would be, in detect mode).
-    decision: Option<&'static str>,
+    refused: Option<PolicyReason>,
     token_path: bool,
     /// Sent upstream as X-Request-Id and written in the access log.
     request_id: String,
@@ -133,10 +133,44 @@ pub struct Ctx {
     candidates: Vec<(PoolId, std::net::SocketAddr)>,
     /// The regional endpoint the client's location prefers.
     preferred: Option<usize>,
-    /// The pool of the attempt in progress.
-    current: Option<PoolId>,
-    edge_reason: Option<&'static str>,
+    /// The pool of the attempt in progress (or the last one).
+    pool: Option<PoolId>,
+    /// Why the edge answered itself, when it did.
+    answered: Option<Answered>,
     rules: Vec<usize>,
+}
+
+impl Ctx {
+    /// A request's state at its start, under `generation`.
+    pub(crate) fn new(generation: Arc<Generation>, request_id: String) -> Ctx {
+        Ctx {
+            generation,
+            start: Instant::now(),
+            route: None,
+            strip_prefix: 0,
+            misroute: None,
+            op: None,
+            gate: None,
+            token: None,
+            body_wait: None,
+            client_ip: None,
+            peer_ip: None,
+            country: None,
+            continent: None,
+            refused: None,
+            token_path: false,
+            request_id,
+            upstream_start: None,
+            token_body: None,
+            host: String::new(),
+            attempt: 0,
+            candidates: Vec::new(),
+            preferred: None,
+            pool: None,
+            answered: None,
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// The Host a request names: the Host header, or the HTTP/2 `:authority`.
@@ -147,20 +181,6 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
-/// Bytes of a request head as a client sent it (request line and header lines).
-fn header_bytes(req: &RequestHeader) -> usize {
-    let uri = &req.uri;
-    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let line = req.method.as_str().len() + target + 12;
-    req.headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum::<usize>()
-        + line
-}
-
 impl Edge {
     fn scheme(&self) -> &'static str {
         self.listener.public_scheme.as_str()
@@ -169,18 +189,6 @@ impl Edge {
     /// Runs the access policy for a routed request.
     fn policy(&self, session: &Session, ctx: &mut Ctx) -> Option<Refusal> {
         let client = ctx.client_ip?;
-        if ctx.gen.security.blocked(client) && !ctx.gen.policy.allowed(client) {
-            return Some(Refusal {
-                status: 403,
-                code: "DENIED",
-                reason: "auto_block",
-                message: "this address is temporarily refused after repeated suspicious requests"
-                    .into(),
-                retry_after: None,
-                allow: None,
-                challenge_scope: None,
-            });
-        }
         let req = session.req_header();
         ctx.token_path = ctx
             .op
@@ -191,7 +199,8 @@ impl Edge {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok());
-        ctx.gen.policy.decide(&crate::policy::Request {
+        let g = &ctx.generation;
+        g.policy.decide(&crate::policy::Request {
             client,
             country: ctx.country,
             method: &req.method,
@@ -199,7 +208,30 @@ impl Edge {
             token_path: ctx.token_path,
             authorized: req.headers.contains_key(http::header::AUTHORIZATION),
             content_length,
+            blocked: g.security.blocked(client),
         })
+    }
+
+    /// The edge's answer for a policy refusal, its challenge naming the public token URL.
+    fn refused(&self, ctx: &Ctx, refusal: Refusal) -> EdgeResponse {
+        let registry = &ctx.generation.config.registry;
+        let token_path = registry
+            .token_paths
+            .first()
+            .map_or("/oauth2/token", String::as_str);
+        let realm = format!("{}{token_path}", public_origin(self.scheme(), &ctx.host));
+        EdgeResponse::refused(refusal, &realm, &registry.public_host)
+    }
+
+    /// Answers with one of the edge's own responses, under the same header policy.
+    async fn answer(&self, session: &mut Session, ctx: &mut Ctx, r: &EdgeResponse) -> Result<()> {
+        ctx.answered = Some(r.reason);
+        if let Answered::Edge(reason) = r.reason {
+            self.shared.metrics.edge_response(reason);
+        }
+        let mut header = r.header(session.req_header().uri.path())?;
+        self.rewrite_response(session, &mut header, ctx);
+        r.write(session, header).await
     }
 }
 
@@ -229,33 +261,10 @@ impl ProxyHttp for Edge {
 
     fn new_ctx(&self) -> Ctx {
         let n = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
-        Ctx {
-            gen: self.shared.generation(),
-            start: Some(Instant::now()),
-            route: None,
-            strip_prefix: 0,
-            misroute: None,
-            op: None,
-            gate: None,
-            token: None,
-            body_wait: None,
-            client_ip: None,
-            peer_ip: None,
-            country: None,
-            continent: None,
-            decision: None,
-            token_path: false,
-            request_id: request_id(self.shared.id_prefix, n),
-            upstream_start: None,
-            token_body: None,
-            host: String::new(),
-            attempt: 0,
-            candidates: Vec::new(),
-            preferred: None,
-            current: None,
-            edge_reason: None,
-            rules: Vec::new(),
-        }
+        Ctx::new(
+            self.shared.generation(),
+            request_id(self.shared.id_prefix, n),
+        )
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -274,17 +283,22 @@ impl ProxyHttp for Edge {
                 .get_all("x-forwarded-for")
                 .iter()
                 .map(|v| v.as_bytes());
-            let client = registry_edge_geo::client_address(peer, xff, &ctx.gen.trusted_proxies);
+            let client =
+                registry_edge_geo::client_address(peer, xff, &ctx.generation.trusted_proxies);
             ctx.client_ip = Some(client.ip);
             ctx.peer_ip = Some(peer);
-            if let Some(geo) = &ctx.gen.geo {
+            if let Some(geo) = &ctx.generation.geo {
                 let loc = geo.current().lookup(client.ip);
                 ctx.country = loc.country;
                 ctx.continent = loc.continent;
             }
         }
         ctx.host = request_host(req).unwrap_or_default().to_owned();
-        match ctx.gen.router.route(request_host(req), req.uri.path()) {
+        match ctx
+            .generation
+            .router
+            .route(request_host(req), req.uri.path())
+        {
             Ok(r) => {
                 ctx.route = Some(r.route);
                 ctx.strip_prefix = r.strip_prefix;
@@ -293,7 +307,7 @@ impl ProxyHttp for Edge {
                         req.method.as_str(),
                         req.uri.path(),
                         req.uri.query(),
-                        &ctx.gen.config.registry.token_paths,
+                        &ctx.generation.config.registry.token_paths,
                     ) {
                         Ok(op) => ctx.op = Some(op),
                         Err(reject) => ctx.gate = Some(reject),
@@ -306,19 +320,24 @@ impl ProxyHttp for Edge {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(r) = self.refusal(session, ctx) {
+        let own = respond::before_policy(
+            session.req_header(),
+            &ctx.host,
+            ctx.misroute.as_ref(),
+            &self.listener,
+        );
+        if let Some(r) = own {
             self.answer(session, ctx, &r).await?;
             return Ok(true);
         }
         // The address checks, the embargo and the rate limit come first, also for a request the
         // gate refused (an embargoed client learns nothing else, a flood of garbage is limited).
         if let Some(refusal) = self.policy(session, ctx) {
-            ctx.decision = Some(refusal.reason);
-            self.shared
-                .metrics
-                .refusal(refusal.reason, ctx.gen.policy.detect_only());
-            if !ctx.gen.policy.detect_only() {
-                let r = self.edge_refusal(ctx, refusal);
+            let detect = ctx.generation.policy.detect_only();
+            ctx.refused = Some(refusal.reason);
+            self.shared.metrics.refusal(refusal.reason, detect);
+            if !detect {
+                let r = self.refused(ctx, refusal);
                 self.answer(session, ctx, &r).await?;
                 return Ok(true);
             }
@@ -326,8 +345,7 @@ impl ProxyHttp for Edge {
         // What does not parse is never forwarded, in detect mode too: the grammar is not a policy
         // decision.
         if let Some(g) = &ctx.gate {
-            let mut r = EdgeResponse::error(g.status, g.code, g.reason, g.message);
-            r.allow = g.allow;
+            let r = EdgeResponse::gate(g);
             self.answer(session, ctx, &r).await?;
             return Ok(true);
         }
@@ -348,9 +366,13 @@ impl ProxyHttp for Edge {
                 "no upstream peer left for this request",
             ));
         };
-        ctx.current = Some(id);
+        ctx.pool = Some(id);
         ctx.upstream_start.get_or_insert_with(Instant::now);
-        Ok(ctx.gen.upstreams.get(id).http_peer(addr))
+        let pool = ctx.generation.upstreams.get(id).or_err(
+            InternalError,
+            "a planned upstream this configuration does not have",
+        )?;
+        Ok(pool.http_peer(addr))
     }
 
     fn fail_to_connect(
@@ -360,8 +382,8 @@ impl ProxyHttp for Edge {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(id) = ctx.current {
-            ctx.gen.upstreams.get(id).metrics.connect_errors.inc();
+        if let Some(pool) = ctx.pool.and_then(|id| ctx.generation.upstreams.get(id)) {
+            pool.metrics.connect_errors.inc();
         }
         self.back_off(peer, ctx);
         self.retry_next(session, ctx, &mut e);
@@ -404,10 +426,13 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(route), Some(id)) = (ctx.route, ctx.current) else {
+        let (Some(route), Some(id)) = (ctx.route, ctx.pool) else {
             return Ok(());
         };
-        let pool = ctx.gen.upstreams.get(id);
+        let pool = ctx.generation.upstreams.get(id).or_err(
+            InternalError,
+            "a planned upstream this configuration does not have",
+        )?;
         // Login side: the target the gate judged, re-serialised; never the client's bytes.
         if let Some(op) = &ctx.op {
             let target = match (op.target(), &ctx.token) {
@@ -434,13 +459,13 @@ impl ProxyHttp for Edge {
         }
         let peer_trusted = ctx
             .peer_ip
-            .is_some_and(|ip| ctx.gen.trusted_proxies.contains(ip));
+            .is_some_and(|ip| ctx.generation.trusted_proxies.contains(ip));
         headers::upstream_request(
             upstream,
             &headers::Forwarding {
                 host_header: &pool.host_value,
                 strip_prefix: ctx.strip_prefix,
-                client_ip: ctx.peer_ip,
+                peer_ip: ctx.peer_ip,
                 peer_trusted,
                 public_host: &ctx.host,
                 public_scheme: self.scheme(),
@@ -452,7 +477,7 @@ impl ProxyHttp for Edge {
         let vars = RewriteVars::new(session, ctx, self.scheme());
         let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
         let applied = ctx
-            .gen
+            .generation
             .engine
             .apply_request(&mut names::Headers(upstream), &rctx);
         ctx.rules.extend(applied.iter());
@@ -494,7 +519,7 @@ impl ProxyHttp for Edge {
             self.learn_service(upstream_response);
         }
         self.rewrite_response(session, upstream_response, ctx);
-        let registry = &ctx.gen.config.registry;
+        let registry = &ctx.generation.config.registry;
         crate::identity::public_service(upstream_response, &registry.public_host);
         if registry.hide_server_headers {
             crate::identity::hide_server(upstream_response);
@@ -503,27 +528,12 @@ impl ProxyHttp for Edge {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let upstream = *e.esource() == ErrorSource::Upstream;
-        let (status, reason, message) = match e.etype() {
-            HTTPStatus(c) => (*c, "status", "the request could not be served"),
-            Custom("unmapped_redirect") => (
-                502,
-                "unmapped_redirect",
-                "the registry redirected to a location this edge does not publish",
-            ),
-            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout if upstream => (
-                504,
-                "upstream_timeout",
-                "the registry did not answer in time",
-            ),
-            _ if upstream => (502, "upstream_error", "the registry could not be reached"),
-            ReadError | WriteError | ConnectionClosed => (0, "client_gone", ""),
-            _ if *e.esource() == ErrorSource::Downstream => {
-                (400, "bad_request", "malformed request")
-            }
-            _ => (500, "internal", "internal error"),
-        };
-        ctx.edge_reason = Some(reason);
+        let (status, reason, message) = respond::failure(
+            e.etype(),
+            *e.esource() == ErrorSource::Upstream,
+            *e.esource() == ErrorSource::Downstream,
+        );
+        ctx.answered = Some(Answered::Edge(reason));
         if status > 0 && session.response_written().is_none() {
             let code = if status >= 500 {
                 "UNAVAILABLE"
@@ -534,6 +544,9 @@ impl ProxyHttp for Edge {
             // After a failed upstream exchange the request body may be half read: close.
             r.close = true;
             let _ = self.answer(session, ctx, &r).await;
+        } else if status == 0 {
+            // Nothing to write: counted all the same, so that clients going away show.
+            self.shared.metrics.edge_response(reason);
         }
         FailToProxy {
             error_code: status,

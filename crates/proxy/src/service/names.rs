@@ -40,14 +40,15 @@ impl Edge {
             .load_full()
             .map(|s| s.as_ref().clone())
             .unwrap_or_else(|| {
-                String::from_utf8_lossy(ctx.gen.upstreams.login.host_header.as_bytes()).into_owned()
+                String::from_utf8_lossy(ctx.generation.upstreams.login.host_header.as_bytes())
+                    .into_owned()
             })
     }
 
     /// Absolute URLs that the rewrites left on an upstream's authority: counted, logged at most
     /// once a minute per header, and for a redirect refused (`registry.unmapped_redirects`).
     pub(super) fn unmapped_urls(&self, response: &ResponseHeader, ctx: &Ctx) -> Result<()> {
-        let registry = &ctx.gen.config.registry;
+        let registry = &ctx.generation.config.registry;
         let status = response.status.as_u16();
         let mut publics = Vec::with_capacity(1 + registry.data_endpoints.len());
         publics.push(registry.public_host.clone());
@@ -61,7 +62,7 @@ impl Edge {
         let mut refuse = false;
         for (i, host) in found {
             self.shared.metrics.unmapped_urls[i].inc();
-            let now = crate::health::now_ms();
+            let now = crate::clock::now_ms();
             let last = &self.shared.unmapped_warned[i];
             let before = last.load(Ordering::Relaxed);
             // 0: never warned (the clock starts with the process).
@@ -84,7 +85,7 @@ impl Edge {
         }
         if refuse {
             return Err(Error::explain(
-                Custom("unmapped_redirect"),
+                Custom(crate::identity::UNMAPPED_REDIRECT),
                 "the registry redirected to a location this edge does not publish",
             ));
         }
@@ -103,7 +104,7 @@ impl Edge {
         let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
         let status = response.status.as_u16();
         let applied = ctx
-            .gen
+            .generation
             .engine
             .apply_response(status, &mut Headers(response), &rctx);
         ctx.rules.extend(applied.iter());
@@ -172,7 +173,7 @@ pub(super) struct RewriteVars {
 
 impl RewriteVars {
     pub(super) fn new(session: &Session, ctx: &Ctx, scheme: &str) -> RewriteVars {
-        let uses = |v| ctx.gen.engine.uses_var(v);
+        let uses = |v| ctx.generation.engine.uses_var(v);
         RewriteVars {
             client_ip: match ctx.client_ip {
                 Some(ip) if uses(Var::ClientIp) => ip.to_string(),

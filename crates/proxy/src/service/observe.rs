@@ -1,6 +1,7 @@
 //! What a finished request leaves behind: metrics, its access log line, what it tells the
 //! security tracker; and request ids.
 
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 
@@ -8,7 +9,8 @@ use registry_edge_gate::Kind;
 
 use super::{Ctx, Edge};
 use crate::access_log::AccessEvent;
-use crate::metrics::{method_index, route_index};
+use crate::metrics::Finished;
+use crate::outcome::{Answered, Disposition, PolicyReason};
 use crate::route::Route;
 use crate::upstream::PoolId;
 
@@ -16,91 +18,27 @@ impl Edge {
     /// A finished request: metrics, the access log line, the security tracker.
     pub(super) fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx) {
         let m = &self.shared.metrics;
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
-        let detect = ctx.gen.policy.detect_only();
-        let decision = if ctx.decision.is_some() && !detect {
-            1
-        } else if e.is_some() {
-            3
-        } else if ctx.edge_reason.is_some() {
-            2
-        } else {
-            0
-        };
         let req = session.req_header();
-        m.request(
-            route_index(ctx.route),
-            method_index(&req.method),
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let sent = session.body_bytes_sent();
+        m.record(&finished(
+            ctx,
+            &req.method,
             status,
-            decision,
-            elapsed.as_secs_f64(),
-        );
-        m.bytes_sent.inc_by(session.body_bytes_sent() as u64);
-        m.bytes_received.inc_by(session.body_bytes_read() as u64);
-        if ctx.route.is_some() && ctx.client_ip.is_some() {
-            let refused = matches!(
-                ctx.decision,
-                Some("deny_cidr" | "embargo" | "unknown_country")
-            );
-            m.geo(ctx.country, refused);
-        }
-        if let Some(id) = ctx.current {
-            let ups = &ctx.gen.upstreams;
-            let pool = ups.get(id);
-            pool.metrics.requests.inc();
-            if let Some(t) = ctx.upstream_start {
-                pool.metrics.duration.observe(t.elapsed().as_secs_f64());
-            }
-            // Served elsewhere than the region the client's location prefers: a failover.
-            if let Some(p) = ctx.preferred {
-                if id != PoolId::Regional(p) {
-                    ups.get(PoolId::Regional(p)).metrics.failovers.inc();
-                }
-            }
-        }
+            e.is_some(),
+            (sent as u64, session.body_bytes_read() as u64),
+        ));
+        count_upstream(ctx);
         for &i in &ctx.rules {
-            if let Some(c) = ctx.gen.rewrites.get(i) {
+            if let Some(c) = ctx.generation.rewrites.get(i) {
                 c.inc();
             }
         }
         self.observe_security(session, ctx, status);
-        let region = ctx
-            .current
-            .and_then(|id| ctx.gen.upstreams.get(id).region.as_deref());
-        let req = session.req_header();
-        self.shared.access_log.write(AccessEvent {
-            request_id: &ctx.request_id,
-            client_ip: ctx.client_ip,
-            country: ctx.country,
-            decision: ctx.decision,
-            method: req.method.as_str(),
-            host: &ctx.host,
-            // The access log splits off the query and redacts both by allow-list.
-            path: req
-                .uri
-                .path_and_query()
-                .map_or(req.uri.path(), |pq| pq.as_str()),
-            status,
-            bytes_sent: session.body_bytes_sent(),
-            duration: elapsed,
-            route: ctx.route.map(Route::label),
-            upstream: ctx
-                .current
-                .map(|id| ctx.gen.upstreams.get(id).name.as_str()),
-            region,
-            edge: ctx.edge_reason,
-            rules: ctx
-                .rules
-                .iter()
-                .map(|&i| ctx.gen.engine.rule_name(i))
-                .collect(),
-            error: e.map(|e| e.etype().as_str()),
-            user_agent: req
-                .headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok()),
-        });
+        let error = e.map(|e| e.etype().as_str());
+        self.shared
+            .access_log
+            .write(access_event(ctx, req, status, sent, error));
     }
 
     /// Feeds the security event tracker with what this request showed; writes and counts events.
@@ -108,7 +46,7 @@ impl Edge {
         use crate::security::Observation;
         let Some(client) = ctx.client_ip else { return };
         let mut observations = Vec::new();
-        if ctx.decision == Some("embargo") {
+        if ctx.refused == Some(PolicyReason::Embargo) {
             observations.push(Observation::EmbargoHit);
         }
         if ctx.token_path && (status == 401 || status == 403) {
@@ -120,7 +58,8 @@ impl Edge {
             .op
             .as_ref()
             .is_some_and(|op| matches!(op.kind, Kind::Manifest { .. } | Kind::Tags));
-        let named = ctx.decision == Some("not_public") || (status == 404 && names_a_repository);
+        let named =
+            ctx.refused == Some(PolicyReason::NotPublic) || (status == 404 && names_a_repository);
         // A path the gate refused is a probe too; it is counted under its raw path.
         let session_path = session.req_header().uri.path();
         let first_name = if ctx.gate.is_some() {
@@ -133,22 +72,110 @@ impl Edge {
         if let Some(name) = first_name {
             observations.push(Observation::RepositoryMiss(name));
         }
-        let exempt = ctx.gen.policy.allowed(client);
+        let exempt = ctx.generation.policy.allowed(client);
         for obs in observations {
-            if let Some(ev) = ctx.gen.security.observe(client, obs, exempt) {
-                self.shared.metrics.security_event(ev.kind.name());
+            if let Some(ev) = ctx.generation.security.observe(client, obs, exempt) {
+                self.shared.metrics.security_event(ev.kind);
                 if ev.blocked_until_ms.is_some() {
                     self.shared.metrics.blocks.inc();
                 }
                 self.shared.access_log.write_event(serde_json::json!({
-                    "event": ev.kind.name(),
+                    "event": ev.kind.label(),
                     "client": client.to_string(),
                     "count": ev.count,
-                    "window_s": ctx.gen.config.access.security_events.window.as_secs(),
+                    "window_s": ctx.generation.config.access.security_events.window.as_secs(),
                     "blocked_for_s": ev.blocked_until_ms.map(|until| {
-                        until.saturating_sub(crate::health::now_ms()) / 1000
+                        until.saturating_sub(crate::clock::now_ms()) / 1000
                     }),
                 }));
+            }
+        }
+    }
+}
+
+/// What the request counters learn of a finished request. `failed`: it ended in an error;
+/// `bytes`: body bytes sent and received.
+pub(super) fn finished<'a>(
+    ctx: &Ctx,
+    method: &'a http::Method,
+    status: u16,
+    failed: bool,
+    bytes: (u64, u64),
+) -> Finished<'a> {
+    let enforced = ctx.refused.is_some() && !ctx.generation.policy.detect_only();
+    let located = ctx.route.is_some() && ctx.client_ip.is_some();
+    Finished {
+        route: ctx.route,
+        method,
+        status,
+        disposition: Disposition::of(enforced, failed, ctx.answered.is_some()),
+        seconds: ctx.start.elapsed().as_secs_f64(),
+        bytes_sent: bytes.0,
+        bytes_received: bytes.1,
+        geo: located.then(|| {
+            let refused = ctx.refused.is_some_and(PolicyReason::by_location);
+            (ctx.country, refused)
+        }),
+    }
+}
+
+/// The access log line of a finished request.
+pub(super) fn access_event<'a>(
+    ctx: &'a Ctx,
+    req: &'a RequestHeader,
+    status: u16,
+    bytes_sent: usize,
+    error: Option<&'a str>,
+) -> AccessEvent<'a> {
+    let ups = &ctx.generation.upstreams;
+    let pool = ctx.pool.and_then(|id| ups.get(id));
+    AccessEvent {
+        request_id: &ctx.request_id,
+        client_ip: ctx.client_ip,
+        country: ctx.country,
+        decision: ctx.refused.map(PolicyReason::label),
+        method: req.method.as_str(),
+        host: &ctx.host,
+        // The access log splits off the query and redacts both by allow-list.
+        path: req
+            .uri
+            .path_and_query()
+            .map_or(req.uri.path(), |pq| pq.as_str()),
+        status,
+        bytes_sent,
+        duration: ctx.start.elapsed(),
+        route: ctx.route.map(Route::label),
+        upstream: pool.map(|p| p.name.as_str()),
+        region: pool.and_then(|p| p.region.as_deref()),
+        edge: ctx.answered.map(Answered::label),
+        rules: ctx
+            .rules
+            .iter()
+            .map(|&i| ctx.generation.engine.rule_name(i))
+            .collect(),
+        error,
+        user_agent: req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// The upstream that answered: its requests and duration, and a failover when the client's
+/// preferred region did not serve it.
+fn count_upstream(ctx: &Ctx) {
+    let ups = &ctx.generation.upstreams;
+    let Some((id, pool)) = ctx.pool.and_then(|id| Some((id, ups.get(id)?))) else {
+        return;
+    };
+    pool.metrics.requests.inc();
+    if let Some(t) = ctx.upstream_start {
+        pool.metrics.duration.observe(t.elapsed().as_secs_f64());
+    }
+    if let Some(p) = ctx.preferred {
+        if id != PoolId::Regional(p) {
+            if let Some(preferred) = ups.get(PoolId::Regional(p)) {
+                preferred.metrics.failovers.inc();
             }
         }
     }
@@ -174,5 +201,89 @@ mod request_id_tests {
         for (p, n) in [(0, 0), (0x0123_4567_89ab_cdef, 1), (u64::MAX, 0xfeed)] {
             assert_eq!(super::request_id(p, n), format!("{p:016x}{n:016x}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::generation::Generation;
+    use crate::metrics::Metrics;
+
+    fn ctx(access: &str) -> Ctx {
+        let yaml = format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\" }}]\nregistry:\n  login_server: registry.internal\n  public_host: registry.example\naccess:\n  mode: {access}\n"
+        );
+        let config = registry_edge_config::parse(
+            &yaml,
+            "t.yaml",
+            std::path::Path::new("."),
+            registry_edge_config::Options { check_files: false },
+        )
+        .unwrap();
+        let g = Generation::build(Arc::new(config), None, &Metrics::new().unwrap()).unwrap();
+        let mut c = Ctx::new(Arc::new(g), "0123".into());
+        c.route = Some(Route::Login);
+        c.client_ip = Some("192.0.2.7".parse().unwrap());
+        c.country = Some(*b"CU");
+        c.host = "registry.example".into();
+        c
+    }
+
+    #[test]
+    fn an_enforced_refusal_is_refused_and_a_detected_one_goes_on() {
+        let get = http::Method::GET;
+        let mut c = ctx("enforce");
+        c.refused = Some(PolicyReason::Embargo);
+        c.answered = Some(PolicyReason::Embargo.into());
+        let f = finished(&c, &get, 451, false, (10, 0));
+        assert_eq!(f.disposition, Disposition::Refused);
+        assert_eq!(f.geo, Some((Some(*b"CU"), true)));
+        let mut c = ctx("detect");
+        c.refused = Some(PolicyReason::Embargo);
+        c.pool = Some(PoolId::Login);
+        let f = finished(&c, &get, 200, false, (10, 0));
+        assert_eq!(f.disposition, Disposition::Proxied);
+        // Refused by location, even though it went on.
+        assert_eq!(f.geo, Some((Some(*b"CU"), true)));
+        assert_eq!(
+            finished(&c, &get, 502, true, (0, 0)).disposition,
+            Disposition::Error
+        );
+        // A refusal that is not by location counts the country as allowed.
+        c.refused = Some(PolicyReason::RateLimit);
+        assert_eq!(
+            finished(&c, &get, 200, false, (0, 0)).geo,
+            Some((Some(*b"CU"), false))
+        );
+        // An unrouted request has no place in the country counts.
+        c.route = None;
+        assert_eq!(finished(&c, &get, 421, false, (0, 0)).geo, None);
+    }
+
+    #[test]
+    fn the_access_event_names_the_outcome_by_its_labels() {
+        let mut c = ctx("enforce");
+        c.refused = Some(PolicyReason::NotPublic);
+        c.answered = Some(PolicyReason::NotPublic.into());
+        let mut req = RequestHeader::build("GET", b"/v2/hidden/app/manifests/1?n=1", None).unwrap();
+        req.insert_header("User-Agent", "skopeo/1").unwrap();
+        let e = access_event(&c, &req, 401, 0, None);
+        assert_eq!(
+            (e.decision, e.edge),
+            (Some("not_public"), Some("not_public"))
+        );
+        assert_eq!((e.route, e.upstream, e.region), (Some("login"), None, None));
+        assert_eq!(e.path, "/v2/hidden/app/manifests/1?n=1");
+        assert_eq!(e.user_agent, Some("skopeo/1"));
+        let mut c = ctx("enforce");
+        c.pool = Some(PoolId::Login);
+        c.answered = Some(crate::outcome::EdgeReason::UpstreamTimeout.into());
+        let e = access_event(&c, &req, 504, 0, Some("ReadTimedout"));
+        assert_eq!((e.decision, e.edge), (None, Some("upstream_timeout")));
+        assert_eq!(e.upstream, Some("login"));
+        assert_eq!(e.error, Some("ReadTimedout"));
     }
 }

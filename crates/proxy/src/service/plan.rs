@@ -5,6 +5,7 @@ use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_proxy::Session;
 
 use super::{client_key, Ctx, Edge, MAX_ATTEMPTS};
+use crate::outcome::EdgeReason;
 use crate::respond::EdgeResponse;
 use crate::route::Route;
 use crate::upstream::PoolId;
@@ -29,16 +30,15 @@ impl Edge {
         let message = match ctx.route {
             Some(Route::Data(i)) => format!(
                 "region {} cannot serve this blob right now; retry the download",
-                ctx.gen
+                ctx.generation
                     .upstreams
                     .get(PoolId::Data(i))
-                    .region
-                    .as_deref()
+                    .and_then(|p| p.region.as_deref())
                     .unwrap_or("?")
             ),
             _ => "the registry is not reachable from this edge right now; retry later".to_string(),
         };
-        let r = EdgeResponse::error(503, "UNAVAILABLE", "no_upstream_peer", message);
+        let r = EdgeResponse::error(503, "UNAVAILABLE", EdgeReason::NoUpstreamPeer, message);
         self.answer(session, ctx, &r).await?;
         Ok(true)
     }
@@ -46,21 +46,25 @@ impl Edge {
     /// The (pool, peer) pairs for a routed request: the data endpoint of exactly its region; the
     /// token server; or the login side's regions in order of preference.
     pub(super) fn plan(&self, ctx: &mut Ctx) -> Vec<(PoolId, std::net::SocketAddr)> {
-        let ups = &ctx.gen.upstreams;
+        let ups = &ctx.generation.upstreams;
         let key = ctx.client_ip.map_or(0, client_key);
         let pools = match ctx.route {
             None => Vec::new(),
             Some(Route::Data(i)) => vec![PoolId::Data(i)],
             Some(Route::Token) => vec![PoolId::Token],
             Some(Route::Login) => {
-                let plan = ctx.gen.selector.login_plan(ups, ctx.country, ctx.continent);
+                let plan = ctx
+                    .generation
+                    .selector
+                    .login_plan(ups, ctx.country, ctx.continent);
                 ctx.preferred = plan.preferred;
                 plan.pools
             }
         };
         let mut out = Vec::new();
         for id in pools {
-            out.extend(ups.get(id).usable_peers(key).into_iter().map(|a| (id, a)));
+            let peers = ups.get(id).map(|p| p.usable_peers(key)).unwrap_or_default();
+            out.extend(peers.into_iter().map(|a| (id, a)));
             if out.len() >= MAX_ATTEMPTS {
                 break;
             }
@@ -76,8 +80,9 @@ impl Edge {
 
     /// The peer that failed is avoided for a while (health.rs's back-off).
     pub(super) fn back_off(&self, peer: &HttpPeer, ctx: &Ctx) {
-        if let (Some(id), Some(addr)) = (ctx.current, peer.address().as_inet()) {
-            ctx.gen.upstreams.get(id).back_off(*addr);
+        let pool = ctx.pool.and_then(|id| ctx.generation.upstreams.get(id));
+        if let (Some(pool), Some(addr)) = (pool, peer.address().as_inet()) {
+            pool.back_off(*addr);
         }
     }
 
@@ -86,8 +91,8 @@ impl Edge {
         if !self.may_retry(session, ctx) {
             return false;
         }
-        if let Some(id) = ctx.current {
-            ctx.gen.upstreams.get(id).metrics.retries.inc();
+        if let Some(pool) = ctx.pool.and_then(|id| ctx.generation.upstreams.get(id)) {
+            pool.metrics.retries.inc();
         }
         ctx.attempt += 1;
         e.set_retry(true);

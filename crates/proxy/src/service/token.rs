@@ -6,6 +6,7 @@ use pingora_proxy::Session;
 use registry_edge_gate::TokenRequest;
 
 use super::{Ctx, Edge};
+use crate::outcome::{EdgeReason, PolicyReason};
 use crate::respond::EdgeResponse;
 
 impl Edge {
@@ -22,7 +23,7 @@ impl Edge {
             Some(EdgeResponse::error(
                 400,
                 "UNSUPPORTED",
-                "token_request_invalid",
+                EdgeReason::TokenRequestInvalid,
                 m,
             ))
         };
@@ -45,7 +46,7 @@ impl Edge {
             let mut r = EdgeResponse::error(
                 400,
                 "UNSUPPORTED",
-                "token_request_invalid",
+                EdgeReason::TokenRequestInvalid,
                 "a token GET has no body",
             );
             r.close = true;
@@ -66,7 +67,7 @@ impl Edge {
                 let r = EdgeResponse::error(
                     415,
                     "UNSUPPORTED",
-                    "token_body_type",
+                    EdgeReason::TokenBodyType,
                     "a token request body must be application/x-www-form-urlencoded",
                 );
                 return Ok(Some(r));
@@ -86,22 +87,23 @@ impl Edge {
         // validates the registry's own name.
         if let Some(service) = token.get(registry_edge_gate::token::TokenParam::Service) {
             let registry = self.registry_service(ctx);
-            if service.eq_ignore_ascii_case(&ctx.gen.config.registry.public_host) {
+            if service.eq_ignore_ascii_case(&ctx.generation.config.registry.public_host) {
                 token.set(registry_edge_gate::token::TokenParam::Service, registry);
             } else if service != registry {
                 return Ok(Some(EdgeResponse::error(
                     400,
                     "UNSUPPORTED",
-                    "token_service_unknown",
+                    EdgeReason::TokenServiceUnknown,
                     "the token request's service is not this registry",
                 )));
             }
         }
-        let dropped = ctx.gen.policy.filter_token(&mut token);
+        let dropped = ctx.generation.policy.filter_token(&mut token);
         for _ in 0..dropped {
-            self.shared
-                .metrics
-                .refusal("hidden_scope", ctx.gen.policy.detect_only());
+            self.shared.metrics.refusal(
+                PolicyReason::HiddenScope,
+                ctx.generation.policy.detect_only(),
+            );
         }
         if post {
             ctx.token_body = Some(bytes::Bytes::from(token.serialize()));
@@ -129,7 +131,7 @@ impl Edge {
                     let mut r = EdgeResponse::error(
                         408,
                         "UNSUPPORTED",
-                        "token_body_timeout",
+                        EdgeReason::TokenBodyTimeout,
                         "the token request body did not arrive in time",
                     );
                     r.close = true;
@@ -144,7 +146,7 @@ impl Edge {
                 let mut r = EdgeResponse::error(
                     413,
                     "SIZE_INVALID",
-                    "token_body_over_limit",
+                    EdgeReason::TokenBodyOverLimit,
                     "token request body too large",
                 );
                 r.close = true;

@@ -16,61 +16,17 @@ use prometheus::{
 };
 use registry_edge_config::CountryCode;
 
+use crate::outcome::{Disposition, EdgeReason, PolicyReason};
 use crate::route::Route;
+use crate::security::Kind as SecurityKind;
+
+mod upstream;
+pub use upstream::{Families as UpstreamFamilies, UpstreamMetrics};
 
 pub const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OTHER"];
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Routes as labels; `none` is a request that was not routed (421, 400).
 pub const ROUTES: [&str; 4] = ["login", "token", "data", "none"];
-/// How a request was answered: proxied to an upstream, refused by the access policy, answered
-/// by the edge itself (misroute, redirect, limits, no upstream), or failed while proxying.
-pub const DECISIONS: [&str; 4] = ["proxied", "refused", "edge", "error"];
-/// Reasons of the edge's own answers (see respond.rs and service.rs).
-pub const EDGE_REASONS: [&str; 25] = [
-    "header_too_large",
-    "unknown_host",
-    "bad_host",
-    "unknown_region",
-    "non_canonical_path",
-    // The gate (registry_edge_gate::Reject) and the token request parser.
-    "unknown_route",
-    "name_invalid",
-    "reference_invalid",
-    "digest_invalid",
-    "method_not_allowed",
-    "query_invalid",
-    "token_request_invalid",
-    "token_body_type",
-    "token_body_over_limit",
-    "token_body_timeout",
-    "token_service_unknown",
-    "unmapped_redirect",
-    "https_required",
-    "redirect_https",
-    "no_upstream_peer",
-    "upstream_timeout",
-    "upstream_error",
-    "bad_request",
-    "internal",
-    "status",
-];
-/// Reasons of the access policy (see policy.rs).
-pub const POLICY_REASONS: [&str; 10] = [
-    "deny_cidr",
-    "embargo",
-    "unknown_country",
-    "read_only",
-    "token_body_too_large",
-    "catalog",
-    "not_public",
-    "rate_limit",
-    "auto_block",
-    // A token request's scope for a hidden repository, dropped (the request goes on).
-    "hidden_scope",
-];
-/// Security event kinds (see security.rs).
-pub const SECURITY_EVENTS: [&str; 3] = ["repository_scan", "credential_guessing", "embargo_hits"];
-
 pub fn route_index(route: Option<Route>) -> usize {
     match route {
         Some(Route::Login) => 0,
@@ -96,29 +52,17 @@ pub fn status_index(status: u16) -> usize {
     usize::from(status / 100).clamp(1, 5) - 1
 }
 
-/// Per-upstream handles, resolved once per pool.
-pub struct UpstreamMetrics {
-    /// Requests this upstream served (the last attempt's).
-    pub requests: IntCounter,
-    /// Requests that preferred this (regional) upstream but were served by another.
-    pub failovers: IntCounter,
-    pub healthy_peers: IntGauge,
-    pub connect_errors: IntCounter,
-    pub retries: IntCounter,
-    pub peers: IntGauge,
-    pub resolve_failures: IntCounter,
-    /// From the first attempt to the end of the response.
-    pub duration: Histogram,
-}
-
 /// Registers collectors and remembers their names (for the documentation test).
-struct Reg {
+pub(crate) struct Reg {
     registry: Registry,
     names: Vec<String>,
 }
 
 impl Reg {
-    fn add<C: Collector + Clone + 'static>(&mut self, c: C) -> Result<C, prometheus::Error> {
+    pub(crate) fn add<C: Collector + Clone + 'static>(
+        &mut self,
+        c: C,
+    ) -> Result<C, prometheus::Error> {
         for d in c.desc() {
             self.names.push(d.fq_name.clone());
         }
@@ -131,10 +75,25 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0,
 ];
 
+/// What the request counters learn of a finished request.
+pub struct Finished<'a> {
+    pub route: Option<Route>,
+    pub method: &'a http::Method,
+    /// The status written (0: none).
+    pub status: u16,
+    pub disposition: Disposition,
+    pub seconds: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// For a routed request with a client address: its country, and whether the address and
+    /// country checks refused it.
+    pub geo: Option<(Option<[u8; 2]>, bool)>,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     names: Vec<String>,
-    /// `[route][method][status class][decision]`.
+    /// `[route][method][status class][disposition]`.
     requests: Vec<IntCounter>,
     durations: Vec<Histogram>,
     pub bytes_sent: IntCounter,
@@ -153,16 +112,8 @@ pub struct Metrics {
     pub unmapped_urls: Vec<IntCounter>,
     /// HTTP/2 connections ended because a request body stalled (h2watch.rs).
     pub h2_body_timeouts: IntCounter,
-    upstream_requests: IntCounterVec,
-    upstream_failovers: IntCounterVec,
-    upstream_healthy_peers: IntGaugeVec,
-    pub peer_healthy: IntGaugeVec,
-    pub health_transitions: IntCounterVec,
-    upstream_connect_errors: IntCounterVec,
-    upstream_retries: IntCounterVec,
-    upstream_peers: IntGaugeVec,
-    upstream_resolve_failures: IntCounterVec,
-    upstream_duration: HistogramVec,
+    /// Per-upstream families (upstream.rs).
+    pub upstreams: upstream::Families,
     pub ready: IntGauge,
     pub geo_reloads: IntCounterVec,
     /// `[ok, refused]`.
@@ -178,7 +129,7 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
 }
 
-fn counter_vec(
+pub(crate) fn counter_vec(
     reg: &mut Reg,
     name: &str,
     help: &str,
@@ -187,7 +138,7 @@ fn counter_vec(
     reg.add(IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
-fn gauge_vec(
+pub(crate) fn gauge_vec(
     reg: &mut Reg,
     name: &str,
     help: &str,
@@ -212,8 +163,13 @@ impl Metrics {
         for r in ROUTES {
             for m in METHODS {
                 for s in STATUS_CLASSES {
-                    for d in DECISIONS {
-                        requests.push(requests_vec.get_metric_with_label_values(&[r, m, s, d])?);
+                    for d in Disposition::ALL {
+                        requests.push(requests_vec.get_metric_with_label_values(&[
+                            r,
+                            m,
+                            s,
+                            d.label(),
+                        ])?);
                     }
                 }
             }
@@ -250,9 +206,9 @@ impl Metrics {
             "Responses the edge wrote itself instead of proxying, by reason.",
             &["reason"],
         )?;
-        let edge_responses = EDGE_REASONS
+        let edge_responses = EdgeReason::ALL
             .iter()
-            .map(|r| edge_vec.get_metric_with_label_values(&[r]))
+            .map(|r| edge_vec.get_metric_with_label_values(&[r.label()]))
             .collect::<Result<_, _>>()?;
         let refusal_vec = counter_vec(
             &mut reg,
@@ -260,12 +216,12 @@ impl Metrics {
             "Requests the access policy refused (mode=detect: would have refused), by reason.",
             &["reason", "mode"],
         )?;
-        let refusals = POLICY_REASONS
+        let refusals = PolicyReason::ALL
             .iter()
             .map(|r| {
                 Ok([
-                    refusal_vec.get_metric_with_label_values(&[r, "enforce"])?,
-                    refusal_vec.get_metric_with_label_values(&[r, "detect"])?,
+                    refusal_vec.get_metric_with_label_values(&[r.label(), "enforce"])?,
+                    refusal_vec.get_metric_with_label_values(&[r.label(), "detect"])?,
                 ])
             })
             .collect::<Result<_, prometheus::Error>>()?;
@@ -294,9 +250,9 @@ impl Metrics {
             "Security events (a client address crossing an abuse threshold), by kind.",
             &["kind"],
         )?;
-        let security = SECURITY_EVENTS
+        let security = SecurityKind::ALL
             .iter()
-            .map(|k| security_vec.get_metric_with_label_values(&[k]))
+            .map(|k| security_vec.get_metric_with_label_values(&[k.label()]))
             .collect::<Result<_, _>>()?;
         let blocks = reg.add(IntCounter::new(
             "registry_edge_security_blocks_total",
@@ -316,68 +272,7 @@ impl Metrics {
             "registry_edge_http2_body_timeouts_total",
             "HTTP/2 connections ended because a request body sent nothing for the listener's idle timeout.",
         )?)?;
-        let upstream_requests = counter_vec(
-            &mut reg,
-            "registry_edge_upstream_requests_total",
-            "Requests served by an upstream (the attempt that answered).",
-            &["upstream"],
-        )?;
-        let upstream_failovers = counter_vec(
-            &mut reg,
-            "registry_edge_upstream_failovers_total",
-            "Requests whose preferred regional upstream could not serve them (served by another region or the login server).",
-            &["upstream"],
-        )?;
-        let upstream_healthy_peers = gauge_vec(
-            &mut reg,
-            "registry_edge_upstream_healthy_peers",
-            "Peers of an upstream currently healthy by the probes.",
-            &["upstream"],
-        )?;
-        let peer_healthy = gauge_vec(
-            &mut reg,
-            "registry_edge_upstream_peer_healthy",
-            "1 when a peer of an upstream is healthy by the probes.",
-            &["upstream", "region", "peer"],
-        )?;
-        let health_transitions = counter_vec(
-            &mut reg,
-            "registry_edge_upstream_health_transitions_total",
-            "Peers marked down or up by the probes.",
-            &["upstream", "to"],
-        )?;
-        let upstream_connect_errors = counter_vec(
-            &mut reg,
-            "registry_edge_upstream_connect_errors_total",
-            "Failed connections to an upstream peer.",
-            &["upstream"],
-        )?;
-        let upstream_retries = counter_vec(
-            &mut reg,
-            "registry_edge_upstream_retries_total",
-            "Requests retried on the next peer or region.",
-            &["upstream"],
-        )?;
-        let upstream_peers = gauge_vec(
-            &mut reg,
-            "registry_edge_upstream_peers",
-            "Peers currently known for an upstream (resolved or configured).",
-            &["upstream"],
-        )?;
-        let upstream_resolve_failures = counter_vec(
-            &mut reg,
-            "registry_edge_upstream_resolve_failures_total",
-            "Failed name resolutions of an upstream (the last good set is kept).",
-            &["upstream"],
-        )?;
-        let upstream_duration = reg.add(HistogramVec::new(
-            HistogramOpts::new(
-                "registry_edge_upstream_duration_seconds",
-                "Time from the first upstream attempt to the end of the response, by the upstream that answered.",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
-            &["upstream"],
-        )?)?;
+        let upstreams = upstream::Families::new(&mut reg, DURATION_BUCKETS.to_vec())?;
         let ready = reg.add(IntGauge::new(
             "registry_edge_ready",
             "1 when the edge takes traffic (upstreams resolved, not draining).",
@@ -462,16 +357,7 @@ impl Metrics {
             blocks,
             h2_body_timeouts,
             unmapped_urls,
-            upstream_requests,
-            upstream_failovers,
-            upstream_healthy_peers,
-            peer_healthy,
-            health_transitions,
-            upstream_connect_errors,
-            upstream_retries,
-            upstream_peers,
-            upstream_resolve_failures,
-            upstream_duration,
+            upstreams,
             ready,
             geo_reloads,
             config_reloads,
@@ -503,80 +389,33 @@ impl Metrics {
             .collect()
     }
 
-    /// After a reload removed an upstream: its series go (a missing series is not an error).
-    pub fn forget_upstream(&self, name: &str, region: &str, peers: &[std::net::SocketAddr]) {
-        let _ = self.upstream_requests.remove_label_values(&[name]);
-        let _ = self.upstream_failovers.remove_label_values(&[name]);
-        let _ = self.upstream_healthy_peers.remove_label_values(&[name]);
-        let _ = self.upstream_connect_errors.remove_label_values(&[name]);
-        let _ = self.upstream_retries.remove_label_values(&[name]);
-        let _ = self.upstream_peers.remove_label_values(&[name]);
-        let _ = self.upstream_resolve_failures.remove_label_values(&[name]);
-        let _ = self.upstream_duration.remove_label_values(&[name]);
-        for to in ["up", "down"] {
-            let _ = self.health_transitions.remove_label_values(&[name, to]);
-        }
-        for p in peers {
-            let _ = self
-                .peer_healthy
-                .remove_label_values(&[name, region, &p.to_string()]);
-        }
-    }
-
     /// After a reload removed a rewrite rule.
     pub fn forget_rewrite(&self, rule: &str) {
         let _ = self.rewrites.remove_label_values(&[rule]);
     }
 
-    pub fn upstream(&self, name: &str) -> Result<UpstreamMetrics, prometheus::Error> {
-        Ok(UpstreamMetrics {
-            requests: self
-                .upstream_requests
-                .get_metric_with_label_values(&[name])?,
-            failovers: self
-                .upstream_failovers
-                .get_metric_with_label_values(&[name])?,
-            healthy_peers: self
-                .upstream_healthy_peers
-                .get_metric_with_label_values(&[name])?,
-            connect_errors: self
-                .upstream_connect_errors
-                .get_metric_with_label_values(&[name])?,
-            retries: self
-                .upstream_retries
-                .get_metric_with_label_values(&[name])?,
-            peers: self.upstream_peers.get_metric_with_label_values(&[name])?,
-            resolve_failures: self
-                .upstream_resolve_failures
-                .get_metric_with_label_values(&[name])?,
-            duration: self
-                .upstream_duration
-                .get_metric_with_label_values(&[name])?,
-        })
-    }
-
-    pub fn request(&self, route: usize, method: usize, status: u16, decision: usize, seconds: f64) {
-        let i = ((route * METHODS.len() + method) * STATUS_CLASSES.len() + status_index(status))
-            * DECISIONS.len()
-            + decision.min(DECISIONS.len() - 1);
-        if let Some(c) = self.requests.get(i) {
-            c.inc();
-        }
-        if let Some(h) = self.durations.get(route) {
-            h.observe(seconds);
+    /// A finished request: its counters and duration.
+    pub fn record(&self, r: &Finished<'_>) {
+        let route = route_index(r.route);
+        let i = ((route * METHODS.len() + method_index(r.method)) * STATUS_CLASSES.len()
+            + status_index(r.status))
+            * Disposition::COUNT
+            + r.disposition.index();
+        self.requests[i].inc();
+        self.durations[route].observe(r.seconds);
+        self.bytes_sent.inc_by(r.bytes_sent);
+        self.bytes_received.inc_by(r.bytes_received);
+        if let Some((country, refused)) = r.geo {
+            self.geo(country, refused);
         }
     }
 
-    pub fn edge_response(&self, reason: &str) {
-        if let Some(i) = EDGE_REASONS.iter().position(|r| *r == reason) {
-            self.edge_responses[i].inc();
-        }
+    pub fn edge_response(&self, reason: EdgeReason) {
+        self.edge_responses[reason.index()].inc();
     }
 
-    pub fn refusal(&self, reason: &str, detect: bool) {
-        if let Some(i) = POLICY_REASONS.iter().position(|r| *r == reason) {
-            self.refusals[i][usize::from(detect)].inc();
-        }
+    pub fn refusal(&self, reason: PolicyReason, detect: bool) {
+        self.refusals[reason.index()][usize::from(detect)].inc();
     }
 
     pub fn geo(&self, country: Option<[u8; 2]>, refused: bool) {
@@ -586,10 +425,8 @@ impl Metrics {
         self.geo[i][usize::from(refused)].inc();
     }
 
-    pub fn security_event(&self, kind: &str) {
-        if let Some(i) = SECURITY_EVENTS.iter().position(|k| *k == kind) {
-            self.security[i].inc();
-        }
+    pub fn security_event(&self, kind: SecurityKind) {
+        self.security[kind.index()].inc();
     }
 
     pub fn render(&self) -> Vec<u8> {
@@ -603,58 +440,4 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// docs/metrics.md lists exactly the metrics registered here.
-    #[test]
-    fn documentation_lists_every_metric() {
-        let doc = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/metrics.md"
-        ))
-        .unwrap();
-        let mut documented: Vec<String> = doc
-            .lines()
-            .filter_map(|l| l.strip_prefix("| `"))
-            .filter_map(|l| l.split('`').next())
-            .filter(|n| n.starts_with("registry_edge_"))
-            .map(str::to_owned)
-            .collect();
-        documented.sort();
-        let m = Metrics::new().unwrap();
-        m.rewrite_counters(&["r"]).unwrap();
-        let mut registered = m.names().to_vec();
-        registered.sort();
-        let missing: Vec<_> = registered
-            .iter()
-            .filter(|n| !documented.contains(n))
-            .collect();
-        let stale: Vec<_> = documented
-            .iter()
-            .filter(|n| !registered.contains(n))
-            .collect();
-        assert!(missing.is_empty(), "undocumented metrics: {missing:?}");
-        assert!(stale.is_empty(), "documented but not registered: {stale:?}");
-    }
-
-    #[test]
-    fn every_label_combination_is_resolved_up_front() {
-        let m = Metrics::new().unwrap();
-        assert_eq!(
-            m.requests.len(),
-            ROUTES.len() * METHODS.len() * STATUS_CLASSES.len() * DECISIONS.len()
-        );
-        m.request(2, 0, 206, 0, 0.1);
-        m.geo(Some(*b"CU"), true);
-        m.geo(Some(*b"ZZ"), false);
-        m.geo(None, false);
-        let text = String::from_utf8(m.render()).unwrap();
-        assert!(text.contains("registry_edge_http_requests_total{decision=\"proxied\",method=\"GET\",route=\"data\",status_class=\"2xx\"} 1"));
-        assert!(text
-            .contains("registry_edge_geo_requests_total{country=\"CU\",decision=\"refused\"} 1"));
-        assert!(text.contains(
-            "registry_edge_geo_requests_total{country=\"unknown\",decision=\"allowed\"} 2"
-        ));
-    }
-}
+mod tests;
