@@ -159,14 +159,7 @@ pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: std::time::Dura
     out.extend_from_slice(b",\"request_id\":");
     json_str(out, e.request_id);
     out.extend_from_slice(b",\"client\":");
-    match e.client_ip {
-        Some(ip) => {
-            out.push(b'"');
-            crate::headers::push_ip(out, ip);
-            out.push(b'"');
-        }
-        None => out.extend_from_slice(b"null"),
-    }
+    quoted_or_null(out, e.client_ip, crate::headers::push_ip);
     out.extend_from_slice(b",\"country\":");
     match e.country {
         // ISO codes: two ASCII letters (anything else in a database is written escaped).
@@ -192,14 +185,7 @@ pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: std::time::Dura
     out.extend_from_slice(b"\",\"path\":\"");
     crate::redact::write_path(out, path);
     out.extend_from_slice(b"\",\"query\":");
-    match query {
-        Some(q) => {
-            out.push(b'"');
-            crate::redact::write_query(out, q);
-            out.push(b'"');
-        }
-        None => out.extend_from_slice(b"null"),
-    }
+    quoted_or_null(out, query, crate::redact::write_query);
     out.extend_from_slice(b",\"status\":");
     push_u64(out, u64::from(e.status));
     out.extend_from_slice(b",\"bytes\":");
@@ -230,6 +216,18 @@ fn field(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
     out.extend_from_slice(b"\":");
     match value {
         Some(v) => json_str(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// `"…"` with what `write` writes inside (characters that need no JSON escaping), or `null`.
+fn quoted_or_null<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    match value {
+        Some(v) => {
+            out.push(b'"');
+            write(out, v);
+            out.push(b'"');
+        }
         None => out.extend_from_slice(b"null"),
     }
 }

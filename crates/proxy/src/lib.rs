@@ -36,6 +36,8 @@ pub(crate) mod security;
 pub(crate) mod select;
 pub(crate) mod service;
 pub(crate) mod slots;
+#[cfg(test)]
+mod testing;
 pub(crate) mod tls;
 pub mod upstream;
 

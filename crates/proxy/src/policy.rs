@@ -274,19 +274,12 @@ fn absent(name: &str, authorized: bool) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use registry_edge_config::{parse, Options};
 
     fn policy(access: &str) -> Policy {
-        let yaml = format!(
-            "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\" }}]\nregistry:\n  login_server: r.internal\n  public_host: r.example\ngeoip: {{ database: /x.mmdb }}\naccess:\n{access}"
+        let c = crate::testing::minimal(
+            "",
+            &format!("geoip: {{ database: /x.mmdb }}\naccess:\n{access}"),
         );
-        let c = parse(
-            &yaml,
-            "t.yaml",
-            std::path::Path::new("."),
-            Options { check_files: false },
-        )
-        .unwrap();
         Policy::new(&c.access)
     }
 

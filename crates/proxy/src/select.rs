@@ -108,7 +108,6 @@ impl Selector {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use registry_edge_config::{parse, Options};
 
     fn config() -> Config {
         let yaml = r#"version: 1
@@ -129,13 +128,7 @@ regions:
   - { region: japaneast, continents: [AS, OC] }
 geoip: { database: /x.mmdb }
 "#;
-        parse(
-            yaml,
-            "t.yaml",
-            std::path::Path::new("."),
-            Options { check_files: false },
-        )
-        .unwrap()
+        crate::testing::config(yaml)
     }
 
     fn cc(s: &str) -> Option<[u8; 2]> {

@@ -403,17 +403,10 @@ impl Upstreams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use registry_edge_config::{parse, Options};
 
     fn config() -> Config {
         let yaml = "version: 1\nlisteners: [{ address: \"127.0.0.1:1\" }]\nregistry:\n  login_server: registry.internal\n  public_host: registry.example\n";
-        parse(
-            yaml,
-            "t.yaml",
-            std::path::Path::new("."),
-            Options { check_files: false },
-        )
-        .unwrap()
+        crate::testing::config(yaml)
     }
 
     #[test]

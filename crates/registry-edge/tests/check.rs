@@ -9,7 +9,7 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Runs the binary from the repository root, so that paths in messages are stable.
+/// Runs `registry-edge check` from the repository root, so that paths in messages are stable.
 fn check(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_registry-edge"))
         .arg("check")
@@ -17,6 +17,24 @@ fn check(args: &[&str]) -> Output {
         .current_dir(repo())
         .output()
         .unwrap()
+}
+
+/// Runs the binary with `args`.
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_registry-edge"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a run that must have succeeded (else its standard error).
+fn succeeded(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 fn write_temp(name: &str, text: &str) -> PathBuf {
@@ -200,18 +218,7 @@ fn geo_lookup_shows_country_and_decision() {
             db.display()
         ),
     );
-    let lookup = |addr: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-            .args(["geo", "lookup", addr, "-c", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let lookup = |addr: &str| succeeded(run(&["geo", "lookup", addr, "-c", cfg.to_str().unwrap()]));
     let s = lookup("192.0.2.1");
     assert!(s.contains("country    CU"), "{s}");
     assert!(s.contains("continent  NA"), "{s}");
@@ -261,16 +268,7 @@ fn endpoints_probes_each_peer_now() {
             data.local_addr().unwrap()
         ),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args(["endpoints", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = String::from_utf8(out.stdout).unwrap();
+    let s = succeeded(run(&["endpoints", "-c", cfg.to_str().unwrap()]));
     let line = |role: &str, region: &str| {
         s.lines()
             .find(|l| l.starts_with(role) && l.contains(region))
@@ -299,45 +297,37 @@ fn init_writes_a_valid_config_and_refuses_storage_accounts() {
         "show-endpoints.json",
         "{\n\"loginServer\": \"contoso.azurecr.io\",\n\"dataEndpoints\": [\n{\n\"region\": \"eastus\",\n\"endpoint\": \"contoso.eastus.data.azurecr.io\",\n},\n]\n}\n",
     );
-    let init = |public: &str, data: &str| {
-        Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-            .args(["init", "--endpoints", seed.to_str().unwrap()])
-            .args(["--public-host", public, "--data-host", data])
-            .output()
-            .unwrap()
+    let init = |endpoints: &Path, public: &str, data: &str| {
+        run(&[
+            "init",
+            "--endpoints",
+            endpoints.to_str().unwrap(),
+            "--public-host",
+            public,
+            "--data-host",
+            data,
+        ])
     };
-    let out = init("registry.contoso.com", "data.contoso.com");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = write_temp("init.yaml", &String::from_utf8(out.stdout).unwrap());
-    assert!(check(&["--no-files", "-c", yaml.to_str().unwrap()])
-        .status
-        .success());
+    // `init` succeeds and its output passes `check`; returns the file and check's summary.
+    let init_then_check = |public: &str, data: &str, file: &str| {
+        let yaml = write_temp(file, &succeeded(init(&seed, public, data)));
+        let summary = succeeded(check(&["--no-files", "-c", yaml.to_str().unwrap()]));
+        (yaml, summary)
+    };
+    init_then_check("registry.contoso.com", "data.contoso.com", "init.yaml");
     // The data host may be a subdomain of the public host (the edge never forwards credentials
     // to a data endpoint; `check` says so), but not the public host itself.
-    let out = init("contoso.com", "data.contoso.com");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let yaml = write_temp("init-sub.yaml", &String::from_utf8(out.stdout).unwrap());
-    let out = check(&["--no-files", "-c", yaml.to_str().unwrap()]);
-    assert!(out.status.success());
-    let summary = String::from_utf8_lossy(&out.stdout);
+    let (yaml, summary) = init_then_check("contoso.com", "data.contoso.com", "init-sub.yaml");
     assert!(
         summary.contains("subdomain") && summary.contains("Authorization"),
         "{summary}"
     );
-    assert_eq!(init("contoso.com", "contoso.com").status.code(), Some(64));
+    assert_eq!(
+        init(&seed, "contoso.com", "contoso.com").status.code(),
+        Some(64)
+    );
     // `endpoints` needs no certificate file (init's output names some that do not exist yet).
-    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args(["endpoints", "-c", yaml.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = run(&["endpoints", "-c", yaml.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("ROLE") && text.contains("note: data host data.contoso.com"),
@@ -348,18 +338,7 @@ fn init_writes_a_valid_config_and_refuses_storage_accounts() {
         "blob.json",
         r#"{"loginServer":"c.azurecr.io","dataEndpoints":[{"region":"eastus","endpoint":"*.blob.core.windows.net"}]}"#,
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_registry-edge"))
-        .args([
-            "init",
-            "--endpoints",
-            blob.to_str().unwrap(),
-            "--public-host",
-            "r.example",
-            "--data-host",
-            "d.example",
-        ])
-        .output()
-        .unwrap();
+    let out = init(&blob, "r.example", "d.example");
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("enable dedicated data endpoints"));
 }

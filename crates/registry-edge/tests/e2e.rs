@@ -70,33 +70,49 @@ fn repo_file(repo: &str) -> String {
     repo.replace('/', "-")
 }
 
-/// `skopeo copy` of the OCI layout to `registry.localhost:<port>/<repo>` with the test credentials.
-fn skopeo_push(
-    h: &Harness,
+/// How skopeo reaches the edge: a local port (a tap in front of a listener), over TLS or not,
+/// with skopeo's GODEBUG (`http2client=0`: HTTP/1.1 only); `name` says so in the steps.
+struct Via<'a> {
     port: u16,
     tls: bool,
-    image: &Image,
-    repo: &str,
-    godebug: Option<&str>,
-) {
+    godebug: Option<&'a str>,
+    name: &'a str,
+}
+
+impl Via<'_> {
+    /// skopeo's TLS arguments for one side of a copy (`src`, `dest`): the test CA, or none.
+    fn tls_args(&self, h: &Harness, side: &str) -> Vec<String> {
+        if self.tls {
+            vec![
+                format!("--{side}-cert-dir"),
+                h.cert_dir.display().to_string(),
+            ]
+        } else {
+            vec![format!("--{side}-tls-verify=false")]
+        }
+    }
+
+    /// `docker://` reference of `repo:tag` on the edge's public name, through this port.
+    fn reference(&self, repo: &str, tag: &str) -> String {
+        format!("docker://{LOGIN_HOST}:{}/{repo}:{tag}", self.port)
+    }
+}
+
+/// `skopeo copy` of the OCI layout to `registry.localhost:<port>/<repo>` with the test credentials.
+fn skopeo_push(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
     let digestfile = h.dir.join(format!("digest-{}", repo_file(repo)));
     let mut args: Vec<String> = ["copy", "--retry-times", "0", "--preserve-digests"]
         .map(String::from)
         .to_vec();
     args.push("--dest-creds".into());
     args.push(format!("{}:{}", token::USER, token::PASSWORD));
-    if tls {
-        args.push("--dest-cert-dir".into());
-        args.push(h.cert_dir.display().to_string());
-    } else {
-        args.push("--dest-tls-verify=false".into());
-    }
+    args.extend(via.tls_args(h, "dest"));
     args.push("--digestfile".into());
     args.push(digestfile.display().to_string());
     args.push(format!("oci:{}:{}", image.layout.display(), image.tag));
-    args.push(format!("docker://{LOGIN_HOST}:{port}/{repo}:{}", image.tag));
+    args.push(via.reference(repo, &image.tag));
     let tokens_before = h.token.seen();
-    h.skopeo(&format!("push {repo}"), &args, godebug);
+    h.skopeo(&format!("push {repo}"), &args, via.godebug);
     let pushed = std::fs::read_to_string(&digestfile).unwrap();
     assert_eq!(
         pushed.trim(),
@@ -114,14 +130,7 @@ fn skopeo_push(
 }
 
 /// `skopeo copy` back anonymously into a new OCI layout, compared with the pushed one.
-fn skopeo_pull(
-    h: &Harness,
-    port: u16,
-    tls: bool,
-    image: &Image,
-    repo: &str,
-    godebug: Option<&str>,
-) {
+fn skopeo_pull(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
     let dest = h.dir.join(format!("pulled-{}", repo_file(repo)));
     let mut args: Vec<String> = [
         "copy",
@@ -132,17 +141,12 @@ fn skopeo_pull(
     ]
     .map(String::from)
     .to_vec();
-    if tls {
-        args.push("--src-cert-dir".into());
-        args.push(h.cert_dir.display().to_string());
-    } else {
-        args.push("--src-tls-verify=false".into());
-    }
-    args.push(format!("docker://{LOGIN_HOST}:{port}/{repo}:{}", image.tag));
+    args.extend(via.tls_args(h, "src"));
+    args.push(via.reference(repo, &image.tag));
     args.push(format!("oci:{}:{}", dest.display(), image.tag));
     let tokens_before = h.token.seen();
     let data_before = h.data.hits.lock().unwrap().len();
-    h.skopeo(&format!("pull {repo}"), &args, godebug);
+    h.skopeo(&format!("pull {repo}"), &args, via.godebug);
     image::assert_same(image, &dest);
     let hits = h.token.token_requests_since(tokens_before);
     assert!(
@@ -219,10 +223,6 @@ fn curl_push(c: &Client<'_>, image: &Image, repo: &str) {
         let r = c.send("HEAD", &blob_url, &[&auth], ReqBody::Nothing, None);
         assert_eq!(r.status, 404, "a new blob is unknown: {r:?}");
         let loc = start_upload(c, repo, &auth);
-        assert!(
-            loc.starts_with(&format!("{o}/v2/{repo}/blobs/uploads/")),
-            "upload Location {loc}"
-        );
         let r = c.send(
             "PATCH",
             &loc,
@@ -246,35 +246,40 @@ fn curl_push(c: &Client<'_>, image: &Image, repo: &str) {
         );
         let loc = c.absolute(r.header("location").unwrap());
         let sep = if loc.contains('?') { '&' } else { '?' };
-        let r = c.send(
-            "PUT",
-            &format!("{loc}{sep}digest={}", b.digest),
-            &[&auth, "Content-Type: application/octet-stream"],
-            ReqBody::Bytes(b""),
-            None,
-        );
-        assert_eq!(r.status, 201, "{r:?}");
-        assert_eq!(
-            r.header("docker-content-digest"),
-            Some(b.digest.as_str()),
-            "{r:?}"
-        );
+        let close = format!("{loc}{sep}digest={}", b.digest);
+        let r = put_created(c, &close, &auth, "application/octet-stream", b"", &b.digest);
         assert_eq!(c.absolute(r.header("location").unwrap()), blob_url, "{r:?}");
     }
     let manifest_url = format!("{o}/v2/{repo}/manifests/{}", image.tag);
+    put_created(
+        c,
+        &manifest_url,
+        &auth,
+        MANIFEST_TYPE,
+        &image.manifest,
+        &image.manifest_digest,
+    );
+}
+
+/// A PUT that must create `digest`: 201 with its `Docker-Content-Digest`.
+fn put_created(
+    c: &Client<'_>,
+    url: &str,
+    auth: &str,
+    content_type: &str,
+    body: &[u8],
+    digest: &str,
+) -> harness::CurlResp {
     let r = c.send(
         "PUT",
-        &manifest_url,
-        &[&auth, &format!("Content-Type: {MANIFEST_TYPE}")],
-        ReqBody::Bytes(&image.manifest),
+        url,
+        &[auth, &format!("Content-Type: {content_type}")],
+        ReqBody::Bytes(body),
         None,
     );
     assert_eq!(r.status, 201, "{r:?}");
-    assert_eq!(
-        r.header("docker-content-digest"),
-        Some(image.manifest_digest.as_str()),
-        "{r:?}"
-    );
+    assert_eq!(r.header("docker-content-digest"), Some(digest), "{r:?}");
+    r
 }
 
 /// An anonymous pull over `c`'s protocol: manifest, then each blob through its 307 to the data
@@ -452,53 +457,33 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
     assert!(r.text().contains("AuthenticationFailed"), "{r:?}");
 
     // The OAuth2 POST flow: password grant with a refresh token, then the refresh grant.
-    let form = |rest: &str| {
-        format!(
+    let token_url = format!("{o}/oauth2/token");
+    // A token POST with the common parameters and `rest`.
+    let post = |rest: &str| {
+        let body = format!(
             "service={service}&scope=repository:{repo}:pull,push&client_id=registry-edge-e2e&{rest}"
+        );
+        c.send(
+            "POST",
+            &token_url,
+            &["Content-Type: application/x-www-form-urlencoded"],
+            ReqBody::Bytes(body.as_bytes()),
+            None,
         )
     };
-    let form_type = "Content-Type: application/x-www-form-urlencoded";
-    let token_url = format!("{o}/oauth2/token");
     let tokens_before = h.token.seen();
-    let r = c.send(
-        "POST",
-        &token_url,
-        &[form_type],
-        ReqBody::Bytes(
-            form(&format!(
-                "grant_type=password&username={}&password=wrong&access_type=offline",
-                token::USER
-            ))
-            .as_bytes(),
-        ),
-        None,
-    );
+    let password = |p: &str| {
+        format!(
+            "grant_type=password&username={}&password={p}&access_type=offline",
+            token::USER
+        )
+    };
+    let r = post(&password("wrong"));
     assert_eq!(r.status, 401, "a wrong password: {r:?}");
-    let r = c.send(
-        "POST",
-        &token_url,
-        &[form_type],
-        ReqBody::Bytes(
-            form(&format!(
-                "grant_type=password&username={}&password={}&access_type=offline",
-                token::USER,
-                token::PASSWORD
-            ))
-            .as_bytes(),
-        ),
-        None,
-    );
+    let r = post(&password(token::PASSWORD));
     assert_eq!(r.status, 200, "{r:?}");
     let refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
-    let r = c.send(
-        "POST",
-        &token_url,
-        &[form_type],
-        ReqBody::Bytes(
-            form(&format!("grant_type=refresh_token&refresh_token={refresh}")).as_bytes(),
-        ),
-        None,
-    );
+    let r = post(&format!("grant_type=refresh_token&refresh_token={refresh}"));
     assert_eq!(r.status, 200, "{r:?}");
     let access = r.json()["access_token"].as_str().unwrap().to_string();
     assert_eq!(
@@ -522,11 +507,7 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
     );
     // The refreshed token pushes: an upload starts, its Location on the public origin.
     let push_auth = format!("Authorization: Bearer {access}");
-    let upload = start_upload(c, repo, &push_auth);
-    assert!(
-        upload.starts_with(&format!("{o}/v2/{repo}/blobs/uploads/")),
-        "{upload}"
-    );
+    start_upload(c, repo, &push_auth);
     // Anonymous may not push.
     let r = c.send(
         "POST",
@@ -538,7 +519,7 @@ fn curl_checks(h: &Harness, c: &Client<'_>, image: &Image, repo: &str) {
     assert_eq!(r.status, 401, "anonymous push: {r:?}");
 }
 
-/// POST an upload: 202, and its Location as a URL.
+/// POST an upload: 202, and its Location as a URL on the public origin.
 fn start_upload(c: &Client<'_>, repo: &str, auth: &str) -> String {
     let r = c.send(
         "POST",
@@ -549,7 +530,12 @@ fn start_upload(c: &Client<'_>, repo: &str, auth: &str) -> String {
     );
     assert_eq!(r.status, 202, "{r:?}");
     assert!(r.header("docker-upload-uuid").is_some(), "{r:?}");
-    c.absolute(r.header("location").unwrap())
+    let location = c.absolute(r.header("location").unwrap());
+    assert!(
+        location.starts_with(&format!("{}/v2/{repo}/blobs/uploads/", c.origin())),
+        "the upload Location is not on the public origin: {location}"
+    );
+    location
 }
 
 /// A push token from the realm with the test credentials.
@@ -623,30 +609,82 @@ fn upstream_upload_locations(h: &Harness) -> Vec<String> {
         .collect()
 }
 
+/// A harness whose registry answers relative URLs (`relative`), or absolute ones on its upstream
+/// authority.
+fn start_harness(name: &str, relative: bool) -> Harness {
+    let what = if relative {
+        "start the harness (registry with relativeurls: true)"
+    } else {
+        "start the harness (registry with relativeurls: false, http.host on its upstream authority)"
+    };
+    step(what, &[], || Harness::start(name, relative))
+}
+
+/// skopeo pushes `image` as `repo` with credentials, then pulls it back anonymously and
+/// compares digests.
+fn skopeo_round_trip(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
+    h.step(
+        &format!("skopeo push over {} with credentials", via.name),
+        || skopeo_push(h, via, image, repo),
+    );
+    h.step(
+        &format!("skopeo pull over {} anonymously, digests equal", via.name),
+        || skopeo_pull(h, via, image, repo),
+    );
+}
+
+/// skopeo pushes `image` as `repo` over plain HTTP with credentials and pulls it back
+/// anonymously, through a tap that records every head it receives; the tap's heads are then
+/// checked like every other response.
+fn skopeo_over_http(h: &Harness, image: &Image, repo: &str) {
+    let (tap_port, tap_log) = h.http_tap();
+    let over = Via {
+        port: tap_port,
+        tls: false,
+        godebug: None,
+        name: "HTTP",
+    };
+    skopeo_round_trip(h, &over, image, repo);
+    h.step("collect the heads skopeo saw over HTTP", || {
+        let n = h.collect_tap("skopeo HTTP", tap_port, &tap_log);
+        assert!(n > 20, "the tap saw only {n} responses");
+    });
+}
+
+/// curl pushes `image` as `repo` with credentials over HTTP/2 (TLS) and pulls it back
+/// anonymously.
+fn curl_over_h2(h: &Harness, image: &Image, repo: &str) {
+    let h2 = h.client(Proto::TlsH2);
+    h.step("curl push over HTTP/2 (TLS) with credentials", || {
+        curl_push(&h2, image, repo)
+    });
+    h.step(
+        "curl pull over HTTP/2 (TLS) anonymously, digests equal",
+        || curl_pull(h, &h2, image, repo),
+    );
+}
+
+/// The end of a scenario: every response header the clients saw scanned, both servers alive.
+fn scan_and_check_alive(h: &mut Harness) {
+    h.step("scan every response header the clients saw", || {
+        let n = h.scan();
+        eprintln!("e2e: scanned {n} response headers");
+    });
+    let logs = h.logs();
+    step("registry-edge and docker-registry still run", &logs, || {
+        h.assert_alive()
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests
 
 #[test]
 fn acr_like_registry_through_the_edge() {
-    let mut h = step(
-        "start the harness (registry with relativeurls: true)",
-        &[],
-        || Harness::start("relative", true),
-    );
+    let mut h = start_harness("relative", true);
 
-    // skopeo over plain HTTP, through a tap that records every head it receives.
-    let (tap_port, tap_log) = h.http_tap();
     let image_a = build_image(&h, "a", 1);
-    h.step("skopeo push over HTTP with credentials", || {
-        skopeo_push(&h, tap_port, false, &image_a, "team/app-http", None)
-    });
-    h.step("skopeo pull over HTTP anonymously, digests equal", || {
-        skopeo_pull(&h, tap_port, false, &image_a, "team/app-http", None)
-    });
-    h.step("collect the heads skopeo saw over HTTP", || {
-        let n = h.collect_tap("skopeo HTTP", tap_port, &tap_log);
-        assert!(n > 20, "the tap saw only {n} responses");
-    });
+    skopeo_over_http(&h, &image_a, "team/app-http");
     h.step("harness self-check around the edge", || {
         harness_self_check(&h, &image_a, "team/app-http")
     });
@@ -654,29 +692,13 @@ fn acr_like_registry_through_the_edge() {
     // skopeo over TLS with HTTP/1.1, through a pass-through that reads the ClientHellos.
     let (tls_tap_port, hellos) = h.tls_tap();
     let image_b = build_image(&h, "b", 2);
-    h.step("skopeo push over TLS (HTTP/1.1) with credentials", || {
-        skopeo_push(
-            &h,
-            tls_tap_port,
-            true,
-            &image_b,
-            "team/app-tls",
-            Some("http2client=0"),
-        )
-    });
-    h.step(
-        "skopeo pull over TLS (HTTP/1.1) anonymously, digests equal",
-        || {
-            skopeo_pull(
-                &h,
-                tls_tap_port,
-                true,
-                &image_b,
-                "team/app-tls",
-                Some("http2client=0"),
-            )
-        },
-    );
+    let over = Via {
+        port: tls_tap_port,
+        tls: true,
+        godebug: Some("http2client=0"),
+        name: "TLS (HTTP/1.1)",
+    };
+    skopeo_round_trip(&h, &over, &image_b, "team/app-tls");
     h.step(
         "skopeo's TLS connections: SNI of both public names, no h2 offered",
         || {
@@ -725,15 +747,8 @@ fn acr_like_registry_through_the_edge() {
     });
 
     // HTTP/2 over TLS: curl drives the registry protocol (skopeo 1.9 never offers h2).
-    let h2 = h.client(Proto::TlsH2);
     let image_c = build_image(&h, "c", 3);
-    h.step("curl push over HTTP/2 (TLS) with credentials", || {
-        curl_push(&h2, &image_c, "team/app-h2")
-    });
-    h.step(
-        "curl pull over HTTP/2 (TLS) anonymously, digests equal",
-        || curl_pull(&h, &h2, &image_c, "team/app-h2"),
-    );
+    curl_over_h2(&h, &image_c, "team/app-h2");
 
     for proto in [Proto::Http, Proto::TlsH1, Proto::TlsH2] {
         h.step(&format!("curl checks over {}", proto.name()), || {
@@ -759,44 +774,16 @@ fn acr_like_registry_through_the_edge() {
             );
         }
     });
-    h.step("scan every response header the clients saw", || {
-        let n = h.scan();
-        eprintln!("e2e: scanned {n} response headers");
-    });
-    let logs = h.logs();
-    step("registry-edge and docker-registry still run", &logs, || {
-        h.assert_alive()
-    });
+    scan_and_check_alive(&mut h);
 }
 
 #[test]
 fn registry_with_absolute_upstream_urls() {
-    let mut h = step(
-        "start the harness (registry with relativeurls: false, http.host on its upstream authority)",
-        &[],
-        || Harness::start("absolute", false),
-    );
-    let (tap_port, tap_log) = h.http_tap();
+    let mut h = start_harness("absolute", false);
     let image_d = build_image(&h, "d", 4);
-    h.step("skopeo push over HTTP with credentials", || {
-        skopeo_push(&h, tap_port, false, &image_d, "team/abs-http", None)
-    });
-    h.step("skopeo pull over HTTP anonymously, digests equal", || {
-        skopeo_pull(&h, tap_port, false, &image_d, "team/abs-http", None)
-    });
-    h.step("collect the heads skopeo saw over HTTP", || {
-        let n = h.collect_tap("skopeo HTTP", tap_port, &tap_log);
-        assert!(n > 20, "the tap saw only {n} responses");
-    });
+    skopeo_over_http(&h, &image_d, "team/abs-http");
     let image_e = build_image(&h, "e", 5);
-    let h2 = h.client(Proto::TlsH2);
-    h.step("curl push over HTTP/2 (TLS) with credentials", || {
-        curl_push(&h2, &image_e, "team/abs-h2")
-    });
-    h.step(
-        "curl pull over HTTP/2 (TLS) anonymously, digests equal",
-        || curl_pull(&h, &h2, &image_e, "team/abs-h2"),
-    );
+    curl_over_h2(&h, &image_e, "team/abs-h2");
     let image_f = build_image(&h, "f", 6);
     let h1 = h.client(Proto::TlsH1);
     h.step(
@@ -822,25 +809,14 @@ fn registry_with_absolute_upstream_urls() {
             );
         },
     );
-    h.step("scan every response header the clients saw", || {
-        let n = h.scan();
-        eprintln!("e2e: scanned {n} response headers");
-    });
-    let logs = h.logs();
-    step("registry-edge and docker-registry still run", &logs, || {
-        h.assert_alive()
-    });
+    scan_and_check_alive(&mut h);
 }
 
 /// An upload's status (`GET /v2/<name>/blobs/uploads/<uuid>`) answers 204 with a `Location`;
 /// a registry with absolute URLs puts its upstream authority there.
 #[test]
 fn upload_status_location_is_rewritten() {
-    let h = step(
-        "start the harness (registry with relativeurls: false, http.host on its upstream authority)",
-        &[],
-        || Harness::start("upload-status", false),
-    );
+    let h = start_harness("upload-status", false);
     for proto in [Proto::Http, Proto::TlsH2] {
         h.step(&format!("upload status over {}", proto.name()), || {
             let c = h.client(proto);

@@ -4,17 +4,7 @@ use super::*;
 use crate::outcome::PolicyReason;
 
 fn listener(extra: &str) -> Listener {
-    let yaml = format!(
-        "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\"{extra} }}]\nregistry:\n  login_server: r.internal\n  public_host: r.example\n"
-    );
-    let c = registry_edge_config::parse(
-        &yaml,
-        "t.yaml",
-        std::path::Path::new("."),
-        registry_edge_config::Options { check_files: false },
-    )
-    .unwrap();
-    c.listeners[0].clone()
+    crate::testing::minimal(extra, "").listeners[0].clone()
 }
 
 fn head(method: &str, target: &str, headers: &[(&str, &str)]) -> RequestHeader {

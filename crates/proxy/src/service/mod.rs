@@ -1,35 +1,41 @@
-//! The Pingora `ProxyHttp` implementation. Each phase stays thin and calls a pure function:
+//! The Pingora `ProxyHttp` implementation: glue. Each phase calls the functions that decide,
+//! which live beside it (`arrive`, `token`, `plan`, `names`, `observe`) or in their own modules
+//! (`respond`, `policy`, `headers`, the gate and rewrite crates):
 //!
 //! ```text
-//! early_request_filter    downstream timeouts from the listener; route::Router::route (Host, path);
-//!                         the gate: a login-side request parsed into a typed Operation
-//! request_filter          redirect listener (308), header size (431), misroutes (421/404/400),
-//!                         the gate's refusals (400/404/405), the access policy on the Operation,
-//!                         a token request's parameters parsed, filtered and rebuilt (its form
-//!                         body read here, bounded), an upstream without peers (503):
-//!                         EdgeResponse::write, connection kept
-//! upstream_peer           the request's plan (select::Selector): next (pool, peer) on each retry
-//! fail_to_connect         back the peer off; retry GET/HEAD on the next peer/region, bounded
-//! error_while_proxy       same for a reset before the first response byte
-//! upstream_request_filter the target rebuilt from the Operation (or the token request);
-//!                         headers::upstream_request: Host, X-Forwarded-*, no Authorization to data
-//! response_filter         rewrite::Engine::apply_response (derived + user rules)
-//! fail_to_proxy           502/504 with an OCI body (EdgeResponse)
-//! logging                 Metrics::request, access_log::AccessLog::write
+//! early_request_filter    listener timeouts; Edge::locate_client (address, country);
+//!                         Edge::route: route::Router::route, then registry_edge_gate::parse
+//! request_filter          respond::before_policy (431, 421/404/400, redirect 308/405);
+//!                         Edge::policy → policy::Policy::decide (auto-block first), answered by
+//!                         respond::EdgeResponse::refused; respond::EdgeResponse::gate (400/404/405);
+//!                         Edge::token_request (token paths); Edge::watch_h2_body;
+//!                         Edge::plan_or_refuse (503): every answer through Edge::answer
+//! upstream_peer           ctx.candidates[attempt] → upstream::Pool::http_peer
+//! fail_to_connect         Edge::back_off, Edge::retry_next (GET/HEAD, at most MAX_ATTEMPTS)
+//! error_while_proxy       the same for a reset before the first response byte
+//! upstream_request_filter token::upstream_target (what was judged, re-serialised);
+//!                         headers::upstream_request; the engine's request rules
+//! request_body_filter     h2watch progress; a token POST's rebuilt body
+//! response_filter         Edge::rewrite_response, identity::public_service / hide_server,
+//!                         Edge::unmapped_urls
+//! fail_to_proxy           respond::failure → 502/504 with an OCI body
+//! logging                 Edge::record: observe::finished → Metrics::record,
+//!                         observe::access_event → AccessLog::write, the security tracker
 //! ```
 
+mod arrive;
 mod names;
 mod observe;
 mod plan;
+mod state;
 mod token;
 
 pub use names::public_origin;
 use names::RewriteVars;
 use observe::request_id;
+pub use state::{request_host, Ctx, Edge, Shared};
 
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -38,148 +44,17 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use registry_edge_config::Listener;
-use registry_edge_gate::{Kind, Operation, TokenRequest};
+use registry_edge_gate::Kind;
 
-use crate::access_log::AccessLog;
-use crate::generation::Generation;
 use crate::headers;
-use crate::metrics::Metrics;
-use crate::outcome::{Answered, PolicyReason};
+use crate::outcome::Answered;
 use crate::policy::Refusal;
 use crate::respond::{self, EdgeResponse};
-use crate::route::{Misroute, Route};
-use crate::upstream::PoolId;
+use crate::route::Route;
 
 /// At most this many attempts (first try included) for an idempotent request whose connection
 /// failed before anything was sent.
 const MAX_ATTEMPTS: usize = 3;
-
-/// State shared by every listener's service and the admin app, for the life of the process.
-/// What a configuration reload changes is in the current [`Generation`].
-pub struct Shared {
-    pub in_force: arc_swap::ArcSwap<Generation>,
-    /// The file a reload reads (the one the process started with).
-    pub config_path: Option<std::path::PathBuf>,
-    pub metrics: Metrics,
-    pub access_log: AccessLog,
-    pub draining: AtomicBool,
-    /// The registry's `service=` as last seen in its challenges, for the challenges the edge
-    /// writes itself.
-    pub service_name: arc_swap::ArcSwapOption<String>,
-    /// Each TLS listener's certificates, watched for rotation.
-    pub certificates: Vec<crate::tls::Watched>,
-    /// Per-process random prefix of request ids.
-    pub id_prefix: u64,
-    pub id_counter: std::sync::atomic::AtomicU64,
-    /// One reload at a time.
-    pub reloading: tokio::sync::Mutex<()>,
-    /// When an unmapped URL was last logged, per `identity::URL_HEADERS` (ms, clock::now_ms).
-    pub unmapped_warned: [std::sync::atomic::AtomicU64; 3],
-    /// HTTP/2 connections and their request bodies in progress (the body deadline).
-    pub h2: Arc<crate::h2watch::Registry>,
-}
-
-impl Shared {
-    pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.in_force.load().upstreams.resolved()
-    }
-
-    /// The configuration in force now.
-    pub fn generation(&self) -> Arc<Generation> {
-        self.in_force.load_full()
-    }
-}
-
-/// One listener's service.
-pub struct Edge {
-    pub shared: Arc<Shared>,
-    pub listener: Listener,
-}
-
-pub struct Ctx {
-    /// The configuration this request runs under, from its start to its end.
-    generation: Arc<Generation>,
-    start: Instant,
-    route: Option<Route>,
-    strip_prefix: usize,
-    misroute: Option<Misroute>,
-    /// A login-side request as the gate parsed it.
-    op: Option<Operation>,
-    /// Why the gate refused to parse it.
-    gate: Option<registry_edge_gate::Reject>,
-    /// A token request's parameters (its query, or its form body), filtered, to send upstream.
-    token: Option<TokenRequest>,
-    client_ip: Option<IpAddr>,
-    /// The socket peer, when it differs from the client (a trusted proxy).
-    peer_ip: Option<IpAddr>,
-    country: Option<[u8; 2]>,
-    continent: Option<[u8; 2]>,
-    /// The policy's verdict: `None` passed; `Some(reason)` refused (or would be, in detect mode).
-    refused: Option<PolicyReason>,
-    token_path: bool,
-    /// Sent upstream as X-Request-Id and written in the access log.
-    request_id: String,
-    /// When the first upstream attempt started.
-    upstream_start: Option<Instant>,
-    /// A token POST's form body, rebuilt from its filtered parameters, sent in place of the
-    /// client's (which `request_filter` has read).
-    token_body: Option<bytes::Bytes>,
-    /// An HTTP/2 request body in progress, under the listener's idle deadline (h2watch.rs).
-    body_wait: Option<Arc<crate::h2watch::BodyWait>>,
-    host: String,
-    attempt: usize,
-    /// The (pool, peer) pairs this request may use, in order.
-    candidates: Vec<(PoolId, std::net::SocketAddr)>,
-    /// The regional endpoint the client's location prefers.
-    preferred: Option<usize>,
-    /// The pool of the attempt in progress (or the last one).
-    pool: Option<PoolId>,
-    /// Why the edge answered itself, when it did.
-    answered: Option<Answered>,
-    rules: Vec<usize>,
-}
-
-impl Ctx {
-    /// A request's state at its start, under `generation`.
-    pub(crate) fn new(generation: Arc<Generation>, request_id: String) -> Ctx {
-        Ctx {
-            generation,
-            start: Instant::now(),
-            route: None,
-            strip_prefix: 0,
-            misroute: None,
-            op: None,
-            gate: None,
-            token: None,
-            body_wait: None,
-            client_ip: None,
-            peer_ip: None,
-            country: None,
-            continent: None,
-            refused: None,
-            token_path: false,
-            request_id,
-            upstream_start: None,
-            token_body: None,
-            host: String::new(),
-            attempt: 0,
-            candidates: Vec::new(),
-            preferred: None,
-            pool: None,
-            answered: None,
-            rules: Vec::new(),
-        }
-    }
-}
-
-/// The Host a request names: the Host header, or the HTTP/2 `:authority`.
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
 
 impl Edge {
     fn scheme(&self) -> &'static str {
@@ -235,14 +110,6 @@ impl Edge {
     }
 }
 
-/// A stable per-client key, so that one client keeps to one peer (and region) while it is healthy.
-fn client_key(ip: IpAddr) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ip.hash(&mut h);
-    h.finish()
-}
-
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = Ctx;
@@ -272,50 +139,8 @@ impl ProxyHttp for Edge {
         session.set_keepalive(Some(t.idle.as_secs().max(1)));
         session.set_write_timeout(Some(t.write));
         session.set_read_timeout(Some(t.idle));
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_canonical());
-        let req = session.req_header();
-        if let Some(peer) = peer {
-            let xff = req
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| v.as_bytes());
-            let client =
-                registry_edge_geo::client_address(peer, xff, &ctx.generation.trusted_proxies);
-            ctx.client_ip = Some(client.ip);
-            ctx.peer_ip = Some(peer);
-            if let Some(geo) = &ctx.generation.geo {
-                let loc = geo.current().lookup(client.ip);
-                ctx.country = loc.country;
-                ctx.continent = loc.continent;
-            }
-        }
-        ctx.host = request_host(req).unwrap_or_default().to_owned();
-        match ctx
-            .generation
-            .router
-            .route(request_host(req), req.uri.path())
-        {
-            Ok(r) => {
-                ctx.route = Some(r.route);
-                ctx.strip_prefix = r.strip_prefix;
-                if matches!(r.route, Route::Login | Route::Token) {
-                    match registry_edge_gate::parse(
-                        req.method.as_str(),
-                        req.uri.path(),
-                        req.uri.query(),
-                        &ctx.generation.config.registry.token_paths,
-                    ) {
-                        Ok(op) => ctx.op = Some(op),
-                        Err(reject) => ctx.gate = Some(reject),
-                    }
-                }
-            }
-            Err(m) => ctx.misroute = Some(m),
-        }
+        self.locate_client(session, ctx);
+        self.route(session.req_header(), ctx);
         Ok(())
     }
 
@@ -434,20 +259,7 @@ impl ProxyHttp for Edge {
             "a planned upstream this configuration does not have",
         )?;
         // Login side: the target the gate judged, re-serialised; never the client's bytes.
-        if let Some(op) = &ctx.op {
-            let target = match (op.target(), &ctx.token) {
-                (Some(t), _) => t,
-                (None, token) => {
-                    let mut t = session.req_header().uri.path().to_owned();
-                    if let Some(q) = token.as_ref().filter(|_| ctx.token_body.is_none()) {
-                        if !q.params.is_empty() {
-                            t.push('?');
-                            t.push_str(&q.serialize());
-                        }
-                    }
-                    t
-                }
-            };
+        if let Some(target) = token::upstream_target(session.req_header().uri.path(), ctx) {
             let uri: http::Uri = target
                 .parse()
                 .or_err(InvalidHTTPHeader, "rebuilt request target")?;

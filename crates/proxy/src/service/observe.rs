@@ -213,16 +213,7 @@ mod tests {
     use crate::metrics::Metrics;
 
     fn ctx(access: &str) -> Ctx {
-        let yaml = format!(
-            "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\" }}]\nregistry:\n  login_server: registry.internal\n  public_host: registry.example\naccess:\n  mode: {access}\n"
-        );
-        let config = registry_edge_config::parse(
-            &yaml,
-            "t.yaml",
-            std::path::Path::new("."),
-            registry_edge_config::Options { check_files: false },
-        )
-        .unwrap();
+        let config = crate::testing::minimal("", &format!("access:\n  mode: {access}\n"));
         let g = Generation::build(Arc::new(config), None, &Metrics::new().unwrap()).unwrap();
         let mut c = Ctx::new(Arc::new(g), "0123".into());
         c.route = Some(Route::Login);

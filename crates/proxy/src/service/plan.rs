@@ -4,7 +4,9 @@ use pingora::prelude::*;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use pingora_proxy::Session;
 
-use super::{client_key, Ctx, Edge, MAX_ATTEMPTS};
+use std::net::IpAddr;
+
+use super::{Ctx, Edge, MAX_ATTEMPTS};
 use crate::outcome::EdgeReason;
 use crate::respond::EdgeResponse;
 use crate::route::Route;
@@ -114,4 +116,12 @@ impl Edge {
             ctx.body_wait = self.shared.h2.body(client, local);
         }
     }
+}
+
+/// A stable per-client key, so that one client keeps to one peer (and region) while it is healthy.
+fn client_key(ip: IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    h.finish()
 }

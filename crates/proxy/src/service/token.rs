@@ -155,3 +155,23 @@ impl Edge {
         }
     }
 }
+
+/// The target sent upstream for a login-side request: the gate's [`Operation::target`], or for
+/// a token request its path and the filtered parameters re-encoded (a POST's go in the rebuilt
+/// body). `None` off the login side.
+///
+/// [`Operation::target`]: registry_edge_gate::Operation::target
+pub(super) fn upstream_target(path: &str, ctx: &Ctx) -> Option<String> {
+    let op = ctx.op.as_ref()?;
+    if let Some(t) = op.target() {
+        return Some(t);
+    }
+    let mut t = path.to_owned();
+    if let Some(q) = ctx.token.as_ref().filter(|_| ctx.token_body.is_none()) {
+        if !q.params.is_empty() {
+            t.push('?');
+            t.push_str(&q.serialize());
+        }
+    }
+    Some(t)
+}

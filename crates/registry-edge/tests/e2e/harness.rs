@@ -374,13 +374,7 @@ middleware:
         let (http_port, tls_port, admin_port) = (free_port(), free_port(), free_port());
         let edge_yaml = format!(
             r#"version: 1
-server:
-  threads: 2
-  grace_period: 1s
-  graceful_shutdown_timeout: 1s
-  pid_file: {dir}/edge.pid
-  upgrade_sock: {dir}/edge-upgrade.sock
-listeners:
+{server}listeners:
   - address: "127.0.0.1:{http_port}"
   - address: "127.0.0.1:{tls_port}"
     tls:
@@ -398,6 +392,7 @@ registry:
 logging:
   access_log: {dir}/access.log
 {edge_extra}"#,
+            server = crate::ports::server_section(&dir.display().to_string(), "1s"),
             dir = dir.display(),
             token = token.addr,
             data = data.addr,

@@ -93,30 +93,21 @@ pub fn libtrust_kid(spki_der: &[u8]) -> String {
 /// Go's `url.QueryUnescape`: `%XX` with two hex digits, `+` a space; anything else after `%` is
 /// an error (the whole pair is then skipped by `ParseQuery`).
 pub fn query_unescape(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b
-                    .get(i + 1..i + 3)
-                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-                let Some(hex) = hex else {
-                    let end = (i + 3).min(b.len());
-                    return Err(format!(
-                        "invalid URL escape {:?}",
-                        String::from_utf8_lossy(&b[i..end])
-                    ));
-                };
-                let hex = std::str::from_utf8(hex).map_err(|e| e.to_string())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|e| e.to_string())?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
+    // Written as Go writes it (a pass over `%` pieces), not as the edge's gate decodes: this is
+    // the token server's reading, the oracle the gate is checked against.
+    let plus = s.replace('+', " ");
+    let mut pieces = plus.split('%');
+    let mut out = pieces.next().unwrap_or("").as_bytes().to_vec();
+    for piece in pieces {
+        let escape = piece
+            .get(..2)
+            .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                let shown: String = piece.chars().take(2).collect();
+                format!("invalid URL escape \"%{shown}\"")
+            })?;
+        out.push(u8::from_str_radix(escape, 16).map_err(|e| e.to_string())?);
+        out.extend_from_slice(&piece.as_bytes()[2..]);
     }
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
@@ -588,6 +579,12 @@ fn parameters_are_decoded_as_go_does() {
     assert_eq!(query_unescape("a%3Ab+c").unwrap(), "a:b c");
     assert!(query_unescape("a%3Ab+c%2").is_err());
     assert!(query_unescape("%zz").is_err());
+    assert!(query_unescape("100%").is_err());
+    assert_eq!(query_unescape("%41%42%2B+%e2%82%ac").unwrap(), "AB+ €");
+    assert_eq!(
+        query_unescape("x%4").unwrap_err(),
+        "invalid URL escape \"%4\""
+    );
     let (pairs, errors) =
         parse_query("sc%6fpe=repository%3Ademo%2Fapp%3Apull&a=%zz&b;c=1&&x&s=1+2");
     assert_eq!(

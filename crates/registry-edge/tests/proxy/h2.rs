@@ -2,65 +2,27 @@
 //! deadline (pingora reads it with none), and the cap on concurrent streams per connection.
 //! A client written with raw frames, so that it can do what real clients do not.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::h2::{connect_h2, frame, header_block, Tls, PREFACE};
 use crate::support::{metrics_text, runtime, sample, start_edge_opts, Edge, EdgeOpts};
 
-/// One frame: 24-bit length, type, flags, stream id, payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = (payload.len() as u32).to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HEADERS (END_HEADERS) of a PATCH upload with a body still to come: HPACK literals without
-/// indexing, no Huffman coding.
+/// HEADERS (END_HEADERS) of a PATCH upload with a body still to come.
 fn upload_headers(stream: u32, path: &str) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (name, value) in [
+    let block = header_block(&[
         (":method", "PATCH"),
         (":scheme", "https"),
         (":path", path),
         (":authority", "registry.test"),
         ("content-length", "1000000"),
-    ] {
-        block.push(0);
-        for s in [name, value] {
-            block.push(s.len() as u8);
-            block.extend_from_slice(s.as_bytes());
-        }
-    }
+    ]);
     frame(0x1, 0x4, stream, &block)
 }
 
-type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-
 async fn connect(edge: &Edge) -> Tls {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let ca = rustls::pki_types::CertificateDer::from_pem_file(&edge.certs.ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let name = rustls::pki_types::ServerName::try_from("registry.test").unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", edge.tls))
-        .await
-        .unwrap();
-    let tls = connector.connect(name, tcp).await.unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    tls
+    connect_h2(&edge.certs.ca, "registry.test", edge.tls).await
 }
 
 /// Frames as the server sent them: (type, flags, stream, payload), until the connection ends
@@ -91,8 +53,6 @@ async fn read_frames(
         }
     }
 }
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Streams that announce a body and never send it are not held open past the listener's idle
 /// time (the connection is closed and counted); a body that keeps arriving, slowly, is not

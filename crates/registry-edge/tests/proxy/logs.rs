@@ -7,12 +7,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as TokioBufReader};
 
-use crate::ports::free_port;
+use crate::ports::{free_port, server_section};
+use crate::support::h2::{connect_h2, frame, header_block, PREFACE};
 use crate::support::{edge_dir, eventually, get, make_certs, metrics_text, runtime, sample, send};
 
 /// Every secret of these tests starts with this; none may appear on stdout or stderr.
@@ -167,13 +167,7 @@ fn start_log_edge(name: &str) -> LogEdge {
     let (http, tls, admin, refused) = (free_port(), free_port(), free_port(), free_port());
     let yaml = format!(
         r#"version: 1
-server:
-  threads: 2
-  grace_period: 1s
-  graceful_shutdown_timeout: 1s
-  pid_file: {dir}/edge.pid
-  upgrade_sock: {dir}/upgrade.sock
-listeners:
+{server}listeners:
   - address: "127.0.0.1:{http}"
     timeouts: {{ header_read: 5s, idle: 5s, write: 1s }}
   - address: "127.0.0.1:{tls}"
@@ -196,7 +190,7 @@ registry:
 logging:
   access_log: stdout
 "#,
-        dir = dir.display(),
+        server = server_section(&dir.display().to_string(), "1s"),
     );
     let config = dir.join("edge.yaml");
     std::fs::write(&config, yaml).unwrap();
@@ -282,42 +276,10 @@ fn partial_head(port: u16, target: &str) {
         .unwrap();
 }
 
-/// One HTTP/2 frame.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut f = vec![len[1], len[2], len[3], kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An HPACK literal header field without indexing, new name, no Huffman coding.
-fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.push(0);
-    for s in [name, value] {
-        assert!(s.len() < 127, "one-byte lengths only");
-        out.push(s.len() as u8);
-        out.extend_from_slice(s.as_bytes());
-    }
-}
-
 /// Over TLS with ALPN h2: a PATCH stream with a 1 MB Content-Length, 16 kB of DATA, then
 /// RST_STREAM (CANCEL) from the client.
 fn h2_stream_reset(edge: &LogEdge, authority: &str, path: &str, authorization: &str) {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    let ca = rustls::pki_types::CertificateDer::from_pem_file(&edge.ca).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let server = rustls::pki_types::ServerName::try_from("data.test").unwrap();
+    let ca = edge.ca.clone();
     let port = edge.tls;
     let (authority, path, authorization) = (
         authority.to_string(),
@@ -325,32 +287,29 @@ fn h2_stream_reset(edge: &LogEdge, authority: &str, path: &str, authorization: &
         authorization.to_string(),
     );
     runtime().block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let tls = connector.connect(server, tcp).await.unwrap();
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let tls = connect_h2(&ca, "data.test", port).await;
         let (mut r, mut w) = tokio::io::split(tls);
         // Whatever the edge sends (its SETTINGS, acknowledgements, a reset) is read and dropped.
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             while matches!(r.read(&mut buf).await, Ok(n) if n > 0) {}
         });
-        let mut headers = Vec::new();
-        hpack_literal(&mut headers, ":method", "PATCH");
-        hpack_literal(&mut headers, ":scheme", "https");
-        hpack_literal(&mut headers, ":path", &path);
-        hpack_literal(&mut headers, ":authority", &authority);
-        hpack_literal(&mut headers, "authorization", &authorization);
-        hpack_literal(&mut headers, "content-length", "1000000");
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        out.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
-        out.extend(h2_frame(0x1, 0x4, 1, &headers)); // HEADERS, END_HEADERS
-        out.extend(h2_frame(0x0, 0, 1, &[b'a'; 16_000])); // DATA
+        let headers = header_block(&[
+            (":method", "PATCH"),
+            (":scheme", "https"),
+            (":path", &path),
+            (":authority", &authority),
+            ("authorization", &authorization),
+            ("content-length", "1000000"),
+        ]);
+        let mut out = PREFACE.to_vec();
+        out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        out.extend(frame(0x1, 0x4, 1, &headers)); // HEADERS, END_HEADERS
+        out.extend(frame(0x0, 0, 1, &[b'a'; 16_000])); // DATA
         w.write_all(&out).await.unwrap();
         w.flush().await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        w.write_all(&h2_frame(0x3, 0, 1, &8u32.to_be_bytes())) // RST_STREAM CANCEL
+        w.write_all(&frame(0x3, 0, 1, &8u32.to_be_bytes())) // RST_STREAM CANCEL
             .await
             .unwrap();
         w.flush().await.unwrap();

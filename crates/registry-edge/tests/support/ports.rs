@@ -1,4 +1,5 @@
-//! Loopback ports for the servers a test starts (shared by the `proxy` and `e2e` suites).
+//! Loopback ports for the servers a test starts, and the `server:` section of a test edge's
+//! configuration (shared by the `proxy` and `e2e` suites).
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -18,4 +19,12 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The `server:` section of a test edge's configuration: two threads, a one-second shutdown,
+/// `grace_period` before it, the pid file (`edge.pid`) and upgrade socket in `dir`.
+pub fn server_section(dir: &str, grace_period: &str) -> String {
+    format!(
+        "server:\n  threads: 2\n  grace_period: {grace_period}\n  graceful_shutdown_timeout: 1s\n  pid_file: {dir}/edge.pid\n  upgrade_sock: {dir}/upgrade.sock\n"
+    )
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::client::send;
 use super::origin::{start_origin, start_origin_tls, Kind, Origin, Seen};
-use crate::ports::free_port;
+use crate::ports::{free_port, server_section};
 
 pub struct Certs {
     pub ca: PathBuf,
@@ -222,13 +222,7 @@ pub fn start_edge_opts(name: &str, o: &EdgeOpts<'_>) -> Edge {
         .unwrap_or_default();
     let yaml = format!(
         r#"version: 1
-server:
-  threads: 2
-  grace_period: {grace_period}
-  graceful_shutdown_timeout: 1s
-  pid_file: {dir}/edge.pid
-  upgrade_sock: {dir}/upgrade.sock
-listeners:
+{server}listeners:
   - address: "127.0.0.1:{http}"
 {http_opts}  - address: "127.0.0.1:{tls}"
     tls:
@@ -262,6 +256,7 @@ registry:
 logging:
   access_log: {dir}/access.log
 "#,
+        server = server_section(&dir.display().to_string(), grace_period),
         dir = dir.display(),
         login = login.addr,
         data = data.addr,

@@ -1,0 +1,24 @@
+//! What the unit tests share: a configuration from YAML text, validated as `check --no-files`
+//! validates it.
+
+use registry_edge_config::{parse, Config, Options};
+
+/// `yaml` parsed and validated (files named in it are not read); a test's own fixtures must be
+/// valid, so an error panics with the validator's message.
+pub fn config(yaml: &str) -> Config {
+    parse(
+        yaml,
+        "t.yaml",
+        std::path::Path::new("."),
+        Options { check_files: false },
+    )
+    .unwrap_or_else(|e| panic!("test configuration: {e}"))
+}
+
+/// One listener on `127.0.0.1:1` with `listener` added to its mapping, a registry
+/// `login_server: r.internal` published as `r.example`, then `rest` (top-level YAML).
+pub fn minimal(listener: &str, rest: &str) -> Config {
+    config(&format!(
+        "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\"{listener} }}]\nregistry:\n  login_server: r.internal\n  public_host: r.example\n{rest}"
+    ))
+}
