@@ -282,42 +282,13 @@ impl Stalled {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use crate::scratch::{mkfifo, Dir};
     use std::time::Instant;
-
-    /// A scratch directory, removed on drop.
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "registry-edge-geo-file-{name}-{}",
-                std::process::id()
-            ));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn mkfifo(path: &Path) {
-        let status = std::process::Command::new("mkfifo")
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
 
     #[test]
     fn a_regular_file_within_the_limit_is_read() {
-        let dir = Dir::new("regular");
-        let path = dir.0.join("db");
+        let dir = Dir::new("file-regular");
+        let path = dir.path("db");
         std::fs::write(&path, [7u8; 100]).unwrap();
         let c = read(&path, &path, 100).unwrap();
         assert_eq!(c.bytes, [7u8; 100]);
@@ -327,8 +298,8 @@ mod tests {
 
     #[test]
     fn a_file_over_the_limit_is_refused_on_its_metadata() {
-        let dir = Dir::new("large");
-        let path = dir.0.join("db");
+        let dir = Dir::new("file-large");
+        let path = dir.path("db");
         std::fs::write(&path, [7u8; 101]).unwrap();
         match read(&path, &path, 100) {
             Err(Refusal::File(GeoError::TooLarge { limit: 100, .. }, meta)) => {
@@ -354,8 +325,8 @@ mod tests {
 
     #[test]
     fn a_fifo_is_refused_without_opening_it() {
-        let dir = Dir::new("fifo");
-        let path = dir.0.join("db");
+        let dir = Dir::new("file-fifo");
+        let path = dir.path("db");
         mkfifo(&path);
         let started = Instant::now();
         match read(&path, &path, MAX_DATABASE_BYTES) {
@@ -367,8 +338,8 @@ mod tests {
 
     #[test]
     fn devices_and_directories_are_refused() {
-        let dir = Dir::new("devices");
-        let link = dir.0.join("zero.mmdb");
+        let dir = Dir::new("file-devices");
+        let link = dir.path("zero.mmdb");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
         match read(&link, &link, MAX_DATABASE_BYTES) {
             Err(Refusal::File(GeoError::NotAFile { kind, path }, _)) => {
@@ -393,8 +364,8 @@ mod tests {
     fn an_opened_fifo_fails_the_second_check() {
         // The path may turn into a FIFO between the first look and the open: the open does
         // not block (O_NONBLOCK) and the descriptor's own metadata refuses it.
-        let dir = Dir::new("fifo-open");
-        let path = dir.0.join("db");
+        let dir = Dir::new("file-fifo-open");
+        let path = dir.path("db");
         mkfifo(&path);
         let file = open_nonblocking(&path).unwrap();
         let meta = file.metadata().unwrap();

@@ -36,6 +36,9 @@ mod db;
 mod error;
 mod file;
 mod reload;
+#[cfg(test)]
+#[path = "../tests/geo/scratch.rs"]
+mod scratch;
 
 pub use cidr::{normalise, CidrSet};
 pub use client::{client_address, ClientAddr, Via};

@@ -7,5 +7,7 @@
 mod lookup;
 #[path = "geo/reload.rs"]
 mod reload;
+#[path = "geo/scratch.rs"]
+mod scratch;
 #[path = "geo/support.rs"]
 mod support;

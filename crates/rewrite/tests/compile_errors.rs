@@ -10,32 +10,7 @@ use helpers::*;
 use registry_edge_rewrite::*;
 
 fn location(pattern: &str) -> ConditionSpec {
-    ConditionSpec {
-        subject: Subject::Header {
-            side: Side::Response,
-            name: "Location".into(),
-        },
-        pattern: pattern.into(),
-        case_sensitive: false,
-        negate: false,
-    }
-}
-
-fn set(side: Side, header: &str, value: &str) -> ActionSpec {
-    ActionSpec::Set {
-        side,
-        header: header.into(),
-        value: value.into(),
-    }
-}
-
-fn rule(conditions: Vec<ConditionSpec>, actions: Vec<ActionSpec>) -> RuleSpec {
-    RuleSpec {
-        name: "r".into(),
-        conditions,
-        statuses: vec![],
-        actions,
-    }
+    header_condition(Side::Response, "Location", pattern, false)
 }
 
 /// The single error `rule` compiles to.
@@ -154,15 +129,7 @@ fn unknown_reference() {
 
 #[test]
 fn invalid_header_names() {
-    let bad_condition = ConditionSpec {
-        subject: Subject::Header {
-            side: Side::Response,
-            name: "Bad Header".into(),
-        },
-        pattern: "x".into(),
-        case_sensitive: true,
-        negate: false,
-    };
+    let bad_condition = header_condition(Side::Response, "Bad Header", "x", true);
     assert_error(
         rule(vec![bad_condition], vec![set(Side::Response, "X", "1")]),
         ErrorAt::Condition(0),

@@ -209,18 +209,10 @@ proptest! {
     ) {
         let rules = [RuleSpec {
             name: "p".into(),
-            conditions: vec![ConditionSpec {
-                subject: Subject::Header { side: Side::Response, name: "X-Subject".into() },
-                pattern: pattern.clone(),
-                case_sensitive,
-                negate: false,
-            }],
-            statuses: vec![],
-            actions: vec![ActionSpec::Set {
-                side: Side::Response,
-                header: "x-subject".into(),
-                value: "new<{http_resp_X-Subject_0}>".into(),
-            }],
+            ..rule(
+                vec![header_condition(Side::Response, "X-Subject", &pattern, case_sensitive)],
+                vec![set(Side::Response, "x-subject", "new<{http_resp_X-Subject_0}>")],
+            )
         }];
         let engine = engine(&rules, Some(&derived()));
         let regex = regex::RegexBuilder::new(&pattern).case_insensitive(!case_sensitive).build().unwrap();

@@ -10,15 +10,7 @@ use helpers::*;
 use registry_edge_rewrite::*;
 
 fn on(side: Side, name: &str, pattern: &str) -> ConditionSpec {
-    ConditionSpec {
-        subject: Subject::Header {
-            side,
-            name: name.into(),
-        },
-        pattern: pattern.into(),
-        case_sensitive: true,
-        negate: false,
-    }
+    header_condition(side, name, pattern, true)
 }
 
 fn var(var: Var, pattern: &str) -> ConditionSpec {
@@ -33,23 +25,6 @@ fn var(var: Var, pattern: &str) -> ConditionSpec {
 fn not(mut condition: ConditionSpec) -> ConditionSpec {
     condition.negate = true;
     condition
-}
-
-fn set(side: Side, header: &str, value: &str) -> ActionSpec {
-    ActionSpec::Set {
-        side,
-        header: header.into(),
-        value: value.into(),
-    }
-}
-
-fn rule(conditions: Vec<ConditionSpec>, actions: Vec<ActionSpec>) -> RuleSpec {
-    RuleSpec {
-        name: "r".into(),
-        conditions,
-        statuses: vec![],
-        actions,
-    }
 }
 
 fn marker() -> ActionSpec {

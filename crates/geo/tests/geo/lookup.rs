@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use registry_edge_geo::{GeoDb, GeoError, Location};
 use serde::Serialize;
 
+use crate::scratch::Dir;
 use crate::support::{self, continent, country, place, Record};
 
 fn ip(s: &str) -> IpAddr {
@@ -270,7 +271,7 @@ fn broken_bytes_are_invalid() {
 
 #[test]
 fn open_reads_the_file() {
-    let dir = support::Dir::new("open");
+    let dir = Dir::new("open");
     let path = dir.path("GeoLite2-Country.mmdb");
     std::fs::write(
         &path,

@@ -5,7 +5,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,7 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use registry_edge_geo::{GeoError, ReloadOutcome, ReloadingDb};
 
-use crate::support::{self, age, place, set_mtime, Dir};
+use crate::scratch::{mkfifo, Dir};
+use crate::support::{self, age, place, set_mtime};
 
 const OLD_EPOCH: u64 = 1_700_000_000;
 const NEW_EPOCH: u64 = 1_700_000_100;
@@ -22,25 +23,24 @@ fn ip() -> IpAddr {
     "192.0.2.10".parse().unwrap()
 }
 
-/// Same shape and size: only the country differs, so size alone cannot tell them apart.
-fn old_db() -> Vec<u8> {
+/// Both test networks in `iso`. The databases this makes have the same shape and size: only
+/// the country differs, so size alone cannot tell them apart.
+fn db_in(build_epoch: u64, iso: &str) -> Vec<u8> {
     support::db(
-        OLD_EPOCH,
+        build_epoch,
         &[
-            ("192.0.2.0/24", place("DE", "EU")),
-            ("2001:db8::/32", place("DE", "EU")),
+            ("192.0.2.0/24", place(iso, "EU")),
+            ("2001:db8::/32", place(iso, "EU")),
         ],
     )
 }
 
+fn old_db() -> Vec<u8> {
+    db_in(OLD_EPOCH, "DE")
+}
+
 fn new_db() -> Vec<u8> {
-    support::db(
-        NEW_EPOCH,
-        &[
-            ("192.0.2.0/24", place("FR", "EU")),
-            ("2001:db8::/32", place("FR", "EU")),
-        ],
-    )
+    db_in(NEW_EPOCH, "FR")
 }
 
 fn country(db: &ReloadingDb) -> String {
@@ -104,26 +104,58 @@ fn write_settled(path: &Path, bytes: &[u8], secs_ago: u64) {
     age(path, secs_ago);
 }
 
+/// Writes `bytes` to `tmp`, settled, and renames it over `path`.
+fn rename_settled(tmp: &Path, bytes: &[u8], secs_ago: u64, path: &Path) {
+    write_settled(tmp, bytes, secs_ago);
+    fs::rename(tmp, path).unwrap();
+}
+
+fn modified(path: &Path) -> SystemTime {
+    fs::metadata(path).unwrap().modified().unwrap()
+}
+
 fn open(path: &Path) -> Arc<ReloadingDb> {
     let db = Arc::new(ReloadingDb::open(path).unwrap());
     assert_eq!(country(&db), "DE");
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
     db
 }
 
-fn assert_reloaded(outcome: ReloadOutcome) {
-    match outcome {
+/// A scratch directory with the old database, settled, at `GeoLite2-Country.mmdb`, opened.
+fn open_old(dir_name: &str) -> (Dir, PathBuf, Arc<ReloadingDb>) {
+    let dir = Dir::new(dir_name);
+    let path = dir.path("GeoLite2-Country.mmdb");
+    write_settled(&path, &old_db(), 60);
+    let db = open(&path);
+    (dir, path, db)
+}
+
+/// The next check loads the new database, and lookups answer from it.
+fn assert_reloads_the_new(db: &ReloadingDb) {
+    match db.check() {
         ReloadOutcome::Reloaded { build_epoch } => assert_eq!(build_epoch, NEW_EPOCH),
         other => panic!("expected a reload, got {other:?}"),
+    }
+    assert_eq!(country(db), "FR");
+}
+
+fn assert_unchanged(db: &ReloadingDb) {
+    match db.check() {
+        ReloadOutcome::Unchanged => {}
+        other => panic!("expected no change, got {other:?}"),
+    }
+}
+
+fn assert_refused_as_invalid(db: &ReloadingDb) {
+    match db.check() {
+        ReloadOutcome::Refused(GeoError::Invalid { .. }) => {}
+        other => panic!("expected a refusal of an invalid file, got {other:?}"),
     }
 }
 
 #[test]
 fn rename_over_the_path() {
-    let dir = Dir::new("rename");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
-    let db = open(&path);
+    let (dir, path, db) = open_old("rename");
     let hammer = Hammer::start(&db);
     // An in-flight request keeps the database it took.
     let held = db.current();
@@ -131,27 +163,23 @@ fn rename_over_the_path() {
     // Same size and the same mtime as the old file: only the inode tells.
     let tmp = dir.path(".GeoLite2-Country.mmdb.tmp");
     fs::write(&tmp, new_db()).unwrap();
-    set_mtime(&tmp, fs::metadata(&path).unwrap().modified().unwrap());
+    set_mtime(&tmp, modified(&path));
     assert_eq!(
         fs::metadata(&tmp).unwrap().len(),
         fs::metadata(&path).unwrap().len()
     );
     fs::rename(&tmp, &path).unwrap();
 
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
+    assert_reloads_the_new(&db);
     assert_eq!(held.lookup(ip()).country_code(), Some("DE"));
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
     hammer.finish();
 }
 
 #[test]
 fn copy_over_in_place_with_a_truncated_intermediate_state() {
-    let dir = Dir::new("copy");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
+    let (_dir, path, db) = open_old("copy");
     let first_inode = inode(&path);
-    let db = open(&path);
     let hammer = Hammer::start(&db);
 
     // `cp` truncates and writes: a check can see the first half.
@@ -164,13 +192,11 @@ fn copy_over_in_place_with_a_truncated_intermediate_state() {
     f.write_all(&new[..new.len() / 2]).unwrap();
     f.flush().unwrap();
     age(&path, 50);
-    match db.check() {
-        ReloadOutcome::Refused(GeoError::Invalid { .. }) => {}
-        other => panic!("a half-written file must be refused, got {other:?}"),
-    }
+    // A half-written file is refused.
+    assert_refused_as_invalid(&db);
     assert_eq!(country(&db), "DE");
     // The same half-written file is not read and reported again.
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
     assert_eq!(country(&db), "DE");
 
     // The rest of the write changes size and mtime.
@@ -178,56 +204,34 @@ fn copy_over_in_place_with_a_truncated_intermediate_state() {
     drop(f);
     age(&path, 40);
     assert_eq!(inode(&path), first_inode);
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_reloads_the_new(&db);
+    assert_unchanged(&db);
     hammer.finish();
 }
 
 #[test]
 fn a_fresh_refused_file_is_looked_at_again() {
-    let dir = Dir::new("fresh");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
-    let db = open(&path);
+    let (_dir, path, db) = open_old("fresh");
 
     let new = new_db();
     fs::write(&path, &new[..new.len() / 2]).unwrap();
     // Just written: a writer may still be at it within the same mtime tick.
-    assert!(matches!(
-        db.check(),
-        ReloadOutcome::Refused(GeoError::Invalid { .. })
-    ));
-    assert!(matches!(
-        db.check(),
-        ReloadOutcome::Refused(GeoError::Invalid { .. })
-    ));
+    assert_refused_as_invalid(&db);
+    assert_refused_as_invalid(&db);
     assert_eq!(country(&db), "DE");
     age(&path, 30);
-    assert!(matches!(
-        db.check(),
-        ReloadOutcome::Refused(GeoError::Invalid { .. })
-    ));
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_refused_as_invalid(&db);
+    assert_unchanged(&db);
 }
 
 #[test]
 fn a_fresh_load_is_confirmed_by_content_once_the_file_settles() {
-    let dir = Dir::new("settle");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
-    let db = open(&path);
+    let (_dir, path, db) = open_old("settle");
 
     // A same-size file rewritten in place within one mtime tick: the identity the first
     // (fresh) load recorded stays the same, only the content differs.
     let new = new_db();
-    let other = support::db(
-        NEW_EPOCH + 1,
-        &[
-            ("192.0.2.0/24", place("IT", "EU")),
-            ("2001:db8::/32", place("IT", "EU")),
-        ],
-    );
+    let other = db_in(NEW_EPOCH + 1, "IT");
     assert_eq!(new.len(), other.len());
     let stamp = SystemTime::now();
     fs::write(&path, &other).unwrap();
@@ -242,12 +246,11 @@ fn a_fresh_load_is_confirmed_by_content_once_the_file_settles() {
     drop(f);
     set_mtime(&path, stamp);
     // Not settled yet: nothing to see.
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
     std::thread::sleep(Duration::from_millis(2100));
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
+    assert_reloads_the_new(&db);
     // Confirmed now: no more reads.
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
 }
 
 #[test]
@@ -272,49 +275,39 @@ fn kubernetes_data_symlink_swap() {
     // over `..data` and removes the old directory. Same size and mtime as the old file.
     let new_file = second.join("GeoLite2-Country.mmdb");
     fs::write(&new_file, new_db()).unwrap();
-    set_mtime(&new_file, fs::metadata(&path).unwrap().modified().unwrap());
+    set_mtime(&new_file, modified(&path));
     std::os::unix::fs::symlink(second.file_name().unwrap(), dir.path("..data_tmp")).unwrap();
     fs::rename(dir.path("..data_tmp"), dir.path("..data")).unwrap();
     fs::remove_dir_all(&first).unwrap();
 
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_reloads_the_new(&db);
+    assert_unchanged(&db);
     hammer.finish();
 }
 
 #[test]
 fn a_database_without_country_data_is_refused_and_the_old_kept() {
-    let dir = Dir::new("asn");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
-    let db = open(&path);
+    let (dir, path, db) = open_old("asn");
     let hammer = Hammer::start(&db);
 
     let tmp = dir.path("asn.tmp");
-    write_settled(&tmp, &support::asn_db(), 50);
-    fs::rename(&tmp, &path).unwrap();
+    rename_settled(&tmp, &support::asn_db(), 50, &path);
     match db.check() {
         ReloadOutcome::Refused(GeoError::NoCountryData { path: p }) => assert_eq!(p, path),
         other => panic!("{other:?}"),
     }
     assert_eq!(country(&db), "DE");
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
 
     // A later good file is picked up.
-    write_settled(&tmp, &new_db(), 40);
-    fs::rename(&tmp, &path).unwrap();
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
+    rename_settled(&tmp, &new_db(), 40, &path);
+    assert_reloads_the_new(&db);
     hammer.finish();
 }
 
 #[test]
 fn a_missing_file_is_reported_once_and_its_return_picked_up() {
-    let dir = Dir::new("missing");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
-    let db = open(&path);
+    let (_dir, path, db) = open_old("missing");
     let hammer = Hammer::start(&db);
 
     fs::remove_file(&path).unwrap();
@@ -324,12 +317,11 @@ fn a_missing_file_is_reported_once_and_its_return_picked_up() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(db.check(), ReloadOutcome::Unchanged));
+    assert_unchanged(&db);
     assert_eq!(country(&db), "DE");
 
     write_settled(&path, &new_db(), 30);
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
+    assert_reloads_the_new(&db);
     hammer.finish();
 }
 
@@ -370,12 +362,10 @@ fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         .expect("stalled on a file that is not a regular file")
 }
 
-fn mkfifo(path: &Path) {
-    let status = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
+/// `db.check()` [`within`] 10 s.
+fn check_within(db: &Arc<ReloadingDb>) -> ReloadOutcome {
+    let db = db.clone();
+    within(move || db.check())
 }
 
 fn assert_not_a_file(outcome: ReloadOutcome, path: &Path, what: &str) {
@@ -390,30 +380,20 @@ fn assert_not_a_file(outcome: ReloadOutcome, path: &Path, what: &str) {
 
 #[test]
 fn a_fifo_renamed_over_the_path_is_refused_at_once_and_the_old_kept() {
-    let dir = Dir::new("fifo");
-    let path = dir.path("GeoLite2-Country.mmdb");
-    write_settled(&path, &old_db(), 60);
-    let db = open(&path);
+    let (dir, path, db) = open_old("fifo");
     let hammer = Hammer::start(&db);
 
     let tmp = dir.path("fifo.tmp");
     mkfifo(&tmp);
     fs::rename(&tmp, &path).unwrap();
-    let checked = db.clone();
-    assert_not_a_file(within(move || checked.check()), &path, "a FIFO");
+    assert_not_a_file(check_within(&db), &path, "a FIFO");
     assert_eq!(country(&db), "DE");
     // Reported once, not on every check.
-    let checked = db.clone();
-    assert!(matches!(
-        within(move || checked.check()),
-        ReloadOutcome::Unchanged
-    ));
+    assert!(matches!(check_within(&db), ReloadOutcome::Unchanged));
 
     // A good file renamed over the FIFO is picked up.
-    write_settled(&tmp, &new_db(), 40);
-    fs::rename(&tmp, &path).unwrap();
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
+    rename_settled(&tmp, &new_db(), 40, &path);
+    assert_reloads_the_new(&db);
     hammer.finish();
 }
 
@@ -431,14 +411,9 @@ fn a_symlink_to_a_device_is_refused_and_the_old_kept() {
     let tmp = dir.path("link.tmp");
     std::os::unix::fs::symlink("/dev/zero", &tmp).unwrap();
     fs::rename(&tmp, &path).unwrap();
-    let checked = db.clone();
-    assert_not_a_file(within(move || checked.check()), &path, "a character device");
+    assert_not_a_file(check_within(&db), &path, "a character device");
     assert_eq!(country(&db), "DE");
-    let checked = db.clone();
-    assert!(matches!(
-        within(move || checked.check()),
-        ReloadOutcome::Unchanged
-    ));
+    assert!(matches!(check_within(&db), ReloadOutcome::Unchanged));
 
     // A directory is no better.
     std::os::unix::fs::symlink(&dir.0, &tmp).unwrap();
@@ -449,8 +424,7 @@ fn a_symlink_to_a_device_is_refused_and_the_old_kept() {
     write_settled(&new, &new_db(), 40);
     std::os::unix::fs::symlink(&new, &tmp).unwrap();
     fs::rename(&tmp, &path).unwrap();
-    assert_reloaded(db.check());
-    assert_eq!(country(&db), "FR");
+    assert_reloads_the_new(&db);
     hammer.finish();
 }
 

@@ -1,7 +1,7 @@
-//! MMDB files shaped like GeoLite2 records, and scratch directories.
+//! MMDB files shaped like GeoLite2 records, and file modification times.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mmdb_writer::{IpVersion, Writer};
@@ -112,29 +112,6 @@ pub fn asn_db() -> Vec<u8> {
     w.insert("2001:db8::/32".parse::<ipnet::IpNet>().unwrap(), &rec)
         .unwrap();
     w.to_bytes().unwrap()
-}
-
-/// A scratch directory, removed on drop.
-pub struct Dir(pub PathBuf);
-
-impl Dir {
-    pub fn new(name: &str) -> Dir {
-        let p =
-            std::env::temp_dir().join(format!("registry-edge-geo-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Sets a file's mtime `secs_ago` seconds in the past: old enough to count as settled.

@@ -1,5 +1,5 @@
-//! Builders shared by the integration tests: the seed's rules, a Contoso-like registry, and
-//! header maps written as lists.
+//! Builders shared by the integration tests: the seed's rules, rules of conditions and actions,
+//! a Contoso-like registry, and header maps written as lists.
 
 #![allow(dead_code)]
 
@@ -15,62 +15,78 @@ pub const PUBLIC_DATA: &str = "acr-secure-data.contoso.com";
 /// The three rules of the reference architecture, entered as its text gives them.
 pub fn seed_rules() -> Vec<RuleSpec> {
     vec![
-        RuleSpec {
-            name: "rewrite-location".into(),
-            conditions: vec![ConditionSpec {
-                subject: Subject::Header {
-                    side: Side::Response,
-                    name: "Location".into(),
-                },
-                pattern: r"https:\/\/contososecurepublicacr.azurecr.io(.*)$".into(),
-                case_sensitive: false,
-                negate: false,
-            }],
-            statuses: vec![StatusRange { from: 302, to: 302 }],
-            actions: vec![ActionSpec::Set {
-                side: Side::Response,
-                header: "Location".into(),
-                value: "https://acr-secure.contoso.com{http_resp_Location_1}".into(),
-            }],
-        },
-        RuleSpec {
-            name: "rewrite-www-authenticate".into(),
-            conditions: vec![ConditionSpec {
-                subject: Subject::Header {
-                    side: Side::Response,
-                    name: "WWW-Authenticate".into(),
-                },
-                pattern: r"^(.*)https:\/\/contososecurepublicacr.azurecr.io\/oauth2\/token(.*)$"
-                    .into(),
-                case_sensitive: false,
-                negate: false,
-            }],
-            statuses: vec![StatusRange { from: 401, to: 401 }],
-            actions: vec![ActionSpec::Set {
-                side: Side::Response,
-                header: "WWW-Authenticate".into(),
-                value: "{http_resp_WWW-Authenticate_1}https://acr-secure.contoso.com/oauth2/token{http_resp_WWW-Authenticate_2}".into(),
-            }],
-        },
-        RuleSpec {
-            name: "rewrite-data-location".into(),
-            conditions: vec![ConditionSpec {
-                subject: Subject::Header {
-                    side: Side::Response,
-                    name: "Location".into(),
-                },
-                pattern: r"https:\/\/contososecurepublicacr.eastus.data.azurecr.io(.*)$".into(),
-                case_sensitive: false,
-                negate: false,
-            }],
-            statuses: vec![StatusRange { from: 302, to: 302 }],
-            actions: vec![ActionSpec::Set {
-                side: Side::Response,
-                header: "Location".into(),
-                value: "https://acr-secure-data.contoso.com{http_resp_Location_1}".into(),
-            }],
-        },
+        seed_rule(
+            "rewrite-location",
+            "Location",
+            r"https:\/\/contososecurepublicacr.azurecr.io(.*)$",
+            302,
+            "https://acr-secure.contoso.com{http_resp_Location_1}",
+        ),
+        seed_rule(
+            "rewrite-www-authenticate",
+            "WWW-Authenticate",
+            r"^(.*)https:\/\/contososecurepublicacr.azurecr.io\/oauth2\/token(.*)$",
+            401,
+            "{http_resp_WWW-Authenticate_1}https://acr-secure.contoso.com/oauth2/token{http_resp_WWW-Authenticate_2}",
+        ),
+        seed_rule(
+            "rewrite-data-location",
+            "Location",
+            r"https:\/\/contososecurepublicacr.eastus.data.azurecr.io(.*)$",
+            302,
+            "https://acr-secure-data.contoso.com{http_resp_Location_1}",
+        ),
     ]
+}
+
+/// A seed rule: on responses of `status` whose `header` matches `pattern` (case ignored), sets
+/// that header to `value`.
+fn seed_rule(name: &str, header: &str, pattern: &str, status: u16, value: &str) -> RuleSpec {
+    RuleSpec {
+        name: name.into(),
+        conditions: vec![header_condition(Side::Response, header, pattern, false)],
+        statuses: vec![StatusRange {
+            from: status,
+            to: status,
+        }],
+        actions: vec![set(Side::Response, header, value)],
+    }
+}
+
+/// A condition on header `name` of the `side` message, not negated.
+pub fn header_condition(
+    side: Side,
+    name: &str,
+    pattern: &str,
+    case_sensitive: bool,
+) -> ConditionSpec {
+    ConditionSpec {
+        subject: Subject::Header {
+            side,
+            name: name.into(),
+        },
+        pattern: pattern.into(),
+        case_sensitive,
+        negate: false,
+    }
+}
+
+pub fn set(side: Side, header: &str, value: &str) -> ActionSpec {
+    ActionSpec::Set {
+        side,
+        header: header.into(),
+        value: value.into(),
+    }
+}
+
+/// A rule named `r` that any status may fire.
+pub fn rule(conditions: Vec<ConditionSpec>, actions: Vec<ActionSpec>) -> RuleSpec {
+    RuleSpec {
+        name: "r".into(),
+        conditions,
+        statuses: vec![],
+        actions,
+    }
 }
 
 pub fn upstream(host: &str, port: u16) -> UpstreamAuthority {
