@@ -173,3 +173,43 @@ pub fn changed_sections(running: &Config, new: &Config) -> Vec<&'static str> {
     }
     changed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::minimal;
+
+    #[test]
+    fn restart_only_settings_are_reported_and_keep_their_running_values() {
+        let running = minimal("", "");
+        let new = minimal(
+            ", max_request_header_bytes: 4096",
+            "server: { threads: 3 }\naccess: { read_only: true }\n",
+        );
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            ["listeners", "server"]
+        );
+        let kept = keep_running_settings(&running, new.clone());
+        assert_eq!(kept.listeners, running.listeners);
+        assert_eq!(kept.server, running.server);
+        // What a reload applies stays new.
+        assert!(kept.access.read_only && !running.access.read_only);
+        assert!(restart_only_changes(&running, &kept).is_empty());
+        assert_eq!(changed_sections(&running, &kept), ["access"]);
+    }
+
+    #[test]
+    fn changed_sections_name_each_section_a_reload_applies() {
+        let running = minimal("", "");
+        assert!(changed_sections(&running, &running).is_empty());
+        let new = crate::testing::config(
+            "version: 1\nlisteners: [{ address: \"127.0.0.1:1\" }]\nregistry:\n  login_server: r2.internal\n  public_host: r.example\nclients: { trusted_proxies: [10.0.0.0/8] }\nrewrites:\n  - name: frame\n    action: { set_header: X-Frame-Options, value: DENY }\n",
+        );
+        assert_eq!(
+            changed_sections(&running, &new),
+            ["registry", "clients", "rewrites"]
+        );
+        assert!(restart_only_changes(&running, &new).is_empty());
+    }
+}

@@ -1,7 +1,7 @@
 //! No upstream name reaches a client (docs/rewrite-engine.md, "What clients see"):
 //!
 //! - the `service` of every challenge (the token audience, which for ACR is the registry's own
-//!   login server name) becomes the public host; token requests map it back (service.rs);
+//!   login server name) becomes the public host; token requests map it back (service/token.rs);
 //! - every absolute URL left in `Location`, `Link` or a challenge's `realm` after the rewrite
 //!   engine ran is checked against the public hosts: one that is not on them is *unmapped*
 //!   (counted, and logged at most once a minute per header); a redirect to one is refused

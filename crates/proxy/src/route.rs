@@ -2,7 +2,7 @@
 //! `early_request_filter` stays a thin call into it.
 //!
 //! - the login `public_host` → the login side, or the token server for the token paths; what the
-//!   path means there is the gate's to decide (`registry_edge_gate::parse`, in service.rs);
+//!   path means there is the gate's to decide (`registry_edge_gate::parse`, in service/arrive.rs);
 //! - a data endpoint's `public_host` → that region's data endpoint; where several regions share the
 //!   host, the region travels as a `/_r/<region>/` path prefix, stripped before forwarding; the
 //!   path must be canonical ([`is_canonical`]): data URLs are the registry's own, and never need

@@ -277,3 +277,94 @@ impl Watched {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory with self-signed certificate and key files.
+    struct Files(std::path::PathBuf);
+
+    impl Files {
+        fn new(name: &str) -> Files {
+            let dir = std::env::temp_dir()
+                .join(format!("registry-edge-tls-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Files(dir)
+        }
+
+        /// A certificate for `names`, written as `<file>.pem` / `<file>.key`; returns the pair
+        /// and the certificate's DER.
+        fn issue(&self, file: &str, names: &[&str]) -> (CertificatePair, Vec<u8>) {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let issued = rcgen::generate_simple_self_signed(names).unwrap();
+            let pair = CertificatePair {
+                cert: self.0.join(format!("{file}.pem")),
+                key: self.0.join(format!("{file}.key")),
+            };
+            std::fs::write(&pair.cert, issued.cert.pem()).unwrap();
+            std::fs::write(&pair.key, issued.signing_key.serialize_pem()).unwrap();
+            (pair, issued.cert.der().to_vec())
+        }
+    }
+
+    impl Drop for Files {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn served(r: &SniResolver, name: Option<&str>) -> Vec<u8> {
+        r.pick(name).unwrap().cert[0].as_ref().to_vec()
+    }
+
+    #[test]
+    fn a_certificate_by_exact_name_then_wildcard_then_the_first() {
+        let files = Files::new("pick");
+        let (registry, registry_der) = files.issue("registry", &["registry.test"]);
+        let (data, data_der) = files.issue("data", &["*.data.test"]);
+        let r = SniResolver::load(&[registry, data]).unwrap();
+        assert_eq!(served(&r, Some("registry.test")), registry_der);
+        assert_eq!(served(&r, Some("REGISTRY.test")), registry_der);
+        assert_eq!(served(&r, Some("eastus.data.test")), data_der);
+        // A wildcard covers one label only; anything else gets the first certificate.
+        assert_eq!(served(&r, Some("a.eastus.data.test")), registry_der);
+        assert_eq!(served(&r, Some("other.example")), registry_der);
+        assert_eq!(served(&r, None), registry_der);
+        let expiries = r.expiries();
+        assert_eq!(expiries.len(), 2);
+        assert!(expiries.iter().all(|(_, at)| *at > 0));
+    }
+
+    #[test]
+    fn a_broken_replacement_is_refused_and_the_old_set_kept() {
+        let files = Files::new("rotate");
+        let (pair, first) = files.issue("registry", &["registry.test"]);
+        let resolver = Arc::new(SniResolver::load(std::slice::from_ref(&pair)).unwrap());
+        let watched = Watched::new("l".into(), vec![pair.clone()], resolver.clone());
+        assert!(matches!(watched.check(), CertCheck::Unchanged));
+        // A key that does not parse: refused, the old certificate still served, and the same
+        // broken files are not read again until they change.
+        std::fs::write(&pair.key, "not a key").unwrap();
+        assert!(matches!(watched.check(), CertCheck::Refused(_)));
+        assert_eq!(served(&resolver, Some("registry.test")), first);
+        assert!(matches!(watched.check(), CertCheck::Unchanged));
+        // A whole new pair (the stamps differ in size at least): loaded.
+        let (_, second) = files.issue("registry", &["registry.test", "other.test"]);
+        assert!(matches!(watched.check(), CertCheck::Reloaded));
+        assert_eq!(served(&resolver, Some("registry.test")), second);
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let files = Files::new("missing");
+        let pair = CertificatePair {
+            cert: files.0.join("absent.pem"),
+            key: files.0.join("absent.key"),
+        };
+        let e = SniResolver::load(&[pair]).unwrap_err().to_string();
+        assert!(e.contains("absent.pem"), "{e}");
+    }
+}
