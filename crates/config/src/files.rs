@@ -1,10 +1,14 @@
 //! Checks of the files a configuration names, for `check` without `--no-files`. They open and
 //! parse each file the way the proxy will, so that a bad file fails here and not at start.
 
+use std::io::Read;
 use std::path::Path;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The fewest bytes `blob_cache.key_file` may hold: a 256-bit HMAC key.
+pub const BLOB_CACHE_KEY_MIN_BYTES: usize = 32;
 
 pub fn check_certificate(path: &Path) -> Result<(), String> {
     let certs = read_certs(path)?;
@@ -64,4 +68,52 @@ pub fn check_geoip(path: &Path) -> Result<(), String> {
     registry_edge_geo::GeoDb::open(path)
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// `blob_cache.key_file`: the HMAC key's file must be a regular file (or a symlink to one) that
+/// holds at least [`BLOB_CACHE_KEY_MIN_BYTES`] bytes. Anything else at the path (a FIFO, a device,
+/// a directory) is refused without being opened.
+pub fn check_blob_cache_key(path: &Path) -> Result<(), String> {
+    let make = || {
+        format!(
+            "make one with `head -c {BLOB_CACHE_KEY_MIN_BYTES} /dev/urandom > {}` and give the same file to every replica",
+            path.display()
+        )
+    };
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{}: cannot read: {e}; {}", path.display(), make()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{}: not a regular file; {}",
+            path.display(),
+            make()
+        ));
+    }
+    let mut head = Vec::with_capacity(BLOB_CACHE_KEY_MIN_BYTES);
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(BLOB_CACHE_KEY_MIN_BYTES as u64)
+                .read_to_end(&mut head)
+        })
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    if head.len() < BLOB_CACHE_KEY_MIN_BYTES {
+        return Err(format!(
+            "{}: holds {} bytes, a key needs at least {BLOB_CACHE_KEY_MIN_BYTES}; {}",
+            path.display(),
+            head.len(),
+            make()
+        ));
+    }
+    Ok(())
+}
+
+/// `blob_cache.path` need not exist (the proxy creates it); what exists there must be a
+/// directory (or a symlink to one).
+pub fn check_blob_cache_dir(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{}: exists and is not a directory", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: cannot use: {e}", path.display())),
+    }
 }

@@ -25,10 +25,14 @@ use std::io::Read;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors};
+pub use files::BLOB_CACHE_KEY_MIN_BYTES;
 pub use limits::{MAX_BYTES, MAX_DEPTH};
 pub use model::*;
 pub use position::Position;
-pub use validate::{derived_spec, Options, DEFAULT_IPV6_PREFIX, DEFAULT_TOKEN_PATHS};
+pub use validate::{
+    derived_spec, Options, DEFAULT_AUTHORIZATION_TTL, DEFAULT_IPV6_PREFIX, DEFAULT_MIN_BLOB_SIZE,
+    DEFAULT_TOKEN_PATHS, MIN_BLOB_CACHE_SIZE,
+};
 pub use values::{Authority, CountryCode};
 
 /// Reads and validates a configuration file. Relative paths inside it are taken relative to the

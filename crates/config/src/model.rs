@@ -24,6 +24,8 @@ pub struct Config {
     pub geoip: Option<GeoIp>,
     pub clients: Clients,
     pub access: Access,
+    /// `blob_cache`; `None` (the block left out): every blob comes from the registry's storage.
+    pub blob_cache: Option<BlobCache>,
     /// The user rules as written (validated); the compiled engine also holds the derived rules.
     pub rewrites: Vec<RuleSpec>,
     pub engine: Arc<Engine>,
@@ -276,6 +278,22 @@ pub struct RateLimit {
     /// whole /64 and could otherwise rotate through it. IPv4 clients have a bucket each.
     pub ipv6_prefix: u8,
     pub exempt_cidrs: Vec<IpNet>,
+}
+
+/// `blob_cache`: blobs served from a digest-verified disk cache, only to requests the registry has
+/// just authorized (see docs/blob-cache.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlobCache {
+    /// Directory of the cache (resolved like other paths in the file: relative to the file's directory).
+    pub path: PathBuf,
+    /// Disk budget in bytes for complete entries.
+    pub max_size: u64,
+    /// Blobs smaller than this (by the upstream's Content-Length) are not cached.
+    pub min_blob_size: u64,
+    /// File holding the HMAC key (at least 32 bytes of content) that signs the cache tokens put in rewritten blob redirects; every replica behind one load balancer must share it.
+    pub key_file: PathBuf,
+    /// How long a rewritten blob redirect may serve from the cache, at most (also never past the SAS `se=` of the URL).
+    pub authorization_ttl: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

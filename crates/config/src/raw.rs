@@ -1,6 +1,6 @@
 //! The file format: serde structs that mirror the YAML keys one to one. Every struct refuses unknown
 //! keys; values whose syntax needs checking (durations, addresses, CIDRs) stay strings here so that
-//! validation can report all of them at once, each with its position. A key left out reads as
+//! validation can report all of them at once, each with its position (sizes too, see [`RawSize`]). A key left out reads as
 //! `None` in an `Option` field and as the type's default where `#[serde(default)]` says so: on the
 //! field, or on a struct whose every key may be left out.
 
@@ -36,6 +36,7 @@ file_format! {
         pub clients: RawClients,
         #[serde(default)]
         pub access: RawAccess,
+        pub blob_cache: Option<RawBlobCache>,
         #[serde(default)]
         pub rewrites: Vec<RawRewrite>,
         #[serde(default)]
@@ -203,6 +204,14 @@ file_format! {
         pub exempt_cidrs: Vec<String>,
     }
 
+    pub struct RawBlobCache {
+        pub path: String,
+        pub max_size: RawSize,
+        pub min_blob_size: Option<RawSize>,
+        pub key_file: String,
+        pub authorization_ttl: Option<String>,
+    }
+
     pub struct RawRewrite {
         pub name: String,
         pub condition: Option<RawCondition>,
@@ -244,4 +253,43 @@ file_format! {
 pub enum RawStatus {
     Code(u64),
     Text(String),
+}
+
+/// A size as written: `50GiB` or a bare number of bytes, kept as text whatever its YAML type, so
+/// that a negative, fractional or oversized number gets the validator's message (with its
+/// position) and not serde's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSize(pub String);
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size such as 512MiB, 10GB or 1048576")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize(v.to_owned()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawSize, E> {
+                Ok(RawSize(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize(v.to_string()))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<RawSize, E> {
+                Ok(RawSize(v.to_string()))
+            }
+            fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<RawSize, E> {
+                Ok(RawSize(v.to_string()))
+            }
+            /// `{:?}` keeps a fraction or exponent visible (`1e9` shows as `1000000000.0`), so the
+            /// size parser refuses it instead of taking a float for a whole number.
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawSize, E> {
+                Ok(RawSize(format!("{v:?}")))
+            }
+        }
+        deserializer.deserialize_any(Text)
+    }
 }

@@ -19,7 +19,7 @@ use crate::model::*;
 use crate::position::PositionIndex;
 use crate::raw::*;
 use crate::values::{
-    parse_cidr, parse_duration, parse_public_host, parse_status, Authority, CountryCode,
+    parse_cidr, parse_duration, parse_public_host, parse_size, parse_status, Authority, CountryCode,
 };
 
 pub const DEFAULT_PID_FILE: &str = "/run/registry-edge/registry-edge.pid";
@@ -27,10 +27,20 @@ pub const DEFAULT_UPGRADE_SOCK: &str = "/run/registry-edge/upgrade.sock";
 pub const DEFAULT_TOKEN_PATHS: [&str; 2] = ["/oauth2/token", "/oauth2/exchange"];
 /// `access.rate_limit.ipv6_prefix` when absent: a /64, what one IPv6 subscriber is given.
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// `blob_cache.min_blob_size` when absent.
+pub const DEFAULT_MIN_BLOB_SIZE: u64 = 1 << 20;
+/// The smallest `blob_cache.max_size`: below it the cache could hold next to nothing.
+pub const MIN_BLOB_CACHE_SIZE: u64 = 1 << 20;
+/// `blob_cache.authorization_ttl` when absent.
+pub const DEFAULT_AUTHORIZATION_TTL: Duration = Duration::from_secs(600);
+/// The range of `blob_cache.authorization_ttl`.
+const AUTHORIZATION_TTL_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(3600);
 /// pingora itself refuses request headers over 1 MiB with a bare 400 before any hook runs.
 const MAX_HEADER_LIMIT: usize = 1024 * 1024;
 
-/// Whether files named by the configuration (certificates, CA, GeoIP database) are opened.
+/// Whether files named by the configuration (certificates, CA, GeoIP database, the blob cache's
+/// key file and directory) are opened.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub check_files: bool,
@@ -167,6 +177,7 @@ impl<'a> Validator<'a> {
             trusted_proxies: self.cidrs("clients.trusted_proxies", &raw.clients.trusted_proxies),
         };
         let access = self.access(&raw.access);
+        let blob_cache = raw.blob_cache.as_ref().map(|b| self.blob_cache(b));
         if geoip.is_none() {
             if !access.embargo_countries.is_empty() {
                 self.err(
@@ -208,6 +219,7 @@ impl<'a> Validator<'a> {
             geoip,
             clients,
             access,
+            blob_cache,
             rewrites,
             engine: Arc::new(engine?),
             logging,
@@ -950,6 +962,81 @@ impl<'a> Validator<'a> {
         }
     }
 
+    fn blob_cache(&mut self, raw: &RawBlobCache) -> BlobCache {
+        let path_given = !raw.path.trim().is_empty();
+        let key_given = !raw.key_file.trim().is_empty();
+        for (key, given) in [("path", path_given), ("key_file", key_given)] {
+            if !given {
+                self.err(format!("blob_cache.{key}"), "must not be empty");
+            }
+        }
+        let path = self.resolve(&raw.path);
+        let key_file = self.resolve(&raw.key_file);
+        let max_text = raw.max_size.0.trim();
+        let max_size = self.check("blob_cache.max_size", parse_size(max_text));
+        if max_size.is_some_and(|n| n < MIN_BLOB_CACHE_SIZE) {
+            self.err(
+                "blob_cache.max_size",
+                format!("`{max_text}` is below the minimum of 1MiB (1048576 bytes)"),
+            );
+        }
+        let min_blob_size = match &raw.min_blob_size {
+            None => Some(DEFAULT_MIN_BLOB_SIZE),
+            Some(t) => {
+                let size = self.check("blob_cache.min_blob_size", parse_size(&t.0));
+                if let (Some(min), Some(max)) = (size, max_size) {
+                    if min > max {
+                        self.err(
+                            "blob_cache.min_blob_size",
+                            format!(
+                                "`{}` is more than max_size (`{max_text}`): no blob could be cached",
+                                t.0.trim()
+                            ),
+                        );
+                    }
+                }
+                size
+            }
+        };
+        let authorization_ttl = self.duration(
+            "blob_cache.authorization_ttl",
+            raw.authorization_ttl.as_deref(),
+            DEFAULT_AUTHORIZATION_TTL,
+        );
+        if !AUTHORIZATION_TTL_RANGE.contains(&authorization_ttl) {
+            self.err("blob_cache.authorization_ttl", "must be between 1s and 1h");
+        }
+        // Clearing a cache (`rm -rf` of its directory) must not take the shared key with it.
+        if path_given && key_given && key_file.starts_with(&path) {
+            self.err(
+                "blob_cache.key_file",
+                format!(
+                    "`{}` is inside blob_cache.path: clearing the cache would remove the key; keep it elsewhere",
+                    key_file.display()
+                ),
+            );
+        }
+        if self.options.check_files {
+            if key_given {
+                if let Err(e) = files::check_blob_cache_key(&key_file) {
+                    self.err("blob_cache.key_file", e);
+                }
+            }
+            if path_given {
+                if let Err(e) = files::check_blob_cache_dir(&path) {
+                    self.err("blob_cache.path", e);
+                }
+            }
+        }
+        BlobCache {
+            path,
+            max_size: max_size.unwrap_or(MIN_BLOB_CACHE_SIZE),
+            min_blob_size: min_blob_size.unwrap_or(DEFAULT_MIN_BLOB_SIZE),
+            key_file,
+            authorization_ttl,
+        }
+    }
+
     fn rewrites(&mut self, raw: &[RawRewrite]) -> Vec<RuleSpec> {
         let mut names = HashSet::new();
         let mut out = Vec::new();
@@ -1330,5 +1417,167 @@ mod tests {
         }
         let e = parse_registry("  unmapped_redirects: maybe\n").unwrap_err();
         assert!(e.to_string().contains("is not `refuse` or `pass`"), "{e}");
+    }
+
+    /// A configuration whose line 7 is `blob_cache:` and whose lines 8 on are `block`.
+    fn parse_blob_cache(block: &str, base: &str) -> Result<crate::Config, crate::ConfigErrors> {
+        let yaml = format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry:\n  login_server: \"127.0.0.1:5000\"\n  tls: false\n  public_host: registry.localhost\nblob_cache:\n{block}"
+        );
+        crate::parse(
+            &yaml,
+            "edge.yaml",
+            Path::new(base),
+            Options { check_files: false },
+        )
+    }
+
+    #[test]
+    fn blob_cache_takes_defaults_and_resolves_paths_like_the_rest_of_the_file() {
+        let c = parse_blob_cache(
+            "  path: cache/blobs\n  max_size: 50GiB\n  key_file: /etc/registry-edge/blob-cache.key\n",
+            "/etc/registry-edge",
+        )
+        .unwrap();
+        assert_eq!(
+            c.blob_cache,
+            Some(BlobCache {
+                path: PathBuf::from("/etc/registry-edge/cache/blobs"),
+                max_size: 50 << 30,
+                min_blob_size: 1 << 20,
+                key_file: PathBuf::from("/etc/registry-edge/blob-cache.key"),
+                authorization_ttl: Duration::from_secs(600),
+            })
+        );
+        let c = parse_blob_cache(
+            "  { path: /var/cache/b, max_size: 1048576, min_blob_size: 0, key_file: k, authorization_ttl: 1h }\n",
+            "/etc/registry-edge",
+        )
+        .unwrap();
+        assert_eq!(
+            c.blob_cache,
+            Some(BlobCache {
+                path: PathBuf::from("/var/cache/b"),
+                max_size: MIN_BLOB_CACHE_SIZE,
+                min_blob_size: 0,
+                key_file: PathBuf::from("/etc/registry-edge/k"),
+                authorization_ttl: Duration::from_secs(3600),
+            })
+        );
+        let c = parse_blob_cache(
+            "  { path: c, max_size: \"10GB\", min_blob_size: 10GB, key_file: k, authorization_ttl: 1s }\n",
+            ".",
+        )
+        .unwrap();
+        let b = c.blob_cache.unwrap();
+        assert_eq!(
+            (b.max_size, b.min_blob_size),
+            (10_000_000_000, 10_000_000_000)
+        );
+        assert_eq!(b.authorization_ttl, Duration::from_secs(1));
+        // Left out, the cache is off.
+        assert_eq!(parse_registry("").unwrap().blob_cache, None);
+    }
+
+    #[test]
+    fn the_full_example_caches_blobs_and_the_minimal_one_does_not() {
+        let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../conf");
+        let load = |name: &str| {
+            crate::load(&conf.join(name), Options { check_files: false })
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert_eq!(
+            load("registry-edge.yaml").blob_cache,
+            Some(BlobCache {
+                path: PathBuf::from("/var/cache/registry-edge/blobs"),
+                max_size: 50 << 30,
+                min_blob_size: DEFAULT_MIN_BLOB_SIZE,
+                key_file: PathBuf::from("/etc/registry-edge/blob-cache.key"),
+                authorization_ttl: DEFAULT_AUTHORIZATION_TTL,
+            })
+        );
+        assert_eq!(load("minimal.yaml").blob_cache, None);
+    }
+
+    #[test]
+    fn blob_cache_bad_values_are_positioned_errors() {
+        let ok = [
+            "  path: /var/cache/blobs\n",
+            "  max_size: 1GiB\n",
+            "  key_file: /etc/k\n",
+        ];
+        // (the key replaced or added, the expected error)
+        for (line, want) in [
+            ("  path: \"\"\n", "edge.yaml:8:9: blob_cache.path: must not be empty"),
+            ("  key_file: \" \"\n", "edge.yaml:10:13: blob_cache.key_file: must not be empty"),
+            ("  max_size: 10 GiB\n", "edge.yaml:9:13: blob_cache.max_size: `10 GiB` is not a size: write a whole number of bytes with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 512MiB, 10GB, 1048576"),
+            ("  max_size: -1\n", "edge.yaml:9:13: blob_cache.max_size: `-1` is not a size: write a whole number of bytes with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 512MiB, 10GB, 1048576"),
+            ("  max_size: 1.5\n", "edge.yaml:9:13: blob_cache.max_size: `1.5` is not a size: write a whole number of bytes with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 512MiB, 10GB, 1048576"),
+            ("  max_size: 1e9\n", "edge.yaml:9:13: blob_cache.max_size: `1000000000.0` is not a size: write a whole number of bytes with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 512MiB, 10GB, 1048576"),
+            ("  max_size: 99999999999999999999\n", "edge.yaml:9:13: blob_cache.max_size: `99999999999999999999` is too large: a size is at most 2^64 - 1 bytes"),
+            ("  max_size: 20000000TiB\n", "edge.yaml:9:13: blob_cache.max_size: `20000000TiB` is too large: a size is at most 2^64 - 1 bytes"),
+            ("  max_size: 1048575\n", "edge.yaml:9:13: blob_cache.max_size: `1048575` is below the minimum of 1MiB (1048576 bytes)"),
+            ("  max_size: 1MB\n", "edge.yaml:9:13: blob_cache.max_size: `1MB` is below the minimum of 1MiB (1048576 bytes)"),
+            ("  min_blob_size: 2GiB\n", "edge.yaml:11:18: blob_cache.min_blob_size: `2GiB` is more than max_size (`1GiB`): no blob could be cached"),
+            ("  min_blob_size: \"\"\n", "edge.yaml:11:18: blob_cache.min_blob_size: `` is not a size: write a whole number of bytes with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 512MiB, 10GB, 1048576"),
+            ("  authorization_ttl: 2h\n", "edge.yaml:11:22: blob_cache.authorization_ttl: must be between 1s and 1h"),
+            ("  authorization_ttl: 500ms\n", "edge.yaml:11:22: blob_cache.authorization_ttl: must be between 1s and 1h"),
+            ("  authorization_ttl: 0s\n", "edge.yaml:11:22: blob_cache.authorization_ttl: must be between 1s and 1h"),
+            ("  authorization_ttl: 10\n", "edge.yaml:11:22: blob_cache.authorization_ttl: `10` is not a duration: write a number and a unit, such as 500ms, 10s, 5m, 1h"),
+            ("  key_file: /var/cache/blobs/hmac.key\n", "edge.yaml:10:13: blob_cache.key_file: `/var/cache/blobs/hmac.key` is inside blob_cache.path: clearing the cache would remove the key; keep it elsewhere"),
+        ] {
+            let key = line.trim_start().split(':').next().unwrap();
+            let mut block: Vec<&str> = ok
+                .iter()
+                .copied()
+                .filter(|l| !l.trim_start().starts_with(&format!("{key}:")))
+                .collect();
+            let at = ok.iter().position(|l| l.trim_start().starts_with(&format!("{key}:")));
+            block.insert(at.unwrap_or(block.len()), line);
+            let e = parse_blob_cache(&block.concat(), ".").unwrap_err().to_string();
+            assert_eq!(e, want, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn blob_cache_errors_are_collected_and_its_keys_checked() {
+        let e = parse_blob_cache(
+            "  path: \"\"\n  max_size: 12XB\n  min_blob_size: -5\n  key_file: \"\"\n  authorization_ttl: 2d\n",
+            ".",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "blob_cache.path",
+                "blob_cache.max_size",
+                "blob_cache.min_blob_size",
+                "blob_cache.key_file",
+                "blob_cache.authorization_ttl",
+            ]
+        );
+        // Unknown and missing keys: serde's message, on the block.
+        let e = parse_blob_cache(
+            "  path: p\n  max_size: 1GiB\n  key_file: k\n  max_age: 1d\n",
+            ".",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("edge.yaml:11:") && e.contains("unknown field `max_age`"),
+            "{e}"
+        );
+        let e = parse_blob_cache("  path: p\n  key_file: k\n", ".")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `max_size`"), "{e}");
+        let e = parse_blob_cache("  path: p\n  max_size: true\n  key_file: k\n", ".")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("expected a size such as 512MiB, 10GB or 1048576"),
+            "{e}"
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! Parsers for the value syntaxes of the file: durations, `host[:port]` authorities, public host
-//! names, CIDRs, status ranges and ISO 3166-1 country codes. Each returns a message fit to show an
+//! Parsers for the value syntaxes of the file: durations, sizes, `host[:port]` authorities, public
+//! host names, CIDRs, status ranges and ISO 3166-1 country codes. Each returns a message fit to show an
 //! operator.
 
 use std::fmt;
@@ -177,6 +177,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// `1048576`, `512MiB`, `10GB`: a whole number of bytes with an optional unit, `B`, `KB`, `MB`,
+/// `GB`, `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024), written right after
+/// the number. As with durations, spaces around the value are ignored and none may come between
+/// the number and its unit; units are case-sensitive. Zero is allowed only where the caller says so.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "`{text}` is not a size: write a whole number of bytes with an optional unit \
+             (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), such as 512MiB, 10GB, 1048576"
+        )
+    };
+    let too_large = || format!("`{text}` is too large: a size is at most 2^64 - 1 bytes");
+    let t = text.trim();
+    let digits = t.bytes().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return Err(bad());
+    }
+    let multiplier: u64 = match &t[digits..] {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "MB" => 1000u64.pow(2),
+        "GB" => 1000u64.pow(3),
+        "TB" => 1000u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    // Only digits remain, so parsing fails on overflow alone.
+    let n: u64 = t[..digits].parse().map_err(|_| too_large())?;
+    n.checked_mul(multiplier).ok_or_else(too_large)
+}
+
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128).
 pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
     if let Ok(net) = text.parse::<IpNet>() {
@@ -290,6 +324,66 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("ten seconds").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("7B"), Ok(7));
+        assert_eq!(parse_size("2KB"), Ok(2_000));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size("3MB"), Ok(3_000_000));
+        assert_eq!(parse_size("1TB"), Ok(1_000_000_000_000));
+        assert_eq!(parse_size("2KiB"), Ok(2_048));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("50GiB"), Ok(50 << 30));
+        assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+        assert_eq!(parse_size("007MiB"), Ok(7 << 20));
+        // Spaces around the value, as for durations; none inside.
+        assert_eq!(parse_size(" 1MiB\t"), Ok(1 << 20));
+        assert_eq!(parse_size("1 "), Ok(1));
+        for bad in [
+            "1 MiB",
+            "",
+            "   ",
+            "-1",
+            "-1MiB",
+            "+1MiB",
+            "1.5GiB",
+            "1e9",
+            "GiB",
+            "1GiB512MiB",
+            "1gib",
+            "1mb",
+            "1kB",
+            "1K",
+            "1M",
+            "1Gi",
+            "ten",
+            "1MiB!",
+            "0x10",
+            "1_000",
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("is not a size"), "{bad:?}: {e}");
+        }
+        // Overflow: of the number itself, or of the number times its unit.
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_size("16777215TiB"), Ok(16_777_215 << 40));
+        for big in [
+            "18446744073709551616",
+            "99999999999999999999999",
+            "16777216TiB",
+            "18446745TB",
+        ] {
+            assert_eq!(
+                parse_size(big),
+                Err(format!(
+                    "`{big}` is too large: a size is at most 2^64 - 1 bytes"
+                )),
+            );
+        }
     }
 
     #[test]

@@ -152,3 +152,83 @@ fn token_server_is_probed_by_connection() {
         registry_edge_config::HealthCheckKind::Http { .. }
     ));
 }
+
+/// A configuration with a `blob_cache` block (line 4 on) whose paths are relative to `dir`.
+fn check_blob_cache(dir: &Dir, key_file: &str) -> Result<(), String> {
+    parse(
+        &format!(
+            "version: 1\nlisteners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry: {{ login_server: reg.azurecr.io, public_host: acr.example.com }}\n\
+             blob_cache:\n  path: cache\n  max_size: 1GiB\n  key_file: {key_file}\n"
+        ),
+        "edge.yaml",
+        &dir.0,
+        Options { check_files: true },
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn blob_cache_key_file_must_hold_32_bytes_and_its_directory_may_be_missing() {
+    let dir = Dir::new("blob-cache");
+    let key = dir.0.join("blob-cache.key");
+    let make = format!(
+        "make one with `head -c 32 /dev/urandom > {}` and give the same file to every replica",
+        key.display()
+    );
+    // Missing.
+    let err = check_blob_cache(&dir, "blob-cache.key").unwrap_err();
+    assert!(
+        err.starts_with(&format!(
+            "edge.yaml:7:13: blob_cache.key_file: {}: cannot read: ",
+            key.display()
+        )) && err.ends_with(&make),
+        "{err}"
+    );
+    // Too short.
+    dir.write("blob-cache.key", [7u8; 31]);
+    assert_eq!(
+        check_blob_cache(&dir, "blob-cache.key").unwrap_err(),
+        format!(
+            "edge.yaml:7:13: blob_cache.key_file: {}: holds 31 bytes, a key needs at least 32; {make}",
+            key.display()
+        )
+    );
+    // Not a regular file: refused without being read (/dev/zero would give any length).
+    for other in ["/dev/zero", "/tmp"] {
+        let err = check_blob_cache(&dir, other).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "edge.yaml:7:13: blob_cache.key_file: {other}: not a regular file; make one with"
+            )),
+            "{err}"
+        );
+    }
+    // 32 bytes (or more) pass, through a symlink too; the cache directory need not exist yet.
+    dir.write("blob-cache.key", [7u8; 32]);
+    check_blob_cache(&dir, "blob-cache.key").unwrap();
+    std::os::unix::fs::symlink(&key, dir.0.join("link.key")).unwrap();
+    check_blob_cache(&dir, "link.key").unwrap();
+    dir.write("long.key", [7u8; 4096]);
+    check_blob_cache(&dir, "long.key").unwrap();
+    std::fs::create_dir(dir.0.join("cache")).unwrap();
+    check_blob_cache(&dir, "blob-cache.key").unwrap();
+    // Something else where the directory goes.
+    std::fs::remove_dir(dir.0.join("cache")).unwrap();
+    let cache = dir.write("cache", "a file");
+    assert_eq!(
+        check_blob_cache(&dir, "blob-cache.key").unwrap_err(),
+        format!(
+            "edge.yaml:5:9: blob_cache.path: {}: exists and is not a directory",
+            cache.display()
+        )
+    );
+    // Without files, neither is looked at.
+    parse(
+        "version: 1\nlisteners: [{ address: \"127.0.0.1:8080\" }]\nregistry: { login_server: reg.azurecr.io, public_host: acr.example.com }\nblob_cache: { path: cache, max_size: 1GiB, key_file: missing.key }\n",
+        "edge.yaml",
+        &dir.0,
+        Options { check_files: false },
+    )
+    .unwrap();
+}
