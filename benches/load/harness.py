@@ -508,7 +508,8 @@ def functional_checks(server, env, origin_location):
     want = origin_location.replace(f"http://{DATA_HOST}/", f"http://{server.data_host}/")
     expect(r.status == 307 and location == want,
            f"blob: want 307 to {want}, got {r.status} {location}")
-    r, _ = request(server.port, "GET", "/oauth2/token?service=x", h)
+    # Clients echo the challenge's service (the edge names its public host, without a port).
+    r, _ = request(server.port, "GET", f"/oauth2/token?service={server.host.split(':')[0]}", h)
     expect(r.status == 200, f"token: {r.status}")
     embargoed = next(ip for ip, c in env.addresses if c in EMBARGO)
     r, _ = request(server.port, "GET", "/v2/", dict(h, **{"X-Forwarded-For": embargoed}))

@@ -40,6 +40,8 @@ pub struct AccessEvent<'a> {
     pub upstream: Option<&'a str>,
     /// Why the edge answered itself, when it did.
     pub edge: Option<&'a str>,
+    /// How a blob request with a cache token was served (blob_cache::CacheUse).
+    pub cache: Option<&'a str>,
     pub rules: Vec<&'a str>,
     pub error: Option<&'a str>,
     pub user_agent: Option<&'a str>,
@@ -196,6 +198,7 @@ pub fn format_event(out: &mut Vec<u8>, e: &AccessEvent<'_>, now: std::time::Dura
     field(out, "upstream", e.upstream);
     field(out, "region", e.region);
     field(out, "edge", e.edge);
+    field(out, "cache", e.cache);
     out.extend_from_slice(b",\"rules\":[");
     for (i, r) in e.rules.iter().enumerate() {
         if i > 0 {
@@ -325,6 +328,7 @@ mod tests {
             route: Some("login"),
             upstream: None,
             edge: None,
+            cache: None,
             rules: vec!["registry:location", "x\"y"],
             error: None,
             user_agent: Some("containerd/1.7 \u{e9}"),
@@ -348,7 +352,8 @@ mod tests {
         assert_eq!(v["duration_s"], 0.0015);
         assert_eq!(v["rules"], serde_json::json!(["registry:location", "x\"y"]));
         assert_eq!(v["user_agent"], "containerd/1.7 \u{e9}");
-        assert_eq!(v.as_object().unwrap().len(), 19);
+        assert_eq!(v["cache"], serde_json::Value::Null);
+        assert_eq!(v.as_object().unwrap().len(), 20);
     }
 
     #[test]
@@ -437,6 +442,7 @@ mod tests {
                 route: None,
                 upstream: None,
                 edge: None,
+                cache: None,
                 rules: Vec::new(),
                 error: None,
                 user_agent: None,

@@ -15,6 +15,8 @@ use registry_edge_config::Config;
 use registry_edge_geo::{CidrSet, ReloadingDb};
 use registry_edge_rewrite::Engine;
 
+use crate::blob_cache::store::Store;
+use crate::blob_cache::BlobCache;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::route::Router;
@@ -37,6 +39,8 @@ pub struct Generation {
     pub security: Arc<Security>,
     /// One counter per rule of `engine`, by index.
     pub rewrites: Vec<IntCounter>,
+    /// The blob cache (`blob_cache:`); `None` when not configured or its directory is unusable.
+    pub blob_cache: Option<Arc<BlobCache>>,
     /// Set once another generation replaced this one: its probe loops stop.
     retired: AtomicBool,
 }
@@ -75,8 +79,13 @@ impl Generation {
             Some(s) => s.clone(),
             None => Arc::new(Security::new(&a.security_events, a.auto_block.as_ref())),
         };
+        let blob_cache = match &config.blob_cache {
+            None => None,
+            Some(b) => blob_cache(b, previous.and_then(|p| p.blob_cache.as_deref()), metrics)?,
+        };
         Ok(Generation {
             number: previous.map_or(1, |p| p.number + 1),
+            blob_cache,
             router: Router::new(&config),
             policy: Policy::renewed(a, previous.map(|p| &p.policy)),
             trusted_proxies: CidrSet::new(&config.clients.trusted_proxies),
@@ -97,6 +106,53 @@ impl Generation {
 
     pub fn retired(&self) -> bool {
         self.retired.load(Ordering::Relaxed)
+    }
+}
+
+/// The blob cache of a configuration: the previous generation's store when the path is the same
+/// (its index, fills in progress and budget carry over), else the directory opened anew. A key
+/// file that cannot be read is an error (as a CA file is); a directory that cannot be used is
+/// logged and counted, and the edge runs without a cache.
+fn blob_cache(
+    b: &registry_edge_config::BlobCache,
+    previous: Option<&BlobCache>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<BlobCache>>, BuildError> {
+    let key_error = |reason: String| BuildError::BlobCacheKey {
+        path: b.key_file.display().to_string(),
+        reason,
+    };
+    let key = std::fs::read(&b.key_file).map_err(|e| key_error(e.to_string()))?;
+    if key.len() < registry_edge_config::BLOB_CACHE_KEY_MIN_BYTES {
+        return Err(key_error(format!(
+            "{} bytes; a key needs at least {}",
+            key.len(),
+            registry_edge_config::BLOB_CACHE_KEY_MIN_BYTES
+        )));
+    }
+    if let Some(p) = previous.filter(|p| p.store.dir() == b.path) {
+        return Ok(Some(Arc::new(p.renewed(
+            &key,
+            b.min_blob_size,
+            b.authorization_ttl,
+            b.max_size,
+        ))));
+    }
+    match Store::open(&b.path, b.max_size, metrics.blob_cache.clone()) {
+        Ok(store) => Ok(Some(Arc::new(BlobCache::new(
+            Arc::new(store),
+            &key,
+            b.min_blob_size,
+            b.authorization_ttl,
+        )))),
+        Err(e) => {
+            log::warn!(
+                "blob cache: {} is not usable ({e}); blobs are proxied without it",
+                b.path.display()
+            );
+            metrics.blob_cache.errors[0].inc();
+            Ok(None)
+        }
     }
 }
 

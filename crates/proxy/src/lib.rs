@@ -15,6 +15,7 @@
 
 pub(crate) mod access_log;
 pub(crate) mod admin;
+pub(crate) mod blob_cache;
 pub(crate) mod clock;
 pub(crate) mod generation;
 pub(crate) mod h2watch;
@@ -81,6 +82,8 @@ pub enum BuildError {
     AccessLog(std::io::Error),
     #[error("GeoIP: {0}")]
     Geo(#[from] registry_edge_geo::GeoError),
+    #[error("blob_cache.key_file {path}: {reason}")]
+    BlobCacheKey { path: String, reason: String },
 }
 
 /// Builds the server: nothing listens until `run_forever`/`run`.

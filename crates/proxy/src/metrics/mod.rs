@@ -20,6 +20,7 @@ use crate::outcome::{Disposition, EdgeReason, PolicyReason};
 use crate::route::Route;
 use crate::security::Kind as SecurityKind;
 
+mod cache;
 mod upstream;
 pub use upstream::{Families as UpstreamFamilies, UpstreamMetrics};
 
@@ -114,6 +115,8 @@ pub struct Metrics {
     pub h2_body_timeouts: IntCounter,
     /// Per-upstream families (upstream.rs).
     pub upstreams: upstream::Families,
+    /// The blob cache's (cache.rs).
+    pub blob_cache: crate::blob_cache::CacheMetrics,
     pub ready: IntGauge,
     pub geo_reloads: IntCounterVec,
     /// `[ok, refused]`.
@@ -273,6 +276,7 @@ impl Metrics {
             "HTTP/2 connections ended because a request body sent nothing for the listener's idle timeout.",
         )?)?;
         let upstreams = upstream::Families::new(&mut reg, DURATION_BUCKETS.to_vec())?;
+        let blob_cache = cache::new(&mut reg)?;
         let ready = reg.add(IntGauge::new(
             "registry_edge_ready",
             "1 when the edge takes traffic (upstreams resolved, not draining).",
@@ -358,6 +362,7 @@ impl Metrics {
             h2_body_timeouts,
             unmapped_urls,
             upstreams,
+            blob_cache,
             ready,
             geo_reloads,
             config_reloads,

@@ -24,6 +24,7 @@
 //! ```
 
 mod arrive;
+mod blobs;
 mod names;
 mod observe;
 mod plan;
@@ -180,6 +181,9 @@ impl ProxyHttp for Edge {
                 return Ok(true);
             }
         }
+        if self.serve_cached_blob(session, ctx).await? {
+            return Ok(true);
+        }
         self.watch_h2_body(session, ctx);
         self.plan_or_refuse(session, ctx).await
     }
@@ -284,6 +288,17 @@ impl ProxyHttp for Edge {
                 strip_authorization: matches!(route, Route::Data(_)),
             },
         )?;
+        if let Some(token) = &ctx.blob {
+            // The cache token is the edge's: the data endpoint gets its URL as it was signed.
+            let pq = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let bare = pq
+                .get(..pq.len().saturating_sub(token.suffix_len))
+                .unwrap_or(pq);
+            let uri: http::Uri = bare
+                .parse()
+                .or_err(InvalidHTTPHeader, "data target without the cache token")?;
+            upstream.set_uri(uri);
+        }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         // The client's request is read while the upstream copy is changed: two objects.
         let vars = RewriteVars::new(session, ctx, self.scheme());
@@ -336,7 +351,21 @@ impl ProxyHttp for Edge {
         if registry.hide_server_headers {
             crate::identity::hide_server(upstream_response);
         }
-        self.unmapped_urls(upstream_response, ctx)
+        self.unmapped_urls(upstream_response, ctx)?;
+        self.sign_blob_redirect(upstream_response, ctx);
+        self.begin_blob_fill(upstream_response, ctx);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.blob_fill_chunk(body, end_of_stream, ctx)?;
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

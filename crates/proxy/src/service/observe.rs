@@ -29,6 +29,7 @@ impl Edge {
             (sent as u64, session.body_bytes_read() as u64),
         ));
         count_upstream(ctx);
+        count_blob_cache(ctx, sent as u64);
         for &i in &ctx.rules {
             if let Some(c) = ctx.generation.rewrites.get(i) {
                 c.inc();
@@ -148,6 +149,7 @@ pub(super) fn access_event<'a>(
         upstream: pool.map(|p| p.name.as_str()),
         region: pool.and_then(|p| p.region.as_deref()),
         edge: ctx.answered.map(Answered::label),
+        cache: ctx.cache_use.map(crate::blob_cache::CacheUse::label),
         rules: ctx
             .rules
             .iter()
@@ -159,6 +161,17 @@ pub(super) fn access_event<'a>(
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok()),
     }
+}
+
+/// A blob request with a cache token: how it was served, and its bytes by source.
+fn count_blob_cache(ctx: &Ctx, sent: u64) {
+    let (Some(cache), Some(used)) = (&ctx.generation.blob_cache, ctx.cache_use) else {
+        return;
+    };
+    let m = cache.metrics();
+    m.requests[used.index()].inc();
+    let source = usize::from(used != crate::blob_cache::CacheUse::Hit);
+    m.bytes[source].inc_by(sent);
 }
 
 /// The upstream that answered: its requests and duration, and a failover when the client's

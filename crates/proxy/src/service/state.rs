@@ -100,6 +100,14 @@ pub struct Ctx {
     pub(super) pool: Option<PoolId>,
     /// Why the edge answered itself, when it did.
     pub(super) answered: Option<Answered>,
+    /// A data-host request's valid cache token (blob_cache::token).
+    pub(super) blob: Option<crate::blob_cache::token::Verified>,
+    /// The right to fill the token's digest, until the upstream answers.
+    pub(super) claim: Option<crate::blob_cache::Claim>,
+    /// The fill this request's response body is.
+    pub(super) fill: Option<crate::blob_cache::Fill>,
+    /// How a request with a cache token was served.
+    pub(super) cache_use: Option<crate::blob_cache::CacheUse>,
     pub(super) rules: Vec<usize>,
 }
 
@@ -131,6 +139,10 @@ impl Ctx {
             preferred: None,
             pool: None,
             answered: None,
+            blob: None,
+            claim: None,
+            fill: None,
+            cache_use: None,
             rules: Vec::new(),
         }
     }

@@ -1,0 +1,312 @@
+//! The blob cache (docs/blob-cache.md): blobs served from a digest-verified disk cache, only to
+//! requests the registry has just authorized.
+//!
+//! - **Authorization stays the registry's.** A blob `GET` on the login side goes to the registry
+//!   as always, with the client's credentials; only when the registry answers it with a redirect
+//!   to a data endpoint does the edge append a cache token to the rewritten `Location`
+//!   ([`token`]). The data-host request that carries a valid token may be served from the cache:
+//!   that URL is the registry's own answer to this client for this digest, signed by the edge and
+//!   bounded by the SAS expiry. A 401, 403 or 404 from the registry reaches the client unchanged
+//!   and carries no token; a URL without a valid token is proxied as before.
+//! - **Content addressed and verified.** Entries are keyed by digest, shared across
+//!   repositories, and appear only after their bytes hashed to it ([`store`]). A fill streams
+//!   to its client one chunk behind: a wrong last byte never leaves, the transfer is cut.
+//! - **One fill per digest.** Other requests for a digest being filled wait for it (at most the
+//!   listener's idle time without the fill finishing), then read the entry.
+//! - **Never a failed pull because of the cache.** An unwritable or full disk, a writer that
+//!   falls behind, a corrupt entry: the transfer goes on from the upstream, counted and logged.
+
+pub mod serve;
+pub mod store;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use prometheus::{IntCounter, IntGauge};
+
+use crate::outcome::labelled;
+use store::{FillEnd, FillWriter, Store};
+use token::Signer;
+
+/// A blob digest the cache keys by: `sha256:` and 64, or `sha512:` and 128, lower-case hex
+/// digits (the forms registries write).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn parse(s: &str) -> Option<Digest> {
+        let (alg, hex) = s.split_once(':')?;
+        let len = match alg {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return None,
+        };
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        (hex.len() == len && hex.bytes().all(lower_hex)).then(|| Digest(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn algorithm(&self) -> &str {
+        self.0.split_once(':').map_or("", |(a, _)| a)
+    }
+
+    pub fn hex(&self) -> &str {
+        self.0.split_once(':').map_or("", |(_, h)| h)
+    }
+
+    fn hasher(&self) -> ring::digest::Context {
+        let alg = if self.algorithm() == "sha512" {
+            &ring::digest::SHA512
+        } else {
+            &ring::digest::SHA256
+        };
+        ring::digest::Context::new(alg)
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+labelled! {
+    /// How a blob request with a cache token was served (`registry_edge_blob_cache_requests_total`,
+    /// the access log's `cache`).
+    pub enum CacheUse {
+        /// From a complete entry.
+        Hit => "hit",
+        /// From the upstream, and stored.
+        Fill => "fill",
+        /// From the upstream, not stored: too small, a range, another fill in progress that did
+        /// not finish in time, an upstream error.
+        Miss => "miss",
+        /// From the upstream, whose bytes did not hash to the digest: the transfer was cut.
+        Corrupt => "corrupt",
+        /// From the upstream, not stored: the disk refused.
+        Bypass => "bypass",
+    }
+}
+
+/// The cache's metric handles (registered once in `metrics::Metrics`).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// By [`CacheUse`].
+    pub requests: Vec<IntCounter>,
+    /// `[cache, upstream]`: body bytes of token-carrying blob requests.
+    pub bytes: [IntCounter; 2],
+    pub verification_failures: IntCounter,
+    pub evictions: IntCounter,
+    /// `[write, read]` (store::ErrorKind).
+    pub errors: [IntCounter; 2],
+    pub disk_bytes: IntGauge,
+    pub entries: IntGauge,
+}
+
+/// A fill in progress: others wait on it.
+type Waiters = tokio::sync::watch::Receiver<()>;
+
+pub struct BlobCache {
+    pub store: Arc<Store>,
+    signer: Signer,
+    pub min_size: u64,
+    pub ttl: Duration,
+    fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
+}
+
+/// The right to fill a digest, held by one request; dropping it ends the fill (others stop
+/// waiting).
+pub struct Claim {
+    digest: Digest,
+    fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
+    _tx: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.fills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+    }
+}
+
+/// What a request with a valid token finds.
+pub enum Lookup {
+    /// A complete entry: the open file and its size.
+    Hit(std::fs::File, u64),
+    /// Nobody fills it: this request may (holding the claim).
+    Fill(Claim),
+    /// Another request is filling it: wait on this, then look again.
+    Wait(Waiters),
+}
+
+impl BlobCache {
+    /// The cache over `store` (kept across reloads) with these settings.
+    pub fn new(store: Arc<Store>, key: &[u8], min_size: u64, ttl: Duration) -> BlobCache {
+        BlobCache {
+            store,
+            signer: Signer::new(key),
+            min_size,
+            ttl,
+            fills: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The same store and fills in progress, with another configuration's settings.
+    pub fn renewed(&self, key: &[u8], min_size: u64, ttl: Duration, budget: u64) -> BlobCache {
+        self.store.set_budget(budget);
+        BlobCache {
+            store: self.store.clone(),
+            signer: Signer::new(key),
+            min_size,
+            ttl,
+            fills: self.fills.clone(),
+        }
+    }
+
+    pub fn metrics(&self) -> &CacheMetrics {
+        &self.store.metrics
+    }
+
+    /// `location` with a token for `digest` (docs in [`token`]); `None` when the URL's SAS has
+    /// expired already.
+    pub fn sign(&self, location: &str, digest: &Digest) -> Option<String> {
+        let now = crate::clock::since_epoch().as_secs();
+        self.signer.sign(location, digest, now, self.ttl.as_secs())
+    }
+
+    /// The token of a data-host request target, when valid now.
+    pub fn verify(&self, target: &str) -> Option<token::Verified> {
+        self.signer
+            .verify(target, crate::clock::since_epoch().as_secs())
+    }
+
+    pub fn lookup(&self, d: &Digest) -> Lookup {
+        if let Some((file, size)) = self.store.open_entry(d) {
+            return Lookup::Hit(file, size);
+        }
+        let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = fills.get(d) {
+            return Lookup::Wait(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(());
+        fills.insert(d.clone(), rx);
+        Lookup::Fill(Claim {
+            digest: d.clone(),
+            fills: self.fills.clone(),
+            _tx: tx,
+        })
+    }
+
+    /// Starts filling from a response of `size` bytes, holding the claim until the writer
+    /// ends; or why not (the claim is released, waiters look for themselves): too small or over
+    /// the budget (`Miss`), the disk refused (`Bypass`).
+    pub fn start_fill(&self, claim: Claim, size: u64) -> Result<Fill, CacheUse> {
+        if size < self.min_size || !self.store.fits(size) {
+            return Err(CacheUse::Miss);
+        }
+        let digest = claim.digest.clone();
+        let writer = self
+            .store
+            .begin_fill(&digest, size, move |end| {
+                if end != FillEnd::Stored {
+                    log::debug!("blob cache: fill of {} not stored: {end:?}", claim.digest);
+                }
+                drop(claim);
+            })
+            .ok_or(CacheUse::Bypass)?;
+        Ok(Fill {
+            hasher: digest.hasher(),
+            digest,
+            expected: size,
+            seen: 0,
+            held: None,
+            writer,
+        })
+    }
+}
+
+/// A fill streaming through `response_body_filter`: every chunk is hashed and queued for the
+/// writer; the client gets each chunk one call late, and the last only once the whole body
+/// hashed to the digest.
+pub struct Fill {
+    digest: Digest,
+    hasher: ring::digest::Context,
+    expected: u64,
+    seen: u64,
+    held: Option<Bytes>,
+    writer: FillWriter,
+}
+
+/// What a fill says of a body chunk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send this to the client (possibly nothing yet).
+    Send(Option<Bytes>),
+    /// The body is not the blob: cut the transfer.
+    Corrupt,
+}
+
+impl Fill {
+    /// One body chunk from the upstream; `end`: the last one.
+    pub fn chunk(&mut self, data: Option<Bytes>, end: bool) -> Step {
+        if let Some(d) = &data {
+            self.hasher.update(d);
+            self.seen += d.len() as u64;
+            if self.writer.active() {
+                self.writer.write(d.clone());
+            }
+        }
+        let out = match data {
+            Some(d) if !d.is_empty() => self.held.replace(d),
+            _ => None,
+        };
+        if !end {
+            return Step::Send(out);
+        }
+        let hash = std::mem::replace(&mut self.hasher, self.digest.hasher()).finish();
+        let ok = self.seen == self.expected && hash.as_ref() == unhex(self.digest.hex()).as_slice();
+        if !ok {
+            return Step::Corrupt;
+        }
+        let writer = std::mem::replace(&mut self.writer, FillWriter::inactive());
+        writer.commit();
+        // The chunk held back, then the last one, in one piece.
+        let last = self.held.take();
+        Step::Send(match (out, last) {
+            (Some(a), Some(b)) => {
+                let mut m = BytesMut::with_capacity(a.len() + b.len());
+                m.extend_from_slice(&a);
+                m.extend_from_slice(&b);
+                Some(m.freeze())
+            }
+            (a, b) => a.or(b),
+        })
+    }
+
+    /// Whether the bytes are still being written to the cache.
+    pub fn storing(&self) -> bool {
+        self.writer.active()
+    }
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    let v = |c: u8| match c {
+        b'0'..=b'9' => c - b'0',
+        _ => c - b'a' + 10,
+    };
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| v(p[0]) << 4 | v(p[1]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,230 @@
+//! The store (crash safety, index, LRU), the fill (verification, one chunk late), the claims.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::store::Store;
+use super::*;
+
+struct Dir(std::path::PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!(
+            "registry-edge-blob-cache-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn metrics() -> CacheMetrics {
+    crate::metrics::Metrics::new().unwrap().blob_cache.clone()
+}
+
+fn digest_of(bytes: &[u8]) -> Digest {
+    let h = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let hex: String = h.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Digest::parse(&format!("sha256:{hex}")).unwrap()
+}
+
+fn cache(dir: &Dir, budget: u64) -> BlobCache {
+    let store = Arc::new(Store::open(&dir.0, budget, metrics()).unwrap());
+    BlobCache::new(store, &[9; 32], 0, Duration::from_secs(600))
+}
+
+/// Fills `bytes` through the cache as the response filters would, in `chunk`-byte pieces;
+/// returns what the client got and whether the fill was refused as corrupt.
+fn fill(c: &BlobCache, d: &Digest, bytes: &[u8], chunk: usize) -> (Vec<u8>, bool) {
+    let Lookup::Fill(claim) = c.lookup(d) else {
+        panic!("not a fill");
+    };
+    let mut f = c.start_fill(claim, bytes.len() as u64).unwrap();
+    let mut sent = Vec::new();
+    let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+    for (i, p) in pieces.iter().enumerate() {
+        match f.chunk(Some(Bytes::copy_from_slice(p)), i + 1 == pieces.len()) {
+            Step::Send(Some(b)) => sent.extend_from_slice(&b),
+            Step::Send(None) => {}
+            Step::Corrupt => return (sent, true),
+        }
+    }
+    (sent, false)
+}
+
+/// Waits until the writer thread has stored (or given up) `d`.
+fn settle(c: &BlobCache, d: &Digest) {
+    for _ in 0..200 {
+        if !c.fills.lock().unwrap().contains_key(d) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the fill of {d} did not end");
+}
+
+#[test]
+fn digests_are_sha256_or_sha512_in_lower_hex() {
+    assert!(Digest::parse(&format!("sha256:{}", "0".repeat(64))).is_some());
+    assert!(Digest::parse(&format!("sha512:{}", "f".repeat(128))).is_some());
+    for bad in [
+        format!("sha256:{}", "0".repeat(63)),
+        format!("sha256:{}", "A".repeat(64)),
+        format!("sha384:{}", "0".repeat(96)),
+        format!("sha256:{}/..", "0".repeat(61)),
+        "sha256".to_string(),
+    ] {
+        assert!(Digest::parse(&bad).is_none(), "{bad}");
+    }
+}
+
+#[test]
+fn a_verified_fill_is_stored_and_served_whole() {
+    let dir = Dir::new("fill");
+    let c = cache(&dir, 1 << 20);
+    let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    let d = digest_of(&blob);
+    let (sent, corrupt) = fill(&c, &d, &blob, 4096);
+    assert!(!corrupt);
+    assert_eq!(sent, blob, "the client got every byte, in order");
+    settle(&c, &d);
+    let Lookup::Hit(file, size) = c.lookup(&d) else {
+        panic!("not stored");
+    };
+    assert_eq!(size, blob.len() as u64);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut back).unwrap();
+    assert_eq!(back, blob);
+    assert_eq!(c.metrics().entries.get(), 1);
+    assert_eq!(c.metrics().disk_bytes.get(), blob.len() as i64);
+    // Nothing left in tmp/.
+    assert_eq!(std::fs::read_dir(dir.0.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
+    let dir = Dir::new("corrupt");
+    let c = cache(&dir, 1 << 20);
+    let blob = vec![1u8; 50_000];
+    let d = digest_of(&blob);
+    let mut wrong = blob.clone();
+    wrong[49_999] = 2;
+    let (sent, corrupt) = fill(&c, &d, &wrong, 10_000);
+    assert!(corrupt);
+    // The client got at most all but the last chunk: never a complete-looking body.
+    assert!(sent.len() <= 40_000, "{}", sent.len());
+    settle(&c, &d);
+    assert!(matches!(c.lookup(&d), Lookup::Fill(_)), "nothing stored");
+    // A body of the wrong length (same prefix) is refused too.
+    let (_, corrupt) = fill(&c, &d, &blob[..40_000], 10_000);
+    assert!(corrupt);
+    settle(&c, &d);
+    assert_eq!(std::fs::read_dir(dir.0.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
+fn one_fill_per_digest_and_waiters_wake_when_it_ends() {
+    let dir = Dir::new("claims");
+    let c = cache(&dir, 1 << 20);
+    let blob = vec![3u8; 1000];
+    let d = digest_of(&blob);
+    let Lookup::Fill(claim) = c.lookup(&d) else {
+        panic!("first asker fills");
+    };
+    let Lookup::Wait(mut rx) = c.lookup(&d) else {
+        panic!("second asker waits");
+    };
+    // The filler goes away without filling: the waiter wakes and may fill itself.
+    drop(claim);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let woke = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        assert!(matches!(woke, Ok(Err(_))), "the claim's end wakes waiters");
+    });
+    assert!(matches!(c.lookup(&d), Lookup::Fill(_)));
+}
+
+#[test]
+fn least_recently_used_entries_go_first_within_the_budget() {
+    let dir = Dir::new("lru");
+    let c = cache(&dir, 25_000);
+    let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10_000]).collect();
+    let ds: Vec<Digest> = blobs.iter().map(|b| digest_of(b)).collect();
+    for (b, d) in blobs.iter().zip(&ds).take(2) {
+        fill(&c, d, b, 4096);
+        settle(&c, d);
+    }
+    // Use the first, then add a third: the second (least recently used) goes.
+    assert!(matches!(c.lookup(&ds[0]), Lookup::Hit(..)));
+    fill(&c, &ds[2], &blobs[2], 4096);
+    settle(&c, &ds[2]);
+    assert!(matches!(c.lookup(&ds[0]), Lookup::Hit(..)));
+    assert!(matches!(c.lookup(&ds[2]), Lookup::Hit(..)));
+    assert!(matches!(c.lookup(&ds[1]), Lookup::Fill(_)));
+    assert!(!dir.0.join("sha256").join(ds[1].hex()).exists());
+    assert_eq!(c.store.used(), 20_000);
+    assert_eq!(c.metrics().evictions.get(), 1);
+    // Too big for the budget: not even started.
+    let big = vec![0u8; 30_000];
+    let Lookup::Fill(claim) = c.lookup(&digest_of(&big)) else {
+        panic!()
+    };
+    assert!(matches!(c.start_fill(claim, 30_000), Err(CacheUse::Miss)));
+}
+
+#[test]
+fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
+    let dir = Dir::new("index");
+    let blob = vec![5u8; 2048];
+    let d = digest_of(&blob);
+    {
+        let c = cache(&dir, 1 << 20);
+        fill(&c, &d, &blob, 1000);
+        settle(&c, &d);
+    }
+    // What a crashed fill and a stray file leave behind.
+    std::fs::write(dir.0.join("tmp").join("999999999-0"), b"partial").unwrap();
+    std::fs::write(dir.0.join("tmp").join("junk"), b"x").unwrap();
+    let mine = dir.0.join("tmp").join(format!("{}-77", std::process::id()));
+    std::fs::write(&mine, b"a fill of a live process").unwrap();
+    std::fs::write(dir.0.join("sha256").join("not-a-digest"), b"x").unwrap();
+    let c = cache(&dir, 1 << 20);
+    assert!(matches!(c.lookup(&d), Lookup::Hit(_, 2048)));
+    assert_eq!(c.metrics().entries.get(), 1);
+    let left: Vec<_> = std::fs::read_dir(dir.0.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(left, vec![mine], "only a live process's fill stays");
+    // An entry whose file changed size is dropped, not served.
+    std::fs::write(dir.0.join("sha256").join(d.hex()), b"short").unwrap();
+    assert!(matches!(c.lookup(&d), Lookup::Fill(_)));
+    assert_eq!(c.metrics().errors[1].get(), 1);
+}
+
+#[test]
+fn an_unwritable_cache_is_bypassed() {
+    let dir = Dir::new("unwritable");
+    let c = cache(&dir, 1 << 20);
+    // The tmp directory replaced by a file: no fill can start.
+    std::fs::remove_dir_all(dir.0.join("tmp")).unwrap();
+    std::fs::write(dir.0.join("tmp"), b"").unwrap();
+    let blob = vec![1u8; 100];
+    let Lookup::Fill(claim) = c.lookup(&digest_of(&blob)) else {
+        panic!()
+    };
+    assert!(matches!(c.start_fill(claim, 100), Err(CacheUse::Bypass)));
+    assert_eq!(c.metrics().errors[0].get(), 1);
+    // The claim went with it: the next asker may try.
+    assert!(matches!(c.lookup(&digest_of(&blob)), Lookup::Fill(_)));
+}
