@@ -125,6 +125,13 @@ def main(root, out_dir):
             "registry_edge_tls_certificate_expiry_timestamp_seconds",
             "registry_edge_geoip_reloads_total",
             "registry_edge_access_log_dropped_lines_total",
+            "registry_edge_blob_cache_requests_total",
+            "registry_edge_blob_cache_bytes_total",
+            "registry_edge_blob_cache_verification_failures_total",
+            "registry_edge_blob_cache_evictions_total",
+            "registry_edge_blob_cache_errors_total",
+            "registry_edge_blob_cache_disk_bytes",
+            "registry_edge_blob_cache_entries",
         }
         for m in sorted(required - covered):
             fail(f"dashboard: no panel shows {m}")
