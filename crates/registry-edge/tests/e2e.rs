@@ -9,6 +9,8 @@
 //! edge's and the registry's logs. Processes are killed by PID when the harness is dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "e2e/cache.rs"]
+mod cache;
 #[path = "e2e/corpus.rs"]
 mod corpus;
 #[path = "e2e/data.rs"]
@@ -129,9 +131,18 @@ fn skopeo_push(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
     );
 }
 
-/// `skopeo copy` back anonymously into a new OCI layout, compared with the pushed one.
+/// `skopeo copy` back anonymously into a new OCI layout, compared with the pushed one; every
+/// blob came from the data endpoint.
 fn skopeo_pull(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
-    let dest = h.dir.join(format!("pulled-{}", repo_file(repo)));
+    let data_before = h.data.hits.lock().unwrap().len();
+    skopeo_copy_back(h, via, image, repo, "pulled");
+    assert_data_served(h, data_before, image);
+}
+
+/// `skopeo copy` of `repo` back anonymously into the OCI layout `<dir>/<into>-<repo>`, compared
+/// with the pushed image.
+fn skopeo_copy_back(h: &Harness, via: &Via<'_>, image: &Image, repo: &str, into: &str) {
+    let dest = h.dir.join(format!("{into}-{}", repo_file(repo)));
     let mut args: Vec<String> = [
         "copy",
         "--retry-times",
@@ -145,7 +156,6 @@ fn skopeo_pull(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
     args.push(via.reference(repo, &image.tag));
     args.push(format!("oci:{}:{}", dest.display(), image.tag));
     let tokens_before = h.token.seen();
-    let data_before = h.data.hits.lock().unwrap().len();
     h.skopeo(&format!("pull {repo}"), &args, via.godebug);
     image::assert_same(image, &dest);
     let hits = h.token.token_requests_since(tokens_before);
@@ -153,7 +163,6 @@ fn skopeo_pull(h: &Harness, via: &Via<'_>, image: &Image, repo: &str) {
         !hits.is_empty() && hits.iter().all(|t| t.grant == "anonymous"),
         "the pull was not anonymous: {hits:?}"
     );
-    assert_data_served(h, data_before, image);
 }
 
 /// Every blob of `image` came from the data endpoint (through the edge), none with

@@ -11,8 +11,9 @@
 //! - **Content addressed and verified.** Entries are keyed by digest, shared across
 //!   repositories, and appear only after their bytes hashed to it ([`store`]). A fill streams
 //!   to its client one chunk behind: a wrong last byte never leaves, the transfer is cut.
-//! - **One fill per digest.** Other requests for a digest being filled wait for it (at most the
-//!   listener's idle time without the fill finishing), then read the entry.
+//! - **One fill per digest.** Other requests for a digest being filled wait for it while it
+//!   makes progress (giving up after the listener's idle time without a byte), then read the
+//!   entry.
 //! - **Never a failed pull because of the cache.** An unwritable or full disk, a writer that
 //!   falls behind, a corrupt entry: the transfer goes on from the upstream, counted and logged.
 
@@ -109,8 +110,15 @@ pub struct CacheMetrics {
     pub entries: IntGauge,
 }
 
-/// A fill in progress: others wait on it.
-type Waiters = tokio::sync::watch::Receiver<()>;
+/// A fill in progress, as others see it: woken when it ends (its sender dropped), and the bytes
+/// it has received so far.
+#[derive(Clone)]
+pub struct InProgress {
+    pub ended: tokio::sync::watch::Receiver<()>,
+    pub progress: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type Waiters = InProgress;
 
 pub struct BlobCache {
     pub store: Arc<Store>,
@@ -125,6 +133,7 @@ pub struct BlobCache {
 pub struct Claim {
     digest: Digest,
     fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
     _tx: tokio::sync::watch::Sender<()>,
 }
 
@@ -196,11 +205,19 @@ impl BlobCache {
         if let Some(rx) = fills.get(d) {
             return Lookup::Wait(rx.clone());
         }
-        let (tx, rx) = tokio::sync::watch::channel(());
-        fills.insert(d.clone(), rx);
+        let (tx, ended) = tokio::sync::watch::channel(());
+        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        fills.insert(
+            d.clone(),
+            InProgress {
+                ended,
+                progress: progress.clone(),
+            },
+        );
         Lookup::Fill(Claim {
             digest: d.clone(),
             fills: self.fills.clone(),
+            progress,
             _tx: tx,
         })
     }
@@ -213,6 +230,7 @@ impl BlobCache {
             return Err(CacheUse::Miss);
         }
         let digest = claim.digest.clone();
+        let progress = claim.progress.clone();
         let writer = self
             .store
             .begin_fill(&digest, size, move |end| {
@@ -227,6 +245,7 @@ impl BlobCache {
             digest,
             expected: size,
             seen: 0,
+            progress,
             held: None,
             writer,
         })
@@ -241,6 +260,8 @@ pub struct Fill {
     hasher: ring::digest::Context,
     expected: u64,
     seen: u64,
+    /// `seen`, for the requests waiting on this fill.
+    progress: Arc<std::sync::atomic::AtomicU64>,
     held: Option<Bytes>,
     writer: FillWriter,
 }
@@ -250,6 +271,8 @@ pub struct Fill {
 pub enum Step {
     /// Send this to the client (possibly nothing yet).
     Send(Option<Bytes>),
+    /// The body was the blob: send the rest; how it was stored.
+    Last(Option<Bytes>, CacheUse),
     /// The body is not the blob: cut the transfer.
     Corrupt,
 }
@@ -260,6 +283,8 @@ impl Fill {
         if let Some(d) = &data {
             self.hasher.update(d);
             self.seen += d.len() as u64;
+            self.progress
+                .store(self.seen, std::sync::atomic::Ordering::Relaxed);
             if self.writer.active() {
                 self.writer.write(d.clone());
             }
@@ -277,10 +302,14 @@ impl Fill {
             return Step::Corrupt;
         }
         let writer = std::mem::replace(&mut self.writer, FillWriter::inactive());
-        writer.commit();
+        let stored = match writer.commit() {
+            Some(FillEnd::Stored) | None => CacheUse::Fill,
+            Some(FillEnd::WriteError) => CacheUse::Bypass,
+            Some(FillEnd::GivenUp) => CacheUse::Miss,
+        };
         // The chunk held back, then the last one, in one piece.
         let last = self.held.take();
-        Step::Send(match (out, last) {
+        let rest = match (out, last) {
             (Some(a), Some(b)) => {
                 let mut m = BytesMut::with_capacity(a.len() + b.len());
                 m.extend_from_slice(&a);
@@ -288,12 +317,8 @@ impl Fill {
                 Some(m.freeze())
             }
             (a, b) => a.or(b),
-        })
-    }
-
-    /// Whether the bytes are still being written to the cache.
-    pub fn storing(&self) -> bool {
-        self.writer.active()
+        };
+        Step::Last(rest, stored)
     }
 }
 

@@ -17,9 +17,10 @@ use bytes::Bytes;
 
 use super::{CacheMetrics, Digest};
 
-/// Chunks waiting for the writer thread, at most; a fill whose writer falls further behind is
-/// given up (the client's transfer goes on).
-const WRITE_QUEUE: usize = 256;
+/// Bytes waiting for the writer thread, at most; a fill whose writer falls further behind is
+/// given up (the client's transfer goes on). The chunks are the ones sent to the client
+/// (shared, not copied).
+const WRITE_QUEUE_BYTES: u64 = 64 << 20;
 
 struct Entry {
     size: u64,
@@ -51,31 +52,57 @@ enum Chunk {
 /// The writing side of a fill: chunks go to a thread that writes them to a temporary file and,
 /// on `commit`, renames it into place. Dropped without `commit`: the file is removed.
 pub struct FillWriter {
-    tx: Option<mpsc::SyncSender<Chunk>>,
+    tx: Option<mpsc::Sender<Chunk>>,
+    /// Bytes sent and not yet written.
+    queued: std::sync::Arc<AtomicU64>,
+    /// How the writer ended, sent once it has.
+    /// (In a mutex: a request's context is shared between threads, a receiver may not be.)
+    ended: Option<Mutex<mpsc::Receiver<FillEnd>>>,
 }
+
+/// How long `commit` waits for the writer to store the entry (it has at most
+/// `WRITE_QUEUE_BYTES` still to write to the page cache).
+const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl FillWriter {
     /// Queues a chunk; `false` when the writer has failed or fallen behind (the fill is given up).
     pub fn write(&mut self, data: Bytes) -> bool {
-        let ok = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.try_send(Chunk::Data(data)).is_ok());
+        let len = data.len() as u64;
+        let room = self.queued.fetch_add(len, Ordering::Relaxed) + len <= WRITE_QUEUE_BYTES;
+        let ok = room
+            && self
+                .tx
+                .as_ref()
+                .is_some_and(|tx| tx.send(Chunk::Data(data)).is_ok());
         if !ok {
             self.tx = None;
         }
         ok
     }
 
-    pub fn commit(mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(Chunk::Commit);
+    /// The bytes are the blob: store them. Returns how the writer ended (`None`: it has not
+    /// within [`COMMIT_WAIT`], and goes on).
+    pub fn commit(mut self) -> Option<FillEnd> {
+        let tx = self.tx.take();
+        let ended = self.ended.take()?;
+        match tx {
+            Some(tx) => {
+                let _ = tx.send(Chunk::Commit);
+            }
+            // Given up before the end (fell behind): the writer removes its file.
+            None => return Some(FillEnd::GivenUp),
         }
+        let ended = ended.into_inner().unwrap_or_else(|p| p.into_inner());
+        ended.recv_timeout(COMMIT_WAIT).ok()
     }
 
     /// A writer that writes nothing.
     pub fn inactive() -> FillWriter {
-        FillWriter { tx: None }
+        FillWriter {
+            tx: None,
+            queued: Default::default(),
+            ended: None,
+        }
     }
 
     pub fn active(&self) -> bool {
@@ -250,17 +277,25 @@ impl Store {
                 return None;
             }
         };
-        let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE);
+        let (tx, rx) = mpsc::channel();
+        let (ended_tx, ended) = mpsc::sync_channel(1);
+        let queued = std::sync::Arc::new(AtomicU64::new(0));
+        let writing = queued.clone();
         let store = self.clone();
         let d = d.clone();
         let spawned = std::thread::Builder::new()
             .name("blob-fill".into())
             .spawn(move || {
-                let end = store.write_fill(file, &tmp, &d, size, rx);
+                let end = store.write_fill(file, &tmp, &d, size, rx, &writing);
+                let _ = ended_tx.send(end);
                 done(end);
             });
         match spawned {
-            Ok(_) => Some(FillWriter { tx: Some(tx) }),
+            Ok(_) => Some(FillWriter {
+                tx: Some(tx),
+                queued,
+                ended: Some(Mutex::new(ended)),
+            }),
             Err(e) => {
                 log::warn!("blob cache: no writer thread: {e}; not cached");
                 self.metrics.errors[ErrorKind::Write as usize].inc();
@@ -278,12 +313,14 @@ impl Store {
         d: &Digest,
         size: u64,
         rx: mpsc::Receiver<Chunk>,
+        queued: &AtomicU64,
     ) -> FillEnd {
         let mut written = 0u64;
         let mut failed = None;
         let end = loop {
             match rx.recv() {
                 Ok(Chunk::Data(b)) => {
+                    queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
                     if failed.is_none() {
                         written += b.len() as u64;
                         if let Err(e) = file.write_all(&b) {

@@ -51,8 +51,11 @@ fn fill(c: &BlobCache, d: &Digest, bytes: &[u8], chunk: usize) -> (Vec<u8>, bool
     let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
     for (i, p) in pieces.iter().enumerate() {
         match f.chunk(Some(Bytes::copy_from_slice(p)), i + 1 == pieces.len()) {
-            Step::Send(Some(b)) => sent.extend_from_slice(&b),
-            Step::Send(None) => {}
+            Step::Send(b) => sent.extend_from_slice(&b.unwrap_or_default()),
+            Step::Last(b, stored) => {
+                sent.extend_from_slice(&b.unwrap_or_default());
+                assert_eq!(stored, CacheUse::Fill);
+            }
             Step::Corrupt => return (sent, true),
         }
     }
@@ -138,17 +141,25 @@ fn one_fill_per_digest_and_waiters_wake_when_it_ends() {
     let Lookup::Fill(claim) = c.lookup(&d) else {
         panic!("first asker fills");
     };
-    let Lookup::Wait(mut rx) = c.lookup(&d) else {
+    let Lookup::Wait(mut waiting) = c.lookup(&d) else {
         panic!("second asker waits");
     };
-    // The filler goes away without filling: the waiter wakes and may fill itself.
-    drop(claim);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
+    // While the claim is held, a waiter waits.
     rt.block_on(async {
-        let woke = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+        let early = tokio::time::timeout(Duration::from_millis(50), waiting.ended.changed()).await;
+        assert!(
+            early.is_err(),
+            "a waiter woke while the fill was held: {early:?}"
+        );
+    });
+    // The filler goes away without filling: the waiter wakes and may fill itself.
+    drop(claim);
+    rt.block_on(async {
+        let woke = tokio::time::timeout(Duration::from_secs(1), waiting.ended.changed()).await;
         assert!(matches!(woke, Ok(Err(_))), "the claim's end wakes waiters");
     });
     assert!(matches!(c.lookup(&d), Lookup::Fill(_)));

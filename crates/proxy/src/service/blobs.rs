@@ -15,6 +15,9 @@ use crate::blob_cache::serve::{self, Span};
 use crate::blob_cache::{CacheUse, Lookup, Step};
 use crate::route::Route;
 
+/// At most this many fills of one digest a request waits for in turn.
+const MAX_WAITS: usize = 3;
+
 /// The error type that cuts a fill whose bytes are not the blob.
 pub const BLOB_CORRUPT: &str = "blob_corrupt";
 
@@ -63,7 +66,7 @@ impl Edge {
     }
 
     /// A data-host `GET`/`HEAD` with a valid cache token: answered from the cache when the entry
-    /// is complete (after waiting for a fill in progress, at most the listener's idle time);
+    /// is complete (after waiting for a fill in progress while it makes progress);
     /// otherwise it goes upstream, holding the right to fill when nobody else does. `true`: answered.
     pub(super) async fn serve_cached_blob(
         &self,
@@ -91,7 +94,10 @@ impl Edge {
             .map(str::to_owned);
         let digest = token.digest.clone();
         ctx.blob = Some(token);
-        let mut waited = false;
+        // Fills this request waited for: one that ends without storing the blob (its client
+        // left, the disk refused) hands over to a waiter; a few in a row, and this one goes
+        // upstream itself.
+        let mut waited = 0;
         loop {
             match cache.lookup(&digest) {
                 Lookup::Hit(file, size) => {
@@ -124,16 +130,38 @@ impl Edge {
                     }
                     return Ok(false);
                 }
-                Lookup::Wait(mut fill) if !waited => {
-                    waited = true;
-                    let idle = self.listener.timeouts.idle;
-                    let _ = tokio::time::timeout(idle, fill.changed()).await;
+                Lookup::Wait(fill) if waited < MAX_WAITS => {
+                    waited += 1;
+                    if !self.wait_for_fill(fill).await {
+                        ctx.cache_use = Some(CacheUse::Miss);
+                        return Ok(false);
+                    }
                 }
                 Lookup::Wait(_) => {
                     ctx.cache_use = Some(CacheUse::Miss);
                     return Ok(false);
                 }
             }
+        }
+    }
+
+    /// Waits for another request's fill to end, for as long as it makes progress: `false` when
+    /// it received nothing for the listener's idle time (this request then goes upstream).
+    async fn wait_for_fill(&self, mut fill: crate::blob_cache::InProgress) -> bool {
+        let idle = self.listener.timeouts.idle;
+        let mut seen = fill.progress.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            if tokio::time::timeout(idle, fill.ended.changed())
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            let now = fill.progress.load(std::sync::atomic::Ordering::Relaxed);
+            if now == seen {
+                return false;
+            }
+            seen = now;
         }
     }
 
@@ -180,18 +208,15 @@ impl Edge {
         let Some(fill) = ctx.fill.as_mut() else {
             return Ok(());
         };
-        let storing = fill.storing();
         match fill.chunk(body.take(), end) {
             Step::Send(out) => {
                 *body = out;
-                if end {
-                    ctx.fill = None;
-                    ctx.cache_use = Some(if storing {
-                        CacheUse::Fill
-                    } else {
-                        CacheUse::Bypass
-                    });
-                }
+                Ok(())
+            }
+            Step::Last(out, stored) => {
+                *body = out;
+                ctx.fill = None;
+                ctx.cache_use = Some(stored);
                 Ok(())
             }
             Step::Corrupt => {

@@ -109,6 +109,9 @@ pub struct DataHit {
 pub struct DataServer {
     pub addr: SocketAddr,
     pub hits: Arc<Mutex<Vec<DataHit>>>,
+    /// Paths whose bytes are served with the last one changed (a storage fault), as long as
+    /// they are listed.
+    pub corrupt: Arc<Mutex<Vec<String>>>,
 }
 
 fn azure_error(status: u16, code: &str, message: &str) -> Response {
@@ -215,11 +218,28 @@ fn parse_range(v: &str, size: u64) -> Option<(u64, u64)> {
 
 pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> DataServer {
     let hits: Arc<Mutex<Vec<DataHit>>> = Arc::default();
+    let corrupt: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = hits.clone();
+    let faults = corrupt.clone();
     let addr = serve(
         rt,
         Arc::new(move |req: Request| {
-            let resp = serve_blob(&root, &sas, &req);
+            let mut resp = serve_blob(&root, &sas, &req);
+            let faulty = faults
+                .lock()
+                .expect("faults")
+                .iter()
+                .any(|p| p == req.path());
+            if let (true, 200, Body::File { path, start, len }) = (faulty, resp.status, &resp.body)
+            {
+                let mut bytes = std::fs::read(path).expect("blob");
+                bytes.truncate((*start + *len) as usize);
+                bytes.drain(..*start as usize);
+                if let Some(last) = bytes.last_mut() {
+                    *last ^= 0xff;
+                }
+                resp.body = Body::Bytes(bytes);
+            }
             log.lock().expect("data log").push(DataHit {
                 method: req.method.clone(),
                 path: req.path().to_string(),
@@ -230,7 +250,11 @@ pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> Data
             resp
         }),
     );
-    DataServer { addr, hits }
+    DataServer {
+        addr,
+        hits,
+        corrupt,
+    }
 }
 
 #[test]
