@@ -358,9 +358,13 @@ class Env:
         # Read once: the first read of a hole fills the page cache (zeroed pages), several
         # times slower than the reads that follow; no transfer measured should pay for it.
         buf = bytearray(1 << 20)
+        sha = hashlib.sha256()
         with open(self.blob, "rb", buffering=0) as f:
-            while f.readinto(buf):
-                pass
+            while n := f.readinto(buf):
+                sha.update(memoryview(buf)[:n])
+        # Its real digest: the blob cache stores only bytes that hash to the digest they were
+        # asked by (the proxies without a cache do not look).
+        self.blob_digest_hex = sha.hexdigest()
 
         manifest = {
             "schemaVersion": 2,
@@ -396,6 +400,18 @@ class Env:
         for conf in (self.origin_conf, self.nginx_conf):
             run(["nginx", "-t", "-q", "-c", conf, "-p", self.dir + "/", "-g", "daemon off;"])
         run([EDGE_BIN, "check", "-q", "-c", self.edge_conf])
+        # registry-edge with its blob cache (docs/blob-cache.md): the same file plus the block.
+        with open(self.path("blob-cache.key"), "wb") as f:
+            f.write(os.urandom(32))
+        with open(self.edge_conf) as f:
+            cached = f.read()
+        cached += (f"blob_cache:\n  path: {self.path('blob-cache')}\n  max_size: "
+                   f"{2 * a.blob_mib + 64}MiB\n  min_blob_size: 1MiB\n"
+                   f"  key_file: {self.path('blob-cache.key')}\n")
+        self.edge_cache_conf = self.path("registry-edge-cache.yaml")
+        with open(self.edge_cache_conf, "w") as f:
+            f.write(cached)
+        run([EDGE_BIN, "check", "-q", "-c", self.edge_cache_conf])
 
 
 # --------------------------------------------------------------------------------------------
@@ -409,9 +425,10 @@ def pinned(core, argv):
 class Server:
     """One running server: its PIDs for CPU and RSS, its ports and Host names."""
 
-    def __init__(self, key, env):
+    def __init__(self, key, env, conf=None):
         self.key = key
         self.env = env
+        self.conf = conf
         self.master = None
         self.pids = []
         self.worker = None
@@ -434,7 +451,7 @@ class Server:
             self.data_host = f"{PUBLIC_DATA_HOST}:{self.port}"
             wait_http(self.port, self.host, "/v2/", 401, "nginx", timeout=20)
         else:
-            argv = pinned(PROXY_CORE, [EDGE_BIN, "run", "-c", env.edge_conf])
+            argv = pinned(PROXY_CORE, [EDGE_BIN, "run", "-c", self.conf or env.edge_conf])
             proc = PROCS.start("registry-edge", argv, signal.SIGINT, env.path("edge.out"))
             self.port, self.tls_port = p["EDGE_PORT"], p["EDGE_TLS_PORT"]
             self.host = f"{PUBLIC_HOST}:{self.port}"
@@ -642,6 +659,46 @@ def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0):
         "mb_per_s": env.blob_size / 1e6 / median_s,
         "cpu_ms_per_gib": statistics.median(cpus) * 1000 / gib,
     }, **meter.note("blob transfers"))
+
+
+def sha256_ms_per_gib():
+    """This machine's SHA-256 cost on the proxy's core (`openssl speed -evp sha256`, 16 KiB
+    blocks): what a verified fill must spend on top of moving the bytes."""
+    _, out, _ = run(["taskset", "-c", str(PROXY_CORE), "openssl", "speed", "-evp", "sha256",
+                     "-bytes", "16384", "-seconds", "2"], timeout=60)
+    line = [ln for ln in out.splitlines() if ln.lower().startswith("sha256")][-1]
+    kbytes_per_s = float(line.split()[-1].rstrip("k"))
+    return GIB / (kbytes_per_s * 1000) * 1000
+
+
+def measure_blob_cache(env, args):
+    """registry-edge with its blob cache: the registry's redirect signed by the edge, then the
+    blob through the data host: once as the fill (from the origin, hashed and stored), then
+    `blob_runs` times from the cache."""
+    log(f"\n== registry-edge with blob_cache (core {PROXY_CORE}), load average {loadavg()}")
+    server = Server("edge", env, conf=env.edge_cache_conf).start()
+    try:
+        r, _ = request(server.port, "GET", env.blob_path,
+                       {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
+        location = r.getheader("Location") or ""
+        if r.status != 307 or "&_rec=" not in location:
+            raise HarnessError(f"blob cache: want a 307 with a cache token, got {r.status} "
+                               f"{location}")
+        resolve = f"{location.split('/')[2]}:127.0.0.1"
+        fill = measure_blob(server, env, location, resolve, 1, LOAD_CORE, args.wait_quiet)
+        entry = env.path("blob-cache", "sha256", env.blob_digest_hex)
+        if not os.path.exists(entry) or os.path.getsize(entry) != env.blob_size:
+            raise HarnessError("blob cache: the fill did not store the blob")
+        hit = measure_blob(server, env, location, resolve, args.blob_runs, LOAD_CORE,
+                           args.wait_quiet)
+    finally:
+        server.stop()
+    sha = sha256_ms_per_gib()
+    for name, b in (("fill", fill), ("hit", hit)):
+        log(f"  cache {name}: {b['seconds_median']:.2f} s, {b['mb_per_s']:,.0f} MB/s, proxy CPU "
+            f"{b['cpu_ms_per_gib']:,.0f} ms/GiB")
+    log(f"  SHA-256 on core {PROXY_CORE} (openssl speed -evp sha256): {sha:,.0f} ms/GiB")
+    return {"fill": fill, "hit": hit, "sha256_ms_per_gib": sha}
 
 
 def callgrind_mix(key, env, seconds, connections):
@@ -955,6 +1012,16 @@ def report(results, env, args, environment):
           get(o, "blob", "mb_per_s"), 0.95, "ge")
     ratio("blob throughput, nginx / origin direct", get(n, "blob", "mb_per_s"),
           get(o, "blob", "mb_per_s"), 0.95, "ge")
+    c = get(e, "blob_cache")
+    if c:
+        ratio("blob cache hit CPU per GiB, registry-edge / nginx proxying",
+              get(c, "hit", "cpu_ms_per_gib"), get(n, "blob", "cpu_ms_per_gib"), 0.6, "le")
+        ratio("blob cache hit throughput, registry-edge / origin direct",
+              get(c, "hit", "mb_per_s"), get(o, "blob", "mb_per_s"), 1.0, "ge")
+        nginx_gib = get(n, "blob", "cpu_ms_per_gib")
+        ratio("blob cache fill CPU per GiB, registry-edge / (nginx proxying + SHA-256)",
+              get(c, "fill", "cpu_ms_per_gib"),
+              nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None, 1.0, "le")
     absolute = {}
     if get(e, "mix", "rss_bytes") is not None:
         v = e["mix"]["rss_bytes"] / 2**20
@@ -1044,6 +1111,8 @@ def main():
     ap.add_argument("--skip-blob", action="store_true")
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--skip-tls", action="store_true")
+    ap.add_argument("--skip-cache", action="store_true",
+                    help="no blob-cache case (registry-edge with blob_cache: fill, then hits)")
     ap.add_argument("--blob-mib", type=int, default=1024, help="blob size (default 1024 MiB)")
     ap.add_argument("--blob-runs", type=int, default=3)
     ap.add_argument("--idle-connections", type=int, default=8000)
@@ -1089,7 +1158,7 @@ def main():
         origin = Server("origin", env).start()
         # The blob path, and the Location the origin gives for it (the SAS query must come back
         # unchanged through both proxies).
-        digest = "0" * 60 + "beef"
+        digest = env.blob_digest_hex
         env.blob_path = f"/v2/library/app/blobs/sha256:{digest}"
         r, _ = request(origin.port, "GET", env.blob_path, {"Host": LOGIN_HOST})
         origin_location = r.getheader("Location")
@@ -1166,6 +1235,8 @@ def main():
                                                args.wait_quiet)
             finally:
                 server.stop()
+        if "edge" in only and not args.skip_blob and not args.skip_cache:
+            results["edge"]["blob_cache"] = measure_blob_cache(env, args)
         origin.stop()
 
         # A geo cross-check from registry-edge's own command line.
