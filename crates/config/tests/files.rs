@@ -75,14 +75,14 @@ fn config(dir: &Path) -> String {
 }
 
 fn check(dir: &Dir) -> Result<(), String> {
-    parse(
-        &config(&dir.0),
-        "edge.yaml",
-        &dir.0,
-        Options { check_files: true },
-    )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
+    check_text(dir, &config(&dir.0))
+}
+
+/// `text` validated with its files read, relative to `dir`.
+fn check_text(dir: &Dir, text: &str) -> Result<(), String> {
+    parse(text, "edge.yaml", &dir.0, Options { check_files: true })
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -155,17 +155,13 @@ fn token_server_is_probed_by_connection() {
 
 /// A configuration with a `blob_cache` block (line 4 on) whose paths are relative to `dir`.
 fn check_blob_cache(dir: &Dir, key_file: &str) -> Result<(), String> {
-    parse(
+    check_text(
+        dir,
         &format!(
             "version: 1\nlisteners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry: {{ login_server: reg.azurecr.io, public_host: acr.example.com }}\n\
              blob_cache:\n  path: cache\n  max_size: 1GiB\n  key_file: {key_file}\n"
         ),
-        "edge.yaml",
-        &dir.0,
-        Options { check_files: true },
     )
-    .map(|_| ())
-    .map_err(|e| e.to_string())
 }
 
 #[test]
