@@ -173,6 +173,20 @@ pub fn render(c: &Config, options: Options) -> String {
         ),
         None => line("geoip", "none".into()),
     }
+    line(
+        "cache",
+        match &c.blob_cache {
+            None => "off (no blob_cache)".into(),
+            Some(b) => format!(
+                "blobs in {}, {}, of {} or more, tokens valid {}s at most (key {}){files_note}",
+                b.path.display(),
+                size(b.max_size),
+                size(b.min_blob_size),
+                b.authorization_ttl.as_secs(),
+                b.key_file.display()
+            ),
+        },
+    );
 
     line(
         "redirects",
@@ -279,6 +293,16 @@ fn upstream(u: &Upstream) -> String {
     }
     s.push(')');
     s
+}
+
+/// A byte count in the largest binary unit that divides it (`50GiB`, `1MiB`, `1500B`).
+fn size(bytes: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes}B")
 }
 
 fn join<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {

@@ -85,6 +85,7 @@ fn contoso_summary_says_what_the_file_means() {
         "registry:location",
         "rewrite-location: if Location ~ /https:\\/\\/contososecurepublicacr.azurecr.io(.*)$/i (status 302)",
         "[not opened: --no-files]",
+        "blobs in /var/cache/registry-edge/blobs, 50GiB, of 1MiB or more, tokens valid 600s at most",
     ] {
         assert!(s.contains(needle), "summary lacks {needle:?}:\n{s}");
     }
