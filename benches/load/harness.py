@@ -397,7 +397,29 @@ class Env:
         self.origin_conf = render("origin.nginx.conf", self.path("origin.nginx.conf"), subs)
         self.nginx_conf = render("nginx.conf", self.path("nginx.conf"), subs)
         self.edge_conf = render("registry-edge.yaml", self.path("registry-edge.yaml"), subs)
-        for conf in (self.origin_conf, self.nginx_conf):
+        # nginx with proxy_cache on the data host, the reference for registry-edge's blob cache:
+        # keyed by the blob's path (the SAS query left out), so a hit needs no authorization at
+        # all: what registry-edge's cache must not do, and the speed it is compared with.
+        with open(self.nginx_conf) as f:
+            cached = f.read()
+        os.makedirs(self.path("nginx-cache"))
+        cached = cached.replace(
+            "    proxy_temp_path", f"    proxy_cache_path {self.path('nginx-cache')} levels=1:2 "
+            f"keys_zone=blobs:10m max_size={2 * a.blob_mib + 64}m inactive=1h use_temp_path=off;\n"
+            "    proxy_temp_path", 1)
+        data_location = "            proxy_pass http://data;\n"
+        if cached.count(data_location) != 1:
+            raise HarnessError("nginx.conf: the data host's proxy_pass is not where expected")
+        cached = cached.replace(data_location, data_location +
+                                "            proxy_cache blobs;\n"
+                                "            proxy_cache_key $uri;\n"
+                                "            proxy_cache_valid 200 1h;\n"
+                                "            proxy_cache_lock on;\n"
+                                "            proxy_ignore_headers Cache-Control Expires Set-Cookie;\n")
+        self.nginx_cache_conf = self.path("nginx-cache.conf")
+        with open(self.nginx_cache_conf, "w") as f:
+            f.write(cached)
+        for conf in (self.origin_conf, self.nginx_conf, self.nginx_cache_conf):
             run(["nginx", "-t", "-q", "-c", conf, "-p", self.dir + "/", "-g", "daemon off;"])
         run([EDGE_BIN, "check", "-q", "-c", self.edge_conf])
         # registry-edge with its blob cache (docs/blob-cache.md): the same file plus the block.
@@ -443,8 +465,8 @@ class Server:
             self.port, self.host, self.data_host = p["ORIGIN_PORT"], LOGIN_HOST, DATA_HOST
             wait_http(self.port, LOGIN_HOST, "/v2/", 401, "origin", timeout=20)
         elif self.key == "nginx":
-            argv = pinned(PROXY_CORE, ["nginx", "-c", env.nginx_conf, "-p", env.dir + "/",
-                                       "-g", "daemon off;"])
+            argv = pinned(PROXY_CORE, ["nginx", "-c", self.conf or env.nginx_conf,
+                                       "-p", env.dir + "/", "-g", "daemon off;"])
             proc = PROCS.start("nginx", argv, signal.SIGTERM, env.path("nginx.out"))
             self.port, self.tls_port = p["NGINX_PORT"], p["NGINX_TLS_PORT"]
             self.host = f"{PUBLIC_HOST}:{self.port}"
@@ -460,12 +482,20 @@ class Server:
             wait_http(self.port, self.host, "/v2/", 401, "registry-edge", timeout=20)
         self.master = proc.pid
         if self.key in ("origin", "nginx"):
-            workers = children(self.master)
+            # With proxy_cache, nginx also runs a cache manager (and for a while a loader):
+            # counted in its CPU, not taken for the worker.
+            deadline = time.time() + 5
+            while True:
+                kids = children(self.master)
+                workers = [k for k in kids if "worker process" in proc_name(k)]
+                if len(workers) == 1 or time.time() > deadline:
+                    break
+                time.sleep(0.1)
             if len(workers) != 1:
-                raise HarnessError(f"{self.key}: expected one worker, found {workers}")
+                raise HarnessError(f"{self.key}: expected one worker, found {kids}")
             self.worker = workers[0]
             PROCS.adopt_children(self.master)
-            self.pids = [self.master, self.worker]
+            self.pids = [self.master] + kids
         else:
             self.worker = self.master
             self.pids = [self.master]
@@ -699,6 +729,24 @@ def measure_blob_cache(env, args):
             f"{b['cpu_ms_per_gib']:,.0f} ms/GiB")
     log(f"  SHA-256 on core {PROXY_CORE} (openssl speed -evp sha256): {sha:,.0f} ms/GiB")
     return {"fill": fill, "hit": hit, "sha256_ms_per_gib": sha}
+
+
+def measure_nginx_cache(env, args, location):
+    """nginx with proxy_cache on the data host (a reference, without authorization): the blob
+    once as the fill, then `blob_runs` times from its cache."""
+    log(f"\n== nginx with proxy_cache (core {PROXY_CORE}), load average {loadavg()}")
+    server = Server("nginx", env, conf=env.nginx_cache_conf).start()
+    try:
+        resolve = f"{location.split('/')[2]}:127.0.0.1"
+        fill = measure_blob(server, env, location, resolve, 1, LOAD_CORE, args.wait_quiet)
+        hit = measure_blob(server, env, location, resolve, args.blob_runs, LOAD_CORE,
+                           args.wait_quiet)
+    finally:
+        server.stop()
+    for name, b in (("fill", fill), ("hit", hit)):
+        log(f"  proxy_cache {name}: {b['seconds_median']:.2f} s, {b['mb_per_s']:,.0f} MB/s, "
+            f"proxy CPU {b['cpu_ms_per_gib']:,.0f} ms/GiB")
+    return {"fill": fill, "hit": hit}
 
 
 def callgrind_mix(key, env, seconds, connections):
@@ -1019,6 +1067,10 @@ def report(results, env, args, environment):
         ratio("blob cache hit throughput, registry-edge / origin direct",
               get(c, "hit", "mb_per_s"), get(o, "blob", "mb_per_s"), 1.0, "ge")
         nginx_gib = get(n, "blob", "cpu_ms_per_gib")
+        pc = get(n, "proxy_cache")
+        if pc:
+            ratio("blob cache hit CPU per GiB, registry-edge / nginx proxy_cache hit (reference)",
+                  get(c, "hit", "cpu_ms_per_gib"), get(pc, "hit", "cpu_ms_per_gib"), 1.0, "le")
         ratio("blob cache fill CPU per GiB, registry-edge / (nginx proxying + SHA-256)",
               get(c, "fill", "cpu_ms_per_gib"),
               nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None, 1.0, "le")
@@ -1112,7 +1164,8 @@ def main():
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--skip-tls", action="store_true")
     ap.add_argument("--skip-cache", action="store_true",
-                    help="no blob-cache case (registry-edge with blob_cache: fill, then hits)")
+                    help="no blob-cache cases (registry-edge with blob_cache, and nginx with "
+                         "proxy_cache as a reference: fill, then hits)")
     ap.add_argument("--blob-mib", type=int, default=1024, help="blob size (default 1024 MiB)")
     ap.add_argument("--blob-runs", type=int, default=3)
     ap.add_argument("--idle-connections", type=int, default=8000)
@@ -1235,6 +1288,11 @@ def main():
                                                args.wait_quiet)
             finally:
                 server.stop()
+        if "nginx" in only and not args.skip_blob and not args.skip_cache:
+            nginx_location = origin_location.replace(f"http://{DATA_HOST}/",
+                                                     f"http://{PUBLIC_DATA_HOST}:"
+                                                     f"{env.ports['NGINX_PORT']}/")
+            results["nginx"]["proxy_cache"] = measure_nginx_cache(env, args, nginx_location)
         if "edge" in only and not args.skip_blob and not args.skip_cache:
             results["edge"]["blob_cache"] = measure_blob_cache(env, args)
         origin.stop()
