@@ -153,6 +153,9 @@ async fn attempt(shared: &Arc<Shared>) -> Result<(Outcome, Arc<Generation>), Str
     let next = Arc::new(next);
     // The swap: new requests take `next`; requests in flight keep `running`.
     shared.in_force.store(next.clone());
+    if let Some(cache) = &next.blob_cache {
+        cache.in_force();
+    }
     running.retire();
     forget_stale_series(shared, &running, &next);
     Ok((

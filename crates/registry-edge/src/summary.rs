@@ -298,7 +298,7 @@ fn upstream(u: &Upstream) -> String {
 /// A byte count in the largest binary unit that divides it (`50GiB`, `1MiB`, `1500B`).
 fn size(bytes: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

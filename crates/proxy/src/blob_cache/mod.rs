@@ -11,9 +11,8 @@
 //! - **Content addressed and verified.** Entries are keyed by digest, shared across
 //!   repositories, and appear only after their bytes hashed to it ([`store`]). A fill streams
 //!   to its client one chunk behind: a wrong last byte never leaves, the transfer is cut.
-//! - **One fill per digest.** Other requests for a digest being filled wait for it while it
-//!   makes progress (giving up after the listener's idle time without a byte), then read the
-//!   entry.
+//! - **One fill per digest.** Other requests for a digest being filled wait for it (at most the
+//!   listener's idle time: a fill goes at its own client's pace), then read the entry.
 //! - **Never a failed pull because of the cache.** An unwritable or full disk, a writer that
 //!   falls behind, a corrupt entry: the transfer goes on from the upstream, counted and logged.
 
@@ -110,12 +109,10 @@ pub struct CacheMetrics {
     pub entries: IntGauge,
 }
 
-/// A fill in progress, as others see it: woken when it ends (its sender dropped), and the bytes
-/// it has received so far.
+/// A fill in progress, as others see it: woken when it ends (its sender dropped).
 #[derive(Clone)]
 pub struct InProgress {
     pub ended: tokio::sync::watch::Receiver<()>,
-    pub progress: Arc<std::sync::atomic::AtomicU64>,
 }
 
 type Waiters = InProgress;
@@ -125,6 +122,8 @@ pub struct BlobCache {
     signer: Signer,
     pub min_size: u64,
     pub ttl: Duration,
+    /// `max_size` of this configuration.
+    budget: u64,
     fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
 }
 
@@ -133,7 +132,6 @@ pub struct BlobCache {
 pub struct Claim {
     digest: Digest,
     fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
-    progress: Arc<std::sync::atomic::AtomicU64>,
     _tx: tokio::sync::watch::Sender<()>,
 }
 
@@ -160,6 +158,7 @@ impl BlobCache {
     /// The cache over `store` (kept across reloads) with these settings.
     pub fn new(store: Arc<Store>, key: &[u8], min_size: u64, ttl: Duration) -> BlobCache {
         BlobCache {
+            budget: store.budget(),
             store,
             signer: Signer::new(key),
             min_size,
@@ -168,16 +167,23 @@ impl BlobCache {
         }
     }
 
-    /// The same store and fills in progress, with another configuration's settings.
+    /// The same store and fills in progress, with another configuration's settings. The
+    /// budget applies when the new configuration is in force ([`BlobCache::in_force`]): a
+    /// refused reload changes nothing.
     pub fn renewed(&self, key: &[u8], min_size: u64, ttl: Duration, budget: u64) -> BlobCache {
-        self.store.set_budget(budget);
         BlobCache {
             store: self.store.clone(),
             signer: Signer::new(key),
             min_size,
             ttl,
+            budget,
             fills: self.fills.clone(),
         }
+    }
+
+    /// This configuration has just been put in force: its budget applies.
+    pub fn in_force(&self) {
+        self.store.set_budget(self.budget);
     }
 
     pub fn metrics(&self) -> &CacheMetrics {
@@ -205,19 +211,15 @@ impl BlobCache {
         if let Some(rx) = fills.get(d) {
             return Lookup::Wait(rx.clone());
         }
+        // A fill may have stored the entry and ended since the first look.
+        if let Some((file, size)) = self.store.open_entry(d) {
+            return Lookup::Hit(file, size);
+        }
         let (tx, ended) = tokio::sync::watch::channel(());
-        let progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        fills.insert(
-            d.clone(),
-            InProgress {
-                ended,
-                progress: progress.clone(),
-            },
-        );
+        fills.insert(d.clone(), InProgress { ended });
         Lookup::Fill(Claim {
             digest: d.clone(),
             fills: self.fills.clone(),
-            progress,
             _tx: tx,
         })
     }
@@ -230,7 +232,6 @@ impl BlobCache {
             return Err(CacheUse::Miss);
         }
         let digest = claim.digest.clone();
-        let progress = claim.progress.clone();
         let writer = self
             .store
             .begin_fill(&digest, size, move |end| {
@@ -245,7 +246,6 @@ impl BlobCache {
             digest,
             expected: size,
             seen: 0,
-            progress,
             held: None,
             writer,
         })
@@ -260,8 +260,6 @@ pub struct Fill {
     hasher: ring::digest::Context,
     expected: u64,
     seen: u64,
-    /// `seen`, for the requests waiting on this fill.
-    progress: Arc<std::sync::atomic::AtomicU64>,
     held: Option<Bytes>,
     writer: FillWriter,
 }
@@ -283,8 +281,6 @@ impl Fill {
         if let Some(d) = &data {
             self.hasher.update(d);
             self.seen += d.len() as u64;
-            self.progress
-                .store(self.seen, std::sync::atomic::Ordering::Relaxed);
             if self.writer.active() {
                 self.writer.write(d.clone());
             }
@@ -303,9 +299,9 @@ impl Fill {
         }
         let writer = std::mem::replace(&mut self.writer, FillWriter::inactive());
         let stored = match writer.commit() {
-            Some(FillEnd::Stored) | None => CacheUse::Fill,
-            Some(FillEnd::WriteError) => CacheUse::Bypass,
-            Some(FillEnd::GivenUp) => CacheUse::Miss,
+            FillEnd::Stored => CacheUse::Fill,
+            FillEnd::WriteError => CacheUse::Bypass,
+            FillEnd::GivenUp => CacheUse::Miss,
         };
         // The chunk held back, then the last one, in one piece.
         let last = self.held.take();

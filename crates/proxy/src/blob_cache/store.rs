@@ -1,7 +1,9 @@
 //! The cache on disk: `<path>/sha256/<hex>` (and `sha512/`) for complete, verified entries,
-//! `<path>/tmp/<pid>-<n>` for fills in progress. An entry appears only by `rename` from `tmp/`
-//! after its bytes hashed to its digest, so a crash leaves nothing that is served: temporary
-//! files of processes no longer running are removed at start. The index (digest → size, last
+//! `<path>/tmp/<pid>-<start>-<n>` for fills in progress, each created exclusively and locked
+//! (`flock`) by its writer. An entry appears only by `rename` from `tmp/` after its bytes hashed
+//! to its digest and were synced to disk (file, then directory), so neither a crash of the
+//! process nor of the machine leaves anything that is served: temporary files no writer holds
+//! locked are removed at start, and empty entries are not indexed. The index (digest → size, last
 //! use) is rebuilt from the directory at start; the old and new process of an upgrade share the
 //! directory, each with its own index (an entry the other evicted is a miss when it fails to
 //! open). Eviction: least recently used first, to stay within the size budget.
@@ -17,10 +19,17 @@ use bytes::Bytes;
 
 use super::{CacheMetrics, Digest};
 
-/// Bytes waiting for the writer thread, at most; a fill whose writer falls further behind is
-/// given up (the client's transfer goes on). The chunks are the ones sent to the client
+/// Bytes waiting for a fill's writer thread, at most; a fill whose writer falls further behind
+/// is given up (the client's transfer goes on). The chunks are the ones sent to the client
 /// (shared, not copied).
 const WRITE_QUEUE_BYTES: u64 = 64 << 20;
+/// Bytes waiting for all writers of the process together, at most (fills beyond it are given
+/// up): a slow disk cannot make the cache hold unbounded memory.
+const WRITE_QUEUES_BYTES: u64 = 256 << 20;
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+/// Temporary file names: unique in the process whatever the number of stores, and across
+/// processes that share the directory (`<pid>-<start>-<n>`, created exclusively).
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 
 struct Entry {
     size: u64,
@@ -38,7 +47,6 @@ pub struct Store {
     dir: PathBuf,
     budget: AtomicU64,
     index: Mutex<Index>,
-    next_tmp: AtomicU64,
     pub(super) metrics: CacheMetrics,
 }
 
@@ -55,45 +63,52 @@ pub struct FillWriter {
     tx: Option<mpsc::Sender<Chunk>>,
     /// Bytes sent and not yet written.
     queued: std::sync::Arc<AtomicU64>,
-    /// How the writer ended, sent once it has.
-    /// (In a mutex: a request's context is shared between threads, a receiver may not be.)
-    ended: Option<Mutex<mpsc::Receiver<FillEnd>>>,
+    /// Set by the writer when the disk refused a write.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
-
-/// How long `commit` waits for the writer to store the entry (it has at most
-/// `WRITE_QUEUE_BYTES` still to write to the page cache).
-const COMMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl FillWriter {
     /// Queues a chunk; `false` when the writer has failed or fallen behind (the fill is given up).
     pub fn write(&mut self, data: Bytes) -> bool {
+        if self.tx.is_none() || self.disk_failed() {
+            self.tx = None;
+            return false;
+        }
         let len = data.len() as u64;
-        let room = self.queued.fetch_add(len, Ordering::Relaxed) + len <= WRITE_QUEUE_BYTES;
-        let ok = room
+        let mine = self.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let all = QUEUED.fetch_add(len, Ordering::Relaxed) + len;
+        let sent = mine <= WRITE_QUEUE_BYTES
+            && all <= WRITE_QUEUES_BYTES
             && self
                 .tx
                 .as_ref()
                 .is_some_and(|tx| tx.send(Chunk::Data(data)).is_ok());
-        if !ok {
+        if !sent {
+            // Not queued: not to be written.
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            QUEUED.fetch_sub(len, Ordering::Relaxed);
             self.tx = None;
         }
-        ok
+        sent
     }
 
-    /// The bytes are the blob: store them. Returns how the writer ended (`None`: it has not
-    /// within [`COMMIT_WAIT`], and goes on).
-    pub fn commit(mut self) -> Option<FillEnd> {
-        let tx = self.tx.take();
-        let ended = self.ended.take()?;
-        match tx {
-            Some(tx) => {
-                let _ = tx.send(Chunk::Commit);
-            }
-            // Given up before the end (fell behind): the writer removes its file.
-            None => return Some(FillEnd::GivenUp),
+    /// The disk refused one of this fill's writes.
+    pub fn disk_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The bytes are the blob: store them. Never waits for the disk: says what is known now
+    /// (`Stored` when the bytes went to the writer, whose own failures are counted and
+    /// logged when they happen).
+    pub fn commit(mut self) -> FillEnd {
+        if self.disk_failed() {
+            return FillEnd::WriteError;
         }
-        let ended = ended.into_inner().unwrap_or_else(|p| p.into_inner());
-        ended.recv_timeout(COMMIT_WAIT).ok()
+        match self.tx.take() {
+            Some(tx) if tx.send(Chunk::Commit).is_ok() => FillEnd::Stored,
+            // Given up before the end (fell behind): the writer removes its file.
+            _ => FillEnd::GivenUp,
+        }
     }
 
     /// A writer that writes nothing.
@@ -101,7 +116,7 @@ impl FillWriter {
         FillWriter {
             tx: None,
             queued: Default::default(),
-            ended: None,
+            failed: Default::default(),
         }
     }
 
@@ -125,7 +140,6 @@ impl Store {
             dir: dir.to_owned(),
             budget: AtomicU64::new(budget),
             index: Mutex::new(Index::default()),
-            next_tmp: AtomicU64::new(0),
             metrics,
         };
         store.remove_dead_fills()?;
@@ -137,9 +151,14 @@ impl Store {
         &self.dir
     }
 
+    pub fn budget(&self) -> u64 {
+        self.budget.load(Ordering::Relaxed)
+    }
+
+    /// A new budget (a reload in force): entries beyond it are evicted at once.
     pub fn set_budget(&self, budget: u64) {
         self.budget.store(budget, Ordering::Relaxed);
-        let evicted = self.evict(0);
+        let evicted = self.evict();
         self.remove_files(evicted);
     }
 
@@ -151,18 +170,14 @@ impl Store {
         self.dir.join(d.algorithm()).join(d.hex())
     }
 
-    /// Temporary files of fills whose process is gone (`<pid>-<n>`): an interrupted fill
-    /// leaves nothing behind.
+    /// Temporary files no writer holds: an interrupted fill (a crash, a kill, pid reuse in a
+    /// container) leaves nothing behind. A writer holds its file locked until it ends.
     fn remove_dead_fills(&self) -> std::io::Result<()> {
-        for e in std::fs::read_dir(self.dir.join("tmp"))? {
-            let e = e?;
-            let name = e.file_name();
-            let pid = name
-                .to_str()
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(p, _)| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new("/proc").join(p.to_string()).exists());
-            if !alive {
+        for e in std::fs::read_dir(self.dir.join("tmp"))?.flatten() {
+            let Ok(f) = File::open(e.path()) else {
+                continue;
+            };
+            if f.try_lock().is_ok() {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -174,16 +189,20 @@ impl Store {
     fn rescan(&self) -> std::io::Result<()> {
         let mut found = Vec::new();
         for alg in alg_dirs() {
-            for e in std::fs::read_dir(self.dir.join(alg))? {
-                let e = e?;
+            // An entry the other process of an upgrade evicts during the scan is skipped.
+            for e in std::fs::read_dir(self.dir.join(alg))?.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_owned) else {
                     continue;
                 };
                 let Some(d) = Digest::parse(&format!("{alg}:{name}")) else {
                     continue;
                 };
-                let meta = e.metadata()?;
-                if !meta.is_file() {
+                let Ok(meta) = e.metadata() else {
+                    continue;
+                };
+                // An empty entry is what a machine crash can leave of an unsynced file (no
+                // blob registries serve is empty): not indexed, fetched again.
+                if !meta.is_file() || meta.len() == 0 {
                     continue;
                 }
                 let mtime = meta
@@ -204,7 +223,7 @@ impl Store {
             index.entries.insert(d, Entry { size, last_used });
         }
         drop(index);
-        let evicted = self.evict(0);
+        let evicted = self.evict();
         self.remove_files(evicted);
         self.publish();
         Ok(())
@@ -260,12 +279,21 @@ impl Store {
         size: u64,
         done: impl FnOnce(FillEnd) + Send + 'static,
     ) -> Option<FillWriter> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
         let tmp = self
             .dir
             .join("tmp")
-            .join(format!("{}-{n}", std::process::id()));
-        let file = match File::create(&tmp) {
+            .join(format!("{}-{}-{n}", std::process::id(), start_id()));
+        // Exclusive: never a file another writer has open.
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|f| {
+                f.try_lock().map_err(std::io::Error::other)?;
+                Ok(f)
+            });
+        let file = match created {
             Ok(f) => f,
             Err(e) => {
                 self.metrics.errors[ErrorKind::Write as usize].inc();
@@ -278,27 +306,31 @@ impl Store {
             }
         };
         let (tx, rx) = mpsc::channel();
-        let (ended_tx, ended) = mpsc::sync_channel(1);
         let queued = std::sync::Arc::new(AtomicU64::new(0));
-        let writing = queued.clone();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = Writer {
+            queued: queued.clone(),
+            failed: failed.clone(),
+        };
         let store = self.clone();
         let d = d.clone();
+        let path = tmp.clone();
         let spawned = std::thread::Builder::new()
             .name("blob-fill".into())
             .spawn(move || {
-                let end = store.write_fill(file, &tmp, &d, size, rx, &writing);
-                let _ = ended_tx.send(end);
+                let end = store.write_fill(file, &path, &d, size, rx, &writer);
                 done(end);
             });
         match spawned {
             Ok(_) => Some(FillWriter {
                 tx: Some(tx),
                 queued,
-                ended: Some(Mutex::new(ended)),
+                failed,
             }),
             Err(e) => {
                 log::warn!("blob cache: no writer thread: {e}; not cached");
                 self.metrics.errors[ErrorKind::Write as usize].inc();
+                let _ = std::fs::remove_file(&tmp);
                 None
             }
         }
@@ -313,36 +345,52 @@ impl Store {
         d: &Digest,
         size: u64,
         rx: mpsc::Receiver<Chunk>,
-        queued: &AtomicU64,
+        w: &Writer,
     ) -> FillEnd {
         let mut written = 0u64;
         let mut failed = None;
         let end = loop {
             match rx.recv() {
                 Ok(Chunk::Data(b)) => {
-                    queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
+                    let len = b.len() as u64;
                     if failed.is_none() {
-                        written += b.len() as u64;
+                        written += len;
                         if let Err(e) = file.write_all(&b) {
+                            w.failed.store(true, Ordering::Relaxed);
+                            log::warn!("blob cache: writing {d} failed: {e}; not cached");
+                            self.metrics.errors[ErrorKind::Write as usize].inc();
                             failed = Some(e);
                         }
                     }
+                    w.queued.fetch_sub(len, Ordering::Relaxed);
+                    QUEUED.fetch_sub(len, Ordering::Relaxed);
                 }
                 Ok(Chunk::Commit) => break true,
                 Err(_) => break false,
             }
         };
-        drop(file);
+        // Chunks never received (the fill ended first) leave the process-wide count too.
+        QUEUED.fetch_sub(w.queued.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        // On disk before it has a name: a machine crash never leaves a named partial entry.
+        if end && failed.is_none() {
+            if let Err(e) = file.sync_data() {
+                w.failed.store(true, Ordering::Relaxed);
+                log::warn!("blob cache: syncing {d} failed: {e}; not cached");
+                self.metrics.errors[ErrorKind::Write as usize].inc();
+                failed = Some(e);
+            }
+        }
+        // The file stays open (and locked) until renamed or removed: no other process's start
+        // takes it for a dead fill in between.
         let result = match (end, failed) {
             (false, _) => FillEnd::GivenUp,
-            (true, Some(e)) => {
-                log::warn!("blob cache: writing {d} failed: {e}; not cached");
-                self.metrics.errors[ErrorKind::Write as usize].inc();
-                FillEnd::WriteError
-            }
+            (true, Some(_)) => FillEnd::WriteError,
             (true, None) if written != size => FillEnd::GivenUp,
             (true, None) => match std::fs::rename(tmp, self.path_of(d)) {
                 Ok(()) => {
+                    if let Ok(dir) = File::open(self.dir.join(d.algorithm())) {
+                        let _ = dir.sync_all();
+                    }
                     self.insert(d, size);
                     return FillEnd::Stored;
                 }
@@ -367,30 +415,35 @@ impl Store {
             }
             index.used += size;
         }
-        let evicted = self.evict(0);
+        let evicted = self.evict();
         self.remove_files(evicted);
         self.publish();
     }
 
-    /// Removes least recently used entries from the index until `extra` more bytes fit;
-    /// returns them (their files are removed outside the lock).
-    fn evict(&self, extra: u64) -> Vec<Digest> {
+    /// Removes least recently used entries from the index until the rest fits the budget;
+    /// returns them (their files are removed outside the lock). One sort per eviction, not a
+    /// scan per entry.
+    fn evict(&self) -> Vec<Digest> {
         let budget = self.budget.load(Ordering::Relaxed);
         let mut index = self.lock();
+        if index.used <= budget {
+            return Vec::new();
+        }
+        let mut by_age: Vec<(u64, Digest)> = index
+            .entries
+            .iter()
+            .map(|(d, e)| (e.last_used, d.clone()))
+            .collect();
+        by_age.sort_unstable_by_key(|(used, _)| *used);
         let mut out = Vec::new();
-        while index.used + extra > budget {
-            let Some(oldest) = index
-                .entries
-                .iter()
-                .min_by_key(|(_, e)| e.last_used)
-                .map(|(d, _)| d.clone())
-            else {
+        for (_, d) in by_age {
+            if index.used <= budget {
                 break;
-            };
-            if let Some(e) = index.entries.remove(&oldest) {
+            }
+            if let Some(e) = index.entries.remove(&d) {
                 index.used -= e.size;
             }
-            out.push(oldest);
+            out.push(d);
         }
         out
     }
@@ -408,6 +461,23 @@ impl Store {
     pub fn used(&self) -> u64 {
         self.lock().used
     }
+}
+
+/// What the writer thread shares with its fill.
+struct Writer {
+    queued: std::sync::Arc<AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A number for this process's start, in temporary file names (pids repeat across restarts).
+fn start_id() -> u64 {
+    static ID: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(crate::clock::since_epoch().as_nanos());
+        h.finish() & 0xffff_ffff
+    })
 }
 
 /// How a fill's writer ended.

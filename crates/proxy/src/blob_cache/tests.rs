@@ -203,11 +203,21 @@ fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
         fill(&c, &d, &blob, 1000);
         settle(&c, &d);
     }
-    // What a crashed fill and a stray file leave behind.
-    std::fs::write(dir.0.join("tmp").join("999999999-0"), b"partial").unwrap();
+    // What a crashed fill (even one named with this very pid: pids repeat) and a stray file
+    // leave behind, and a fill in progress: its writer holds it locked.
+    std::fs::write(dir.0.join("tmp").join("999999999-1-0"), b"partial").unwrap();
+    std::fs::write(
+        dir.0
+            .join("tmp")
+            .join(format!("{}-1-5", std::process::id())),
+        b"x",
+    )
+    .unwrap();
     std::fs::write(dir.0.join("tmp").join("junk"), b"x").unwrap();
-    let mine = dir.0.join("tmp").join(format!("{}-77", std::process::id()));
-    std::fs::write(&mine, b"a fill of a live process").unwrap();
+    let mine = dir.0.join("tmp").join("12-34-56");
+    std::fs::write(&mine, b"a fill in progress").unwrap();
+    let writer = std::fs::File::open(&mine).unwrap();
+    writer.try_lock().unwrap();
     std::fs::write(dir.0.join("sha256").join("not-a-digest"), b"x").unwrap();
     let c = cache(&dir, 1 << 20);
     assert!(matches!(c.lookup(&d), Lookup::Hit(_, 2048)));
@@ -216,7 +226,16 @@ fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(left, vec![mine], "only a live process's fill stays");
+    assert_eq!(left, vec![mine], "only the fill its writer holds stays");
+    drop(writer);
+    // An empty entry (what a machine crash can leave) is not indexed.
+    let empty = format!("sha256:{}", "e".repeat(64));
+    std::fs::write(dir.0.join("sha256").join("e".repeat(64)), b"").unwrap();
+    let c2 = cache(&dir, 1 << 20);
+    assert!(matches!(
+        c2.lookup(&Digest::parse(&empty).unwrap()),
+        Lookup::Fill(_)
+    ));
     // An entry whose file changed size is dropped, not served.
     std::fs::write(dir.0.join("sha256").join(d.hex()), b"short").unwrap();
     assert!(matches!(c.lookup(&d), Lookup::Fill(_)));

@@ -48,13 +48,18 @@ impl Signer {
     /// appended; it expires at `now + ttl`, or at the URL's SAS `se=` when that is earlier.
     /// `None` when the URL's SAS has already expired.
     pub fn sign(&self, location: &str, digest: &Digest, now: u64, ttl: u64) -> Option<String> {
+        // A fragment never reaches the server: a token after it would never come back.
+        if location.contains('#') {
+            return None;
+        }
         let target = target_of(location);
         let mut expiry = now.saturating_add(ttl);
-        if let Some(se) = sas_expiry(target) {
-            if se <= now {
+        // A known expiry that does not parse signs nothing (fail closed).
+        if let Some(until) = url_expiry(target).ok()? {
+            if until <= now {
                 return None;
             }
-            expiry = expiry.min(se);
+            expiry = expiry.min(until);
         }
         let tag = hmac::sign(&self.key, &Self::message(digest, expiry, target));
         let sep = if target.contains('?') { '&' } else { '?' };
@@ -98,6 +103,26 @@ impl Signer {
     }
 }
 
+/// Bytes of a token-shaped last parameter (`&_rec=<alg>-<hex>.<digits>.<64 hex>`, or `?…`) at
+/// the end of `target`, verified or not: what the edge removes from every data-host request,
+/// so that the data endpoint gets its URL as signed even when a token has expired or the key
+/// changed (a storage whose signature covers every query parameter would refuse it).
+pub fn suffix_len(target: &str) -> Option<usize> {
+    let at = target.rfind(PARAM)?;
+    let sep = *target.as_bytes().get(at.checked_sub(1)?)?;
+    let value = target[at..].strip_prefix(PARAM)?.strip_prefix('=')?;
+    let mut parts = value.split('.');
+    let (digest, expiry, mac) = (parts.next()?, parts.next()?, parts.next()?);
+    let shaped = (sep == b'&' || sep == b'?')
+        && parts.next().is_none()
+        && Digest::parse(&digest.replacen('-', ":", 1)).is_some()
+        && !expiry.is_empty()
+        && expiry.bytes().all(|b| b.is_ascii_digit())
+        && mac.len() == 64
+        && mac.bytes().all(|b| b.is_ascii_hexdigit());
+    shaped.then(|| target.len() - (at - 1))
+}
+
 /// The origin-form target of a URL: from the first `/` after `scheme://authority`, or the whole
 /// string when it already is one.
 fn target_of(location: &str) -> &str {
@@ -107,16 +132,59 @@ fn target_of(location: &str) -> &str {
     }
 }
 
-/// The `se=` (signed expiry, ISO 8601 UTC with `:` possibly percent-encoded) of a SAS query, as
-/// Unix seconds.
-pub fn sas_expiry(target: &str) -> Option<u64> {
-    let query = target.split_once('?')?.1;
-    let se = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("se="))?
-        .replace("%3A", ":")
-        .replace("%3a", ":");
-    parse_iso8601(&se)
+/// When a signed storage URL expires (Unix seconds), by the parameters of the storages
+/// registries redirect to: Azure SAS `se=` (ISO 8601, `:` possibly percent-encoded), S3
+/// `X-Amz-Date` + `X-Amz-Expires`, GCS `X-Goog-Date` + `X-Goog-Expires`, CloudFront and GCS v2
+/// `Expires=` (Unix seconds); the earliest when several are present. `Ok(None)`: none of them;
+/// `Err`: one is present and does not parse.
+pub fn url_expiry(target: &str) -> Result<Option<u64>, ()> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Ok(None);
+    };
+    let param = |name: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let mut found = Vec::new();
+    if let Some(se) = param("se") {
+        found.push(parse_iso8601(&se.replace("%3A", ":").replace("%3a", ":")).ok_or(())?);
+    }
+    for (date, expires) in [
+        ("X-Amz-Date", "X-Amz-Expires"),
+        ("X-Goog-Date", "X-Goog-Expires"),
+    ] {
+        match (param(date), param(expires)) {
+            (None, None) => {}
+            (Some(d), Some(e)) => {
+                let start = parse_basic_iso8601(d).ok_or(())?;
+                let secs: u64 = e.parse().map_err(|_| ())?;
+                found.push(start.checked_add(secs).ok_or(())?);
+            }
+            _ => return Err(()),
+        }
+    }
+    if let Some(e) = param("Expires") {
+        found.push(e.parse().map_err(|_| ())?);
+    }
+    Ok(found.into_iter().min())
+}
+
+/// `YYYYMMDDTHHMMSSZ` (S3, GCS) → Unix seconds.
+fn parse_basic_iso8601(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !s.is_ascii() {
+        return None;
+    }
+    parse_iso8601(&format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    ))
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (seconds optional, as Azure writes `se=`) → Unix seconds.
@@ -222,6 +290,31 @@ mod tests {
     }
 
     #[test]
+    fn token_shaped_suffixes_are_found_verified_or_not() {
+        let s = Signer::new(&[1; 32]);
+        let signed = s.sign("/b?sig=x", &digest(), 10, 100).unwrap();
+        let n = suffix_len(&signed).unwrap();
+        assert_eq!(&signed[..signed.len() - n], "/b?sig=x");
+        // Expired or under another key: still removed.
+        assert_eq!(
+            suffix_len(&signed),
+            Signer::new(&[2; 32])
+                .verify(&signed, 10)
+                .map(|v| v.suffix_len)
+                .or(Some(n))
+        );
+        for not in [
+            "/b?sig=x",
+            "/b?_rec=1",
+            "/b?x=1&_rec=sha256-00.1.zz",
+            "/b#_rec=a.b.c",
+        ] {
+            assert_eq!(suffix_len(not), None, "{not}");
+        }
+        assert_eq!(s.sign("/b?x=1#frag", &digest(), 10, 100), None);
+    }
+
+    #[test]
     fn expiry_and_mac_are_read_strictly() {
         let s = Signer::new(&[1; 32]);
         let signed = s.sign("/b?a=1", &digest(), 10, 100).unwrap();
@@ -251,9 +344,37 @@ mod tests {
         assert_eq!(parse_iso8601("2026-12-05 12:30:00Z"), None);
         assert_eq!(parse_iso8601("2026-12-05T12:30:00"), None);
         assert_eq!(
-            sas_expiry("/x?sv=1&se=2026-12-05T12%3A30%3A00Z&sig=y"),
-            Some(1_796_473_800)
+            url_expiry("/x?sv=1&se=2026-12-05T12%3A30%3A00Z&sig=y"),
+            Ok(Some(1_796_473_800))
         );
-        assert_eq!(sas_expiry("/x?sv=1"), None);
+        assert_eq!(url_expiry("/x?sv=1"), Ok(None));
+        assert_eq!(url_expiry("/x"), Ok(None));
+        // S3 and GCS: the signing time plus the lifetime; CloudFront: Unix seconds.
+        assert_eq!(
+            url_expiry("/x?X-Amz-Date=20261205T123000Z&X-Amz-Expires=1200&X-Amz-Signature=a"),
+            Ok(Some(1_796_473_800 + 1200))
+        );
+        assert_eq!(
+            url_expiry("/x?X-Goog-Date=20261205T123000Z&X-Goog-Expires=60"),
+            Ok(Some(1_796_473_860))
+        );
+        assert_eq!(
+            url_expiry("/x?Expires=1796473000&Signature=s"),
+            Ok(Some(1_796_473_000))
+        );
+        // The earliest of several; a known parameter that does not parse: nothing signed.
+        assert_eq!(
+            url_expiry("/x?Expires=5&se=2026-12-05T12%3A30%3A00Z"),
+            Ok(Some(5))
+        );
+        for bad in [
+            "/x?se=tomorrow",
+            "/x?X-Amz-Date=20261205T123000Z",
+            "/x?Expires=soon",
+        ] {
+            assert_eq!(url_expiry(bad), Err(()), "{bad}");
+        }
+        let s = Signer::new(&[1; 32]);
+        assert!(s.sign("/x?se=2026-12-05", &digest(), 10, 100).is_none());
     }
 }

@@ -66,7 +66,7 @@ impl Edge {
     }
 
     /// A data-host `GET`/`HEAD` with a valid cache token: answered from the cache when the entry
-    /// is complete (after waiting for a fill in progress while it makes progress);
+    /// is complete (after waiting for a fill in progress, at most the listener's idle time);
     /// otherwise it goes upstream, holding the right to fill when nobody else does. `true`: answered.
     pub(super) async fn serve_cached_blob(
         &self,
@@ -122,10 +122,11 @@ impl Edge {
                     return Ok(true);
                 }
                 // A HEAD or a range does not fill: the next whole GET will.
+                // Counted as a miss unless the fill completes (then `fill`, `corrupt` or
+                // `bypass`).
                 Lookup::Fill(claim) => {
-                    if head_only || range.is_some() {
-                        ctx.cache_use = Some(CacheUse::Miss);
-                    } else {
+                    ctx.cache_use = Some(CacheUse::Miss);
+                    if !head_only && range.is_none() {
                         ctx.claim = Some(claim);
                     }
                     return Ok(false);
@@ -145,30 +146,22 @@ impl Edge {
         }
     }
 
-    /// Waits for another request's fill to end, for as long as it makes progress: `false` when
-    /// it received nothing for the listener's idle time (this request then goes upstream).
+    /// Waits for another request's fill to end: `false` when it has not within the
+    /// listener's idle time (this request then goes upstream itself). A fill runs at its own
+    /// client's pace (pingora reads the upstream as the client takes the bytes), so a slow first
+    /// client never holds the others longer than that.
     async fn wait_for_fill(&self, mut fill: crate::blob_cache::InProgress) -> bool {
         let idle = self.listener.timeouts.idle;
-        let mut seen = fill.progress.load(std::sync::atomic::Ordering::Relaxed);
-        loop {
-            if tokio::time::timeout(idle, fill.ended.changed())
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            let now = fill.progress.load(std::sync::atomic::Ordering::Relaxed);
-            if now == seen {
-                return false;
-            }
-            seen = now;
-        }
+        tokio::time::timeout(idle, fill.ended.changed())
+            .await
+            .is_ok()
     }
 
     /// The upstream's answer to a request holding a fill's claim: a whole `200` of a known
     /// length starts the fill; anything else releases the claim.
     pub(super) fn begin_blob_fill(&self, response: &ResponseHeader, ctx: &mut Ctx) {
-        if ctx.blob.is_none() {
+        // A 100 or 103 comes before the answer: the claim waits for that.
+        if ctx.blob.is_none() || response.status.is_informational() {
             return;
         }
         let Some(claim) = ctx.claim.take() else {
@@ -188,7 +181,8 @@ impl Edge {
             && !response
                 .headers
                 .contains_key(http::header::CONTENT_ENCODING);
-        match length.filter(|_| whole) {
+        // An empty body is no blob (and pingora calls no body filter for it).
+        match length.filter(|&n| whole && n > 0) {
             Some(size) => match cache.start_fill(claim, size) {
                 Ok(fill) => ctx.fill = Some(fill),
                 Err(why) => ctx.cache_use = Some(why),

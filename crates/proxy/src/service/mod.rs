@@ -288,16 +288,17 @@ impl ProxyHttp for Edge {
                 strip_authorization: matches!(route, Route::Data(_)),
             },
         )?;
-        if let Some(token) = &ctx.blob {
-            // The cache token is the edge's: the data endpoint gets its URL as it was signed.
+        if matches!(route, Route::Data(_)) {
+            // A cache token is the edge's, valid or not: the data endpoint gets its URL as the
+            // registry signed it.
             let pq = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let bare = pq
-                .get(..pq.len().saturating_sub(token.suffix_len))
-                .unwrap_or(pq);
-            let uri: http::Uri = bare
-                .parse()
-                .or_err(InvalidHTTPHeader, "data target without the cache token")?;
-            upstream.set_uri(uri);
+            if let Some(n) = crate::blob_cache::token::suffix_len(pq) {
+                let bare = pq.get(..pq.len() - n).unwrap_or(pq);
+                let uri: http::Uri = bare
+                    .parse()
+                    .or_err(InvalidHTTPHeader, "data target without the cache token")?;
+                upstream.set_uri(uri);
+            }
         }
         upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
         // The client's request is read while the upstream copy is changed: two objects.

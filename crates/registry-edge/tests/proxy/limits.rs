@@ -193,7 +193,7 @@ fn large_blob_to_a_slow_reader_keeps_rss_flat() {
         got += n as u64;
         reads += 1;
         // A reader slower than the origin: the edge must hold the origin back, not buffer.
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             std::thread::sleep(Duration::from_millis(8));
             max = max.max(rss_kib(pid));
         }
