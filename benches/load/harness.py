@@ -716,9 +716,13 @@ def measure_blob_cache(env, args):
                                f"{location}")
         resolve = f"{location.split('/')[2]}:127.0.0.1"
         fill = measure_blob(server, env, location, resolve, 1, LOAD_CORE, args.wait_quiet)
+        # The writer thread syncs the bytes to disk and renames the file after the transfer.
         entry = env.path("blob-cache", "sha256", env.blob_digest_hex)
-        if not os.path.exists(entry) or os.path.getsize(entry) != env.blob_size:
-            raise HarnessError("blob cache: the fill did not store the blob")
+        deadline = time.time() + 120
+        while not (os.path.exists(entry) and os.path.getsize(entry) == env.blob_size):
+            if time.time() > deadline:
+                raise HarnessError("blob cache: the fill did not store the blob")
+            time.sleep(0.2)
         hit = measure_blob(server, env, location, resolve, args.blob_runs, LOAD_CORE,
                            args.wait_quiet)
     finally:
