@@ -1,5 +1,5 @@
 //! What the unit tests share: a configuration from YAML text, validated as `check --no-files`
-//! validates it.
+//! validates it; a scratch directory.
 
 use registry_edge_config::{parse, Config, Options};
 
@@ -21,4 +21,27 @@ pub fn minimal(listener: &str, rest: &str) -> Config {
     config(&format!(
         "version: 1\nlisteners: [{{ address: \"127.0.0.1:1\"{listener} }}]\nregistry:\n  login_server: r.internal\n  public_host: r.example\n{rest}"
     ))
+}
+
+/// A scratch directory of a test, empty at the start and removed at the end:
+/// `<temp>/registry-edge-<name>-<pid>`.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("registry-edge-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    pub fn join(&self, path: impl AsRef<std::path::Path>) -> std::path::PathBuf {
+        self.0.join(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

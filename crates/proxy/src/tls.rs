@@ -283,15 +283,11 @@ mod tests {
     use super::*;
 
     /// A scratch directory with self-signed certificate and key files.
-    struct Files(std::path::PathBuf);
+    struct Files(crate::testing::Scratch);
 
     impl Files {
         fn new(name: &str) -> Files {
-            let dir = std::env::temp_dir()
-                .join(format!("registry-edge-tls-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Files(dir)
+            Files(crate::testing::Scratch::new(&format!("tls-{name}")))
         }
 
         /// A certificate for `names`, written as `<file>.pem` / `<file>.key`; returns the pair
@@ -306,12 +302,6 @@ mod tests {
             std::fs::write(&pair.cert, issued.cert.pem()).unwrap();
             std::fs::write(&pair.key, issued.signing_key.serialize_pem()).unwrap();
             (pair, issued.cert.der().to_vec())
-        }
-    }
-
-    impl Drop for Files {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

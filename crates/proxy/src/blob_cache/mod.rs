@@ -115,8 +115,6 @@ pub struct InProgress {
     pub ended: tokio::sync::watch::Receiver<()>,
 }
 
-type Waiters = InProgress;
-
 pub struct BlobCache {
     pub store: Arc<Store>,
     signer: Signer,
@@ -124,14 +122,14 @@ pub struct BlobCache {
     pub ttl: Duration,
     /// `max_size` of this configuration.
     budget: u64,
-    fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
+    fills: Arc<Mutex<HashMap<Digest, InProgress>>>,
 }
 
 /// The right to fill a digest, held by one request; dropping it ends the fill (others stop
 /// waiting).
 pub struct Claim {
     digest: Digest,
-    fills: Arc<Mutex<HashMap<Digest, Waiters>>>,
+    fills: Arc<Mutex<HashMap<Digest, InProgress>>>,
     _tx: tokio::sync::watch::Sender<()>,
 }
 
@@ -151,7 +149,7 @@ pub enum Lookup {
     /// Nobody fills it: this request may (holding the claim).
     Fill(Claim),
     /// Another request is filling it: wait on this, then look again.
-    Wait(Waiters),
+    Wait(InProgress),
 }
 
 impl BlobCache {
@@ -198,7 +196,7 @@ impl BlobCache {
     }
 
     /// The token of a data-host request target, when valid now.
-    pub fn verify(&self, target: &str) -> Option<token::Verified> {
+    pub fn verify(&self, target: &str) -> Option<Digest> {
         self.signer
             .verify(target, crate::clock::since_epoch().as_secs())
     }
@@ -281,9 +279,7 @@ impl Fill {
         if let Some(d) = &data {
             self.hasher.update(d);
             self.seen += d.len() as u64;
-            if self.writer.active() {
-                self.writer.write(d.clone());
-            }
+            self.writer.write(d.clone());
         }
         let out = match data {
             Some(d) if !d.is_empty() => self.held.replace(d),
@@ -293,7 +289,8 @@ impl Fill {
             return Step::Send(out);
         }
         let hash = std::mem::replace(&mut self.hasher, self.digest.hasher()).finish();
-        let ok = self.seen == self.expected && hash.as_ref() == unhex(self.digest.hex()).as_slice();
+        let ok = self.seen == self.expected
+            && token::unhex(self.digest.hex()).as_deref() == Some(hash.as_ref());
         if !ok {
             return Step::Corrupt;
         }
@@ -316,17 +313,6 @@ impl Fill {
         };
         Step::Last(rest, stored)
     }
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    let v = |c: u8| match c {
-        b'0'..=b'9' => c - b'0',
-        _ => c - b'a' + 10,
-    };
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| v(p[0]) << 4 | v(p[1]))
-        .collect()
 }
 
 #[cfg(test)]

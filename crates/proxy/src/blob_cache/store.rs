@@ -225,7 +225,6 @@ impl Store {
         drop(index);
         let evicted = self.evict();
         self.remove_files(evicted);
-        self.publish();
         Ok(())
     }
 
@@ -417,7 +416,6 @@ impl Store {
         }
         let evicted = self.evict();
         self.remove_files(evicted);
-        self.publish();
     }
 
     /// Removes least recently used entries from the index until the rest fits the budget;
@@ -448,6 +446,7 @@ impl Store {
         out
     }
 
+    /// Removes the files of evicted entries, then publishes the index's figures.
     fn remove_files(&self, evicted: Vec<Digest>) {
         for d in evicted {
             self.metrics.evictions.inc();

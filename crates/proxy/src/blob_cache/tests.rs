@@ -5,25 +5,7 @@ use std::time::Duration;
 
 use super::store::Store;
 use super::*;
-
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!(
-            "registry-edge-blob-cache-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&d);
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::testing::Scratch;
 
 fn metrics() -> CacheMetrics {
     crate::metrics::Metrics::new().unwrap().blob_cache.clone()
@@ -35,7 +17,7 @@ fn digest_of(bytes: &[u8]) -> Digest {
     Digest::parse(&format!("sha256:{hex}")).unwrap()
 }
 
-fn cache(dir: &Dir, budget: u64) -> BlobCache {
+fn cache(dir: &Scratch, budget: u64) -> BlobCache {
     let store = Arc::new(Store::open(&dir.0, budget, metrics()).unwrap());
     BlobCache::new(store, &[9; 32], 0, Duration::from_secs(600))
 }
@@ -90,7 +72,7 @@ fn digests_are_sha256_or_sha512_in_lower_hex() {
 
 #[test]
 fn a_verified_fill_is_stored_and_served_whole() {
-    let dir = Dir::new("fill");
+    let dir = Scratch::new("blob-cache-fill");
     let c = cache(&dir, 1 << 20);
     let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
     let d = digest_of(&blob);
@@ -108,12 +90,12 @@ fn a_verified_fill_is_stored_and_served_whole() {
     assert_eq!(c.metrics().entries.get(), 1);
     assert_eq!(c.metrics().disk_bytes.get(), blob.len() as i64);
     // Nothing left in tmp/.
-    assert_eq!(std::fs::read_dir(dir.0.join("tmp")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
 }
 
 #[test]
 fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
-    let dir = Dir::new("corrupt");
+    let dir = Scratch::new("blob-cache-corrupt");
     let c = cache(&dir, 1 << 20);
     let blob = vec![1u8; 50_000];
     let d = digest_of(&blob);
@@ -129,12 +111,12 @@ fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
     let (_, corrupt) = fill(&c, &d, &blob[..40_000], 10_000);
     assert!(corrupt);
     settle(&c, &d);
-    assert_eq!(std::fs::read_dir(dir.0.join("tmp")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
 }
 
 #[test]
 fn one_fill_per_digest_and_waiters_wake_when_it_ends() {
-    let dir = Dir::new("claims");
+    let dir = Scratch::new("blob-cache-claims");
     let c = cache(&dir, 1 << 20);
     let blob = vec![3u8; 1000];
     let d = digest_of(&blob);
@@ -167,7 +149,7 @@ fn one_fill_per_digest_and_waiters_wake_when_it_ends() {
 
 #[test]
 fn least_recently_used_entries_go_first_within_the_budget() {
-    let dir = Dir::new("lru");
+    let dir = Scratch::new("blob-cache-lru");
     let c = cache(&dir, 25_000);
     let blobs: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 10_000]).collect();
     let ds: Vec<Digest> = blobs.iter().map(|b| digest_of(b)).collect();
@@ -182,7 +164,7 @@ fn least_recently_used_entries_go_first_within_the_budget() {
     assert!(matches!(c.lookup(&ds[0]), Lookup::Hit(..)));
     assert!(matches!(c.lookup(&ds[2]), Lookup::Hit(..)));
     assert!(matches!(c.lookup(&ds[1]), Lookup::Fill(_)));
-    assert!(!dir.0.join("sha256").join(ds[1].hex()).exists());
+    assert!(!dir.join("sha256").join(ds[1].hex()).exists());
     assert_eq!(c.store.used(), 20_000);
     assert_eq!(c.metrics().evictions.get(), 1);
     // Too big for the budget: not even started.
@@ -195,7 +177,7 @@ fn least_recently_used_entries_go_first_within_the_budget() {
 
 #[test]
 fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
-    let dir = Dir::new("index");
+    let dir = Scratch::new("blob-cache-index");
     let blob = vec![5u8; 2048];
     let d = digest_of(&blob);
     {
@@ -205,7 +187,7 @@ fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
     }
     // What a crashed fill (even one named with this very pid: pids repeat) and a stray file
     // leave behind, and a fill in progress: its writer holds it locked.
-    std::fs::write(dir.0.join("tmp").join("999999999-1-0"), b"partial").unwrap();
+    std::fs::write(dir.join("tmp").join("999999999-1-0"), b"partial").unwrap();
     std::fs::write(
         dir.0
             .join("tmp")
@@ -213,16 +195,16 @@ fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
         b"x",
     )
     .unwrap();
-    std::fs::write(dir.0.join("tmp").join("junk"), b"x").unwrap();
-    let mine = dir.0.join("tmp").join("12-34-56");
+    std::fs::write(dir.join("tmp").join("junk"), b"x").unwrap();
+    let mine = dir.join("tmp").join("12-34-56");
     std::fs::write(&mine, b"a fill in progress").unwrap();
     let writer = std::fs::File::open(&mine).unwrap();
     writer.try_lock().unwrap();
-    std::fs::write(dir.0.join("sha256").join("not-a-digest"), b"x").unwrap();
+    std::fs::write(dir.join("sha256").join("not-a-digest"), b"x").unwrap();
     let c = cache(&dir, 1 << 20);
     assert!(matches!(c.lookup(&d), Lookup::Hit(_, 2048)));
     assert_eq!(c.metrics().entries.get(), 1);
-    let left: Vec<_> = std::fs::read_dir(dir.0.join("tmp"))
+    let left: Vec<_> = std::fs::read_dir(dir.join("tmp"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -230,25 +212,25 @@ fn the_index_is_rebuilt_from_the_directory_and_dead_fills_are_removed() {
     drop(writer);
     // An empty entry (what a machine crash can leave) is not indexed.
     let empty = format!("sha256:{}", "e".repeat(64));
-    std::fs::write(dir.0.join("sha256").join("e".repeat(64)), b"").unwrap();
+    std::fs::write(dir.join("sha256").join("e".repeat(64)), b"").unwrap();
     let c2 = cache(&dir, 1 << 20);
     assert!(matches!(
         c2.lookup(&Digest::parse(&empty).unwrap()),
         Lookup::Fill(_)
     ));
     // An entry whose file changed size is dropped, not served.
-    std::fs::write(dir.0.join("sha256").join(d.hex()), b"short").unwrap();
+    std::fs::write(dir.join("sha256").join(d.hex()), b"short").unwrap();
     assert!(matches!(c.lookup(&d), Lookup::Fill(_)));
     assert_eq!(c.metrics().errors[1].get(), 1);
 }
 
 #[test]
 fn an_unwritable_cache_is_bypassed() {
-    let dir = Dir::new("unwritable");
+    let dir = Scratch::new("blob-cache-unwritable");
     let c = cache(&dir, 1 << 20);
     // The tmp directory replaced by a file: no fill can start.
-    std::fs::remove_dir_all(dir.0.join("tmp")).unwrap();
-    std::fs::write(dir.0.join("tmp"), b"").unwrap();
+    std::fs::remove_dir_all(dir.join("tmp")).unwrap();
+    std::fs::write(dir.join("tmp"), b"").unwrap();
     let blob = vec![1u8; 100];
     let Lookup::Fill(claim) = c.lookup(&digest_of(&blob)) else {
         panic!()

@@ -18,12 +18,37 @@ pub struct Signer {
     key: hmac::Key,
 }
 
-/// A verified token: the blob it names, and the request target without it (what goes upstream).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub digest: Digest,
-    /// Bytes to remove from the end of the request target (`&_rec=…` or `?_rec=…`).
-    pub suffix_len: usize,
+/// A token-shaped last parameter of a request target, as found (not yet verified).
+struct Shape<'a> {
+    /// Where the target without the token ends (the `&` or `?` before `_rec=`).
+    end: usize,
+    digest: Digest,
+    expiry: &'a str,
+    mac: &'a str,
+}
+
+/// The token-shaped last parameter of `target`: `[&?]_rec=<alg>-<hex>.<digits>.<64 hex>`.
+fn shape(target: &str) -> Option<Shape<'_>> {
+    let at = target.rfind(PARAM)?;
+    let end = at.checked_sub(1)?;
+    if !matches!(target.as_bytes()[end], b'&' | b'?') {
+        return None;
+    }
+    let value = target[at..].strip_prefix(PARAM)?.strip_prefix('=')?;
+    let mut parts = value.split('.');
+    let (digest, expiry, mac) = (parts.next()?, parts.next()?, parts.next()?);
+    let shaped = parts.next().is_none()
+        && !expiry.is_empty()
+        && expiry.bytes().all(|b| b.is_ascii_digit())
+        && mac.len() == 64
+        && mac.bytes().all(|b| b.is_ascii_hexdigit());
+    shaped.then_some(())?;
+    Some(Shape {
+        end,
+        digest: Digest::parse(&digest.replacen('-', ":", 1))?,
+        expiry,
+        mac,
+    })
 }
 
 impl Signer {
@@ -70,36 +95,22 @@ impl Signer {
         ))
     }
 
-    /// The token at the end of `target` (a request's path and query), when it is intact,
-    /// signed under this key for exactly this target, and not expired at `now`.
-    pub fn verify(&self, target: &str, now: u64) -> Option<Verified> {
-        let at = target.rfind(PARAM)?;
-        let sep = target.as_bytes().get(at.checked_sub(1)?).copied()?;
-        if !(sep == b'&' || sep == b'?') {
+    /// The digest of the token at the end of `target` (a request's path and query), when it is
+    /// intact, signed under this key for exactly this target, and not expired at `now`.
+    pub fn verify(&self, target: &str, now: u64) -> Option<Digest> {
+        let t = shape(target)?;
+        // No leading zero (one spelling per expiry), a lower-case MAC (as signed).
+        if t.expiry.len() > 1 && t.expiry.starts_with('0') {
             return None;
         }
-        let value = target[at..].strip_prefix(PARAM)?.strip_prefix('=')?;
-        let mut parts = value.split('.');
-        let (digest, expiry, mac) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        let digest = Digest::parse(&digest.replacen('-', ":", 1))?;
-        // Decimal digits only, no leading zero: one spelling per expiry.
-        let canonical = !expiry.is_empty()
-            && expiry.bytes().all(|b| b.is_ascii_digit())
-            && (expiry.len() == 1 || !expiry.starts_with('0'));
-        let expiry: u64 = expiry.parse().ok().filter(|_| canonical)?;
+        let expiry: u64 = t.expiry.parse().ok()?;
         if expiry <= now {
             return None;
         }
-        let mac = unhex(mac)?;
-        let bare = &target[..at - 1];
-        hmac::verify(&self.key, &Self::message(&digest, expiry, bare), &mac).ok()?;
-        Some(Verified {
-            digest,
-            suffix_len: target.len() - (at - 1),
-        })
+        let mac = unhex(t.mac)?;
+        let bare = &target[..t.end];
+        hmac::verify(&self.key, &Self::message(&t.digest, expiry, bare), &mac).ok()?;
+        Some(t.digest)
     }
 }
 
@@ -108,19 +119,7 @@ impl Signer {
 /// so that the data endpoint gets its URL as signed even when a token has expired or the key
 /// changed (a storage whose signature covers every query parameter would refuse it).
 pub fn suffix_len(target: &str) -> Option<usize> {
-    let at = target.rfind(PARAM)?;
-    let sep = *target.as_bytes().get(at.checked_sub(1)?)?;
-    let value = target[at..].strip_prefix(PARAM)?.strip_prefix('=')?;
-    let mut parts = value.split('.');
-    let (digest, expiry, mac) = (parts.next()?, parts.next()?, parts.next()?);
-    let shaped = (sep == b'&' || sep == b'?')
-        && parts.next().is_none()
-        && Digest::parse(&digest.replacen('-', ":", 1)).is_some()
-        && !expiry.is_empty()
-        && expiry.bytes().all(|b| b.is_ascii_digit())
-        && mac.len() == 64
-        && mac.bytes().all(|b| b.is_ascii_hexdigit());
-    shaped.then(|| target.len() - (at - 1))
+    shape(target).map(|t| target.len() - t.end)
 }
 
 /// The origin-form target of a URL: from the first `/` after `scheme://authority`, or the whole
@@ -223,8 +222,9 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 {
+/// Lower-case hex digits as bytes (`None` for anything else, or an odd length).
+pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {
@@ -255,10 +255,10 @@ mod tests {
         let signed = s.sign(loc, &digest(), 1_000, 600).unwrap();
         assert!(signed.starts_with(loc));
         let target = target_of(&signed);
-        let v = s.verify(target, 1_000).unwrap();
-        assert_eq!(v.digest, digest());
+        assert_eq!(s.verify(target, 1_000), Some(digest()));
         // What goes upstream is the target as the registry signed it, byte for byte.
-        assert_eq!(&target[..target.len() - v.suffix_len], target_of(loc));
+        let n = suffix_len(target).unwrap();
+        assert_eq!(&target[..target.len() - n], target_of(loc));
         // Expired, altered target, other key, other digest: nothing.
         assert!(s.verify(target, 1_600).is_none());
         let altered = target.replacen("sig=abc", "sig=abd", 1);
@@ -295,14 +295,10 @@ mod tests {
         let signed = s.sign("/b?sig=x", &digest(), 10, 100).unwrap();
         let n = suffix_len(&signed).unwrap();
         assert_eq!(&signed[..signed.len() - n], "/b?sig=x");
-        // Expired or under another key: still removed.
-        assert_eq!(
-            suffix_len(&signed),
-            Signer::new(&[2; 32])
-                .verify(&signed, 10)
-                .map(|v| v.suffix_len)
-                .or(Some(n))
-        );
+        // Expired, or under another key: still removed.
+        assert!(s.verify(&signed, 110).is_none());
+        assert!(Signer::new(&[2; 32]).verify(&signed, 10).is_none());
+        assert_eq!(suffix_len(&signed), Some(n));
         for not in [
             "/b?sig=x",
             "/b?_rec=1",

@@ -84,7 +84,7 @@ impl Edge {
             return Ok(false);
         }
         let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let Some(token) = cache.verify(target) else {
+        let Some(digest) = cache.verify(target) else {
             return Ok(false);
         };
         let range = req
@@ -92,8 +92,7 @@ impl Edge {
             .get(http::header::RANGE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let digest = token.digest.clone();
-        ctx.blob = Some(token);
+        ctx.blob = Some(digest.clone());
         // Fills this request waited for: one that ends without storing the blob (its client
         // left, the disk refused) hands over to a waiter; a few in a row, and this one goes
         // upstream itself.
@@ -219,7 +218,7 @@ impl Edge {
                 if let Some(c) = &ctx.generation.blob_cache {
                     c.metrics().verification_failures.inc();
                 }
-                let digest = ctx.blob.as_ref().map(|b| b.digest.to_string());
+                let digest = ctx.blob.as_ref().map(ToString::to_string);
                 log::warn!(
                     "blob cache: the data endpoint's bytes for {} are not that blob; transfer cut, nothing stored",
                     digest.as_deref().unwrap_or("?")

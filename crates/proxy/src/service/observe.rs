@@ -21,12 +21,15 @@ impl Edge {
         let req = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let sent = session.body_bytes_sent();
+        // One reading of the clock for the metrics and the access log.
+        let elapsed = ctx.start.elapsed();
         m.record(&finished(
             ctx,
             &req.method,
             status,
             e.is_some(),
             (sent as u64, session.body_bytes_read() as u64),
+            elapsed,
         ));
         count_upstream(ctx);
         count_blob_cache(ctx, sent as u64);
@@ -39,7 +42,7 @@ impl Edge {
         let error = e.map(|e| e.etype().as_str());
         self.shared
             .access_log
-            .write(access_event(ctx, req, status, sent, error));
+            .write(access_event(ctx, req, status, sent, error, elapsed));
     }
 
     /// Feeds the security event tracker with what this request showed; writes and counts events.
@@ -95,13 +98,14 @@ impl Edge {
 }
 
 /// What the request counters learn of a finished request. `failed`: it ended in an error;
-/// `bytes`: body bytes sent and received.
+/// `bytes`: body bytes sent and received; `elapsed`: since the request started.
 pub(super) fn finished<'a>(
     ctx: &Ctx,
     method: &'a http::Method,
     status: u16,
     failed: bool,
     bytes: (u64, u64),
+    elapsed: std::time::Duration,
 ) -> Finished<'a> {
     let enforced = ctx.refused.is_some() && !ctx.generation.policy.detect_only();
     let located = ctx.route.is_some() && ctx.client_ip.is_some();
@@ -110,7 +114,7 @@ pub(super) fn finished<'a>(
         method,
         status,
         disposition: Disposition::of(enforced, failed, ctx.answered.is_some()),
-        seconds: ctx.start.elapsed().as_secs_f64(),
+        seconds: elapsed.as_secs_f64(),
         bytes_sent: bytes.0,
         bytes_received: bytes.1,
         geo: located.then(|| {
@@ -127,6 +131,7 @@ pub(super) fn access_event<'a>(
     status: u16,
     bytes_sent: usize,
     error: Option<&'a str>,
+    elapsed: std::time::Duration,
 ) -> AccessEvent<'a> {
     let ups = &ctx.generation.upstreams;
     let pool = ctx.pool.and_then(|id| ups.get(id));
@@ -144,7 +149,7 @@ pub(super) fn access_event<'a>(
             .map_or(req.uri.path(), |pq| pq.as_str()),
         status,
         bytes_sent,
-        duration: ctx.start.elapsed(),
+        duration: elapsed,
         route: ctx.route.map(Route::label),
         upstream: pool.map(|p| p.name.as_str()),
         region: pool.and_then(|p| p.region.as_deref()),
@@ -225,6 +230,8 @@ mod tests {
     use crate::generation::Generation;
     use crate::metrics::Metrics;
 
+    const ZERO: std::time::Duration = std::time::Duration::ZERO;
+
     fn ctx(access: &str) -> Ctx {
         let config = crate::testing::minimal("", &format!("access:\n  mode: {access}\n"));
         let g = Generation::build(Arc::new(config), None, &Metrics::new().unwrap()).unwrap();
@@ -242,29 +249,29 @@ mod tests {
         let mut c = ctx("enforce");
         c.refused = Some(PolicyReason::Embargo);
         c.answered = Some(PolicyReason::Embargo.into());
-        let f = finished(&c, &get, 451, false, (10, 0));
+        let f = finished(&c, &get, 451, false, (10, 0), ZERO);
         assert_eq!(f.disposition, Disposition::Refused);
         assert_eq!(f.geo, Some((Some(*b"CU"), true)));
         let mut c = ctx("detect");
         c.refused = Some(PolicyReason::Embargo);
         c.pool = Some(PoolId::Login);
-        let f = finished(&c, &get, 200, false, (10, 0));
+        let f = finished(&c, &get, 200, false, (10, 0), ZERO);
         assert_eq!(f.disposition, Disposition::Proxied);
         // Refused by location, even though it went on.
         assert_eq!(f.geo, Some((Some(*b"CU"), true)));
         assert_eq!(
-            finished(&c, &get, 502, true, (0, 0)).disposition,
+            finished(&c, &get, 502, true, (0, 0), ZERO).disposition,
             Disposition::Error
         );
         // A refusal that is not by location counts the country as allowed.
         c.refused = Some(PolicyReason::RateLimit);
         assert_eq!(
-            finished(&c, &get, 200, false, (0, 0)).geo,
+            finished(&c, &get, 200, false, (0, 0), ZERO).geo,
             Some((Some(*b"CU"), false))
         );
         // An unrouted request has no place in the country counts.
         c.route = None;
-        assert_eq!(finished(&c, &get, 421, false, (0, 0)).geo, None);
+        assert_eq!(finished(&c, &get, 421, false, (0, 0), ZERO).geo, None);
     }
 
     #[test]
@@ -274,7 +281,7 @@ mod tests {
         c.answered = Some(PolicyReason::NotPublic.into());
         let mut req = RequestHeader::build("GET", b"/v2/hidden/app/manifests/1?n=1", None).unwrap();
         req.insert_header("User-Agent", "skopeo/1").unwrap();
-        let e = access_event(&c, &req, 401, 0, None);
+        let e = access_event(&c, &req, 401, 0, None, ZERO);
         assert_eq!(
             (e.decision, e.edge),
             (Some("not_public"), Some("not_public"))
@@ -285,7 +292,7 @@ mod tests {
         let mut c = ctx("enforce");
         c.pool = Some(PoolId::Login);
         c.answered = Some(crate::outcome::EdgeReason::UpstreamTimeout.into());
-        let e = access_event(&c, &req, 504, 0, Some("ReadTimedout"));
+        let e = access_event(&c, &req, 504, 0, Some("ReadTimedout"), ZERO);
         assert_eq!((e.decision, e.edge), (None, Some("upstream_timeout")));
         assert_eq!(e.upstream, Some("login"));
         assert_eq!(e.error, Some("ReadTimedout"));

@@ -100,8 +100,8 @@ pub struct Ctx {
     pub(super) pool: Option<PoolId>,
     /// Why the edge answered itself, when it did.
     pub(super) answered: Option<Answered>,
-    /// A data-host request's valid cache token (blob_cache::token).
-    pub(super) blob: Option<crate::blob_cache::token::Verified>,
+    /// The digest a data-host request's valid cache token names (blob_cache::token).
+    pub(super) blob: Option<crate::blob_cache::Digest>,
     /// The right to fill the token's digest, until the upstream answers.
     pub(super) claim: Option<crate::blob_cache::Claim>,
     /// The fill this request's response body is.

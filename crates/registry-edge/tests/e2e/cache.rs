@@ -112,16 +112,9 @@ fn raw_get(port: u16, target: &str) -> (u16, u64, u64, String) {
         assert_eq!(s.read(&mut byte).unwrap(), 1, "head cut short");
         head.push(byte[0]);
     }
-    let head = String::from_utf8(head).unwrap();
-    let status = head[9..12].parse().unwrap();
-    let declared = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
+    let head = crate::http1::Head::parse(&head).unwrap();
+    let status = head.status().unwrap();
+    let declared = head.get("content-length").map_or(0, |v| v.parse().unwrap());
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0u64;
