@@ -1,8 +1,12 @@
 //! A cache hit written to the client: 200, or 206 for one satisfiable byte range, 416 for an
-//! unsatisfiable one; the body read from the entry in 4 MiB blocks (one copy: the file into the
-//! block the socket write takes, never zeroed first), each read off the async threads.
+//! unsatisfiable one. Over plain HTTP/1 the kernel sends the body from the page cache
+//! (crate::listen::sendfile: no copy through user space); otherwise it is read from the entry in
+//! 4 MiB blocks (one copy: the file into the block the socket write takes, never zeroed first),
+//! each read off the async threads.
 
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -10,9 +14,10 @@ use pingora::prelude::*;
 use pingora_proxy::Session;
 
 use super::Digest;
+use crate::listen::sendfile::FileSender;
 
 /// Bytes per read and per body write.
-pub const BLOCK: usize = 4 << 20;
+pub const BLOCK: usize = crate::listen::sendfile::BLOCK;
 
 /// What a `Range` header asks of an entry of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +93,9 @@ pub fn head(digest: &Digest, size: u64, span: Span) -> Result<ResponseHeader> {
 
 /// Writes `first..=last` of `file` as the response body (the head is written already).
 pub async fn body(session: &mut Session, file: std::fs::File, first: u64, last: u64) -> Result<()> {
+    if let Some(sender) = FileSender::of(session) {
+        return sent_by_kernel(session, &sender, file, first, last).await;
+    }
     let mut file = Some(file);
     let mut at = first;
     while at <= last {
@@ -113,6 +121,41 @@ pub async fn body(session: &mut Session, file: std::fs::File, first: u64, last: 
         at += n;
         session
             .write_response_body(Some(Bytes::from(block)), at > last)
+            .await?;
+    }
+    Ok(())
+}
+
+/// [`body`] on a plain HTTP/1 connection: each block a placeholder write the connection turns
+/// into sendfile(2) of the same span of the entry.
+async fn sent_by_kernel(
+    session: &mut Session,
+    sender: &FileSender,
+    file: std::fs::File,
+    first: u64,
+    last: u64,
+) -> Result<()> {
+    let len = last - first + 1;
+    // Reading ahead starts now, off this thread: sendfile finds the pages in memory, or waits
+    // less for them (an entry is usually there already: hits are of recent blobs).
+    // SAFETY: a valid descriptor and range; the call only advises the kernel.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            first as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+    let file = Arc::new(file);
+    let mut at = first;
+    while at <= last {
+        let n = (last - at + 1).min(BLOCK as u64) as usize;
+        let (_armed, placeholder) = sender.arm(&file, at, n);
+        at += n as u64;
+        session
+            .write_response_body(Some(placeholder), at > last)
             .await?;
     }
     Ok(())

@@ -10,6 +10,7 @@
 //!   and leave with the next write in one vectored system call; the buffer exists only while a
 //!   response is written;
 //! - the `Server: Pingora` line of pingora's own bare answers is dropped ([`pingora_server_line`]);
+//! - a write of the [`sendfile`] placeholder sends the armed file's bytes instead (plain TCP);
 //! - the stream traits pingora asks of a `Box<dyn IO>` (shutdown, id, TLS and socket digests;
 //!   no peeking, no timing digest).
 
@@ -33,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::sendfile::{self, Slot};
 use super::Settings;
 
 /// Most bytes a connection holds back to send with the next write (a response head waiting
@@ -56,6 +58,19 @@ pub(super) trait Transport:
     /// costs the session's memory while it waits under the head deadlines).
     fn poll_wait(&self, cx: &mut Context<'_>, verify: bool) -> Option<Poll<io::Result<bool>>>;
     fn fd(&self) -> i32;
+    /// Sends up to `len` bytes of the file `fd` from `offset` ([`sendfile`]); only TCP can.
+    fn poll_send_file(
+        &self,
+        _cx: &mut Context<'_>,
+        _fd: i32,
+        _offset: u64,
+        _len: usize,
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a file body on a transport the kernel cannot send files on",
+        )))
+    }
 }
 
 impl Transport for TcpStream {
@@ -69,6 +84,15 @@ impl Transport for TcpStream {
     }
     fn fd(&self) -> i32 {
         self.as_raw_fd()
+    }
+    fn poll_send_file(
+        &self,
+        cx: &mut Context<'_>,
+        fd: i32,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        sendfile::poll_send_file(self, cx, fd, offset, len)
     }
 }
 
@@ -98,6 +122,8 @@ pub(super) struct Conn<T> {
     ssl: Option<Arc<SslDigest>>,
     /// The protocol the TLS handshake agreed on.
     pub(super) alpn: Option<ALPN>,
+    /// The file placeholder writes stand for ([`sendfile`]); made when first asked for.
+    file: std::sync::OnceLock<Slot>,
 }
 
 impl<T: Transport> Conn<T> {
@@ -125,7 +151,13 @@ impl<T: Transport> Conn<T> {
             socket: Arc::new(socket),
             ssl,
             alpn: None,
+            file: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The connection's armed file, shared with a [`sendfile::FileSender`].
+    pub(super) fn file_slot(&self) -> &Slot {
+        self.file.get_or_init(Slot::default)
     }
 
     /// The next bytes read begin a request head (or the HTTP/2 preface).
@@ -284,6 +316,12 @@ impl<T: Transport> AsyncWrite for Conn<T> {
         let me = &mut *self;
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
+        }
+        if let Some(offset) = sendfile::placeholder_offset(buf) {
+            // The head goes first, then the file's bytes in place of the placeholder's.
+            let (fd, at) = sendfile::armed_at(me.file.get(), offset)?;
+            ready!(me.poll_drain(cx))?;
+            return me.io.poll_send_file(cx, fd, at, buf.len());
         }
         let held = me.wbuf.len() - me.wpos;
         if held + buf.len() <= WRITE_HOLD {

@@ -43,6 +43,7 @@
 
 mod conn;
 mod h1;
+pub(crate) mod sendfile;
 mod tls;
 
 use std::io;

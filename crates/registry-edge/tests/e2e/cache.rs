@@ -187,6 +187,10 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
             );
         },
     );
+    h.step(
+        "hits on one connection: ranges, HEAD, 416 and whole bodies, byte for byte",
+        || hits_on_one_connection(&h, &img),
+    );
     h.step("no cached byte without the registry's consent", || {
         refusals(&h, &img)
     });
@@ -204,6 +208,104 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
         h.assert_alive()
     });
     let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// One request on a kept-alive connection to the data host: the status, the head, and the body
+/// (exactly `Content-Length` bytes; none for a `HEAD`).
+fn exchange(
+    s: &mut TcpStream,
+    port: u16,
+    method: &str,
+    target: &str,
+    range: Option<&str>,
+) -> (u16, crate::http1::Head, Vec<u8>) {
+    let range = range.map_or(String::new(), |r| format!("Range: {r}\r\n"));
+    write!(
+        s,
+        "{method} {target} HTTP/1.1\r\nHost: {DATA_HOST}:{port}\r\n{range}\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "head cut short");
+        head.push(byte[0]);
+    }
+    let head = crate::http1::Head::parse(&head).unwrap();
+    let status = head.status().unwrap();
+    let len: usize = head.get("content-length").map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0u8; if method == "HEAD" { 0 } else { len }];
+    s.read_exact(&mut body).unwrap();
+    (status, head, body)
+}
+
+/// Cached blobs answered on one connection, as the kernel sends them over plain HTTP: single
+/// ranges (206 with the exact `Content-Range`), a suffix range, an unsatisfiable one (416), a
+/// `HEAD`, and whole bodies of two blobs, every byte compared with the pushed blob; the
+/// connection stays open throughout, and each answer is a hit.
+fn hits_on_one_connection(h: &Harness, img: &Image) {
+    let c = h.client(Proto::Http);
+    let auth = pull_auth(&c, "team/cached");
+    let big = img.largest();
+    let small = img.blobs().into_iter().min_by_key(|b| b.size).unwrap();
+    let bytes = std::fs::read(&big.path).unwrap();
+    let size = bytes.len();
+    let target = signed_target(&c, "team/cached", &big.digest, &auth);
+    let log = h.access_log().len();
+    let mut s = TcpStream::connect(("127.0.0.1", h.http_port)).unwrap();
+    let port = h.http_port;
+
+    let (status, head, body) = exchange(&mut s, port, "GET", &target, Some("bytes=100-1099"));
+    assert_eq!(status, 206);
+    assert_eq!(
+        head.get("content-range"),
+        Some(format!("bytes 100-1099/{size}").as_str())
+    );
+    assert!(body == bytes[100..1100], "the range's bytes differ");
+    let mid = size / 2;
+    let (status, head, body) =
+        exchange(&mut s, port, "GET", &target, Some(&format!("bytes={mid}-")));
+    assert_eq!(status, 206);
+    assert_eq!(
+        head.get("content-range"),
+        Some(format!("bytes {mid}-{}/{size}", size - 1).as_str())
+    );
+    assert!(body == bytes[mid..], "the open range's bytes differ");
+    let (status, _, body) = exchange(&mut s, port, "GET", &target, Some("bytes=-10"));
+    assert_eq!(status, 206);
+    assert!(body == bytes[size - 10..]);
+    let (status, head, _) = exchange(
+        &mut s,
+        port,
+        "GET",
+        &target,
+        Some(&format!("bytes={size}-")),
+    );
+    assert_eq!(status, 416);
+    assert_eq!(
+        head.get("content-range"),
+        Some(format!("bytes */{size}").as_str())
+    );
+    let (status, head, body) = exchange(&mut s, port, "HEAD", &target, None);
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(head.get("content-length"), Some(size.to_string().as_str()));
+    let (status, _, body) = exchange(&mut s, port, "GET", &target, None);
+    assert_eq!(status, 200);
+    assert!(body == bytes, "the whole blob's bytes differ");
+    let small_target = signed_target(&c, "team/cached", &small.digest, &auth);
+    let (status, _, body) = exchange(&mut s, port, "GET", &small_target, None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        crate::image::sha256_hex(&body),
+        small.digest.trim_start_matches("sha256:")
+    );
+
+    let uses: Vec<String> = h.access_log()[log..]
+        .iter()
+        .filter(|l| l["route"] == "data")
+        .map(|l| l["cache"].to_string())
+        .collect();
+    assert_eq!(uses, vec!["\"hit\""; 7], "{uses:?}");
 }
 
 /// The registry's 401 reaches a client without credentials for a cached digest; an altered

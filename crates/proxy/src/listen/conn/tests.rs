@@ -63,7 +63,15 @@ impl Transport for Recorder {
 }
 
 fn conn(limit: usize) -> Conn<Recorder> {
-    let settings = Settings {
+    let io = Recorder {
+        writes: Vec::new(),
+        limit,
+    };
+    Conn::new(io, ([127, 0, 0, 1], 1).into(), None, &settings())
+}
+
+fn settings() -> Settings {
+    Settings {
         tls: None,
         idle: Duration::from_secs(5),
         header_read: Duration::from_secs(5),
@@ -78,12 +86,7 @@ fn conn(limit: usize) -> Conn<Recorder> {
         h2: Arc::default(),
         h2_body_timeouts: prometheus::IntCounter::new("h2", "h2")
             .unwrap_or_else(|e| unreachable!("{e}")),
-    };
-    let io = Recorder {
-        writes: Vec::new(),
-        limit,
-    };
-    Conn::new(io, ([127, 0, 0, 1], 1).into(), None, &settings)
+    }
 }
 
 const HEAD: &[u8] =
@@ -219,4 +222,71 @@ fn bare_lf_heads_end_where_pingora_parses_them_to_end() {
     assert!(!head_ends(&mut tail, b"GET / HTTP/1.1\nA: b\n"));
     assert!(!head_ends(&mut tail, b"\r"));
     assert!(head_ends(&mut tail, b"\n"));
+}
+
+/// A file body over TCP: the held head first, then the armed file's span in place of each
+/// placeholder write (any base, any block), then ordinary writes again; every byte in order.
+#[tokio::test]
+async fn placeholder_writes_send_the_armed_files_span() -> io::Result<()> {
+    use crate::listen::sendfile::{FileSender, BLOCK};
+    use tokio::io::AsyncReadExt;
+
+    let scratch = crate::testing::Scratch::new("sendfile");
+    let data: Vec<u8> = (0..(9 << 20) + 123)
+        .map(|i: u32| (i * 7 % 251) as u8)
+        .collect();
+    std::fs::write(scratch.join("entry"), &data)?;
+    let file = Arc::new(std::fs::File::open(scratch.join("entry"))?);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut client = TcpStream::connect(listener.local_addr()?).await?;
+    let (server, peer) = listener.accept().await?;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.map(|_| got)
+    });
+    let mut c = Conn::new(server, peer, None, &settings());
+    let sender = FileSender::on(&c);
+
+    // Nothing armed: the write fails and sends nothing, not even the held head.
+    c.write_all(HEAD).await?;
+    let (armed, placeholder) = sender.arm(&file, 0, BLOCK);
+    drop(armed);
+    assert!(c.write_all(&placeholder).await.is_err());
+    assert_eq!(c.wbuf.len() - c.wpos, HEAD.len(), "the head is still held");
+
+    let first = 1000u64;
+    let mut at = first;
+    while at < data.len() as u64 {
+        let n = (data.len() as u64 - at).min(BLOCK as u64) as usize;
+        let (_armed, placeholder) = sender.arm(&file, at, n);
+        c.write_all(&placeholder).await?;
+        at += n as u64;
+    }
+    c.write_all(b"after").await?;
+    AsyncWriteExt::shutdown(&mut c).await?;
+    drop(c);
+    let got = reader.await.map_err(io::Error::other)??;
+    let want = [HEAD, &data[first as usize..], b"after"].concat();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the bytes differ");
+    Ok(())
+}
+
+/// A transport the kernel cannot send files on (TLS): a placeholder write fails even when a
+/// file is armed, and nothing is written.
+#[tokio::test]
+async fn placeholder_writes_fail_where_files_cannot_be_sent() -> io::Result<()> {
+    use crate::listen::sendfile::FileSender;
+
+    let scratch = crate::testing::Scratch::new("sendfile-tls");
+    std::fs::write(scratch.join("entry"), [1u8; 4096])?;
+    let file = Arc::new(std::fs::File::open(scratch.join("entry"))?);
+    let mut c = conn(usize::MAX);
+    let sender = FileSender::on(&c);
+    let (_armed, placeholder) = sender.arm(&file, 0, 4096);
+    let err = c.write_all(&placeholder).await.err();
+    assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::Unsupported));
+    assert!(c.io.writes.is_empty());
+    Ok(())
 }

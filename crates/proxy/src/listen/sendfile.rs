@@ -1,0 +1,147 @@
+//! A file's bytes as a response body over plain TCP, sent by the kernel (sendfile(2)): from the
+//! page cache to the socket, never through user space. The blob cache's hits use it
+//! (crate::blob_cache::serve).
+//!
+//! pingora's HTTP/1 session still writes the body: it counts the bytes against
+//! `Content-Length`, applies its write timeout and keeps the connection reusable. What it is
+//! given to write is a slice of [`PLACEHOLDER`], a static block of zeros that nothing reads (it
+//! lives in `.bss`, never touched: no memory). [`Conn`]'s `poll_write` recognises a slice of it by
+//! its address and sends the same span of the armed file instead, at the armed base plus the
+//! slice's offset in the placeholder. A placeholder write with no file armed fails, and so does
+//! one on any other transport: its zeros never reach a client.
+//!
+//! Only an HTTP/1 session on a plain TCP [`Conn`] has a [`FileSender`]; TLS and HTTP/2 sessions
+//! are written as before, from blocks read into memory.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+use super::conn::Conn;
+
+/// Most bytes of one placeholder write (one pingora body write).
+pub(crate) const BLOCK: usize = 4 << 20;
+
+/// What pingora writes in place of a file's bytes; never read.
+static PLACEHOLDER: [u8; BLOCK] = [0; BLOCK];
+
+/// The file a connection sends in place of placeholder writes, and the offset in it of the
+/// placeholder's first byte.
+#[derive(Debug)]
+pub(super) struct Armed {
+    file: Arc<File>,
+    base: u64,
+}
+
+/// A connection's armed file, shared with the [`FileSender`] of the response being written.
+pub(super) type Slot = Arc<Mutex<Option<Armed>>>;
+
+/// The span of a placeholder write: its offset in [`PLACEHOLDER`], if `buf` is a slice of it.
+pub(super) fn placeholder_offset(buf: &[u8]) -> Option<usize> {
+    let start = PLACEHOLDER.as_ptr() as usize;
+    let at = buf.as_ptr() as usize;
+    (at >= start && at + buf.len() <= start + BLOCK).then(|| at - start)
+}
+
+/// The file and the offset a placeholder write at `offset` stands for.
+pub(super) fn armed_at(slot: Option<&Slot>, offset: usize) -> io::Result<(RawFd, u64)> {
+    let armed = slot.map(|s| s.lock().unwrap_or_else(PoisonError::into_inner));
+    match armed.as_deref() {
+        Some(Some(a)) => Ok((a.file.as_raw_fd(), a.base + offset as u64)),
+        _ => Err(io::Error::other(
+            "a file body written with no file armed: nothing sent",
+        )),
+    }
+}
+
+/// Sends up to `len` bytes of `fd` from `offset` to the socket, waiting for room in it.
+pub(super) fn poll_send_file(
+    socket: &TcpStream,
+    cx: &mut Context<'_>,
+    fd: RawFd,
+    offset: u64,
+    len: usize,
+) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(socket.poll_write_ready(cx))?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+            // SAFETY: both descriptors are open (the socket is `socket`'s; `fd` is held by the
+            // armed `Arc<File>` until the write ends) and `off` is a valid `off_t`.
+            #[allow(unsafe_code)]
+            let n = unsafe { libc::sendfile(socket.as_raw_fd(), fd, &mut off, len) };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(0) => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file ended before the body did",
+                )))
+            }
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+/// Writes a file's spans as a session's body through placeholder writes.
+pub(crate) struct FileSender {
+    slot: Slot,
+}
+
+impl FileSender {
+    /// The sender of the session's connection when the kernel can send files on it: HTTP/1
+    /// over plain TCP.
+    pub(crate) fn of(session: &pingora_proxy::Session) -> Option<FileSender> {
+        let stream = session.as_downstream().stream()?;
+        let conn = (**stream).as_any().downcast_ref::<Conn<TcpStream>>()?;
+        Some(FileSender::on(conn))
+    }
+
+    /// The sender of a connection, whatever its transport (one that cannot send files fails
+    /// the placeholder writes).
+    pub(super) fn on<T: super::conn::Transport>(conn: &Conn<T>) -> FileSender {
+        FileSender {
+            slot: conn.file_slot().clone(),
+        }
+    }
+
+    /// Arms `file` so that the next placeholder writes send it from `base`, until the
+    /// returned guard is dropped; and the placeholder of `len` bytes (at most [`BLOCK`]) to
+    /// write.
+    pub(crate) fn arm(&self, file: &Arc<File>, base: u64, len: usize) -> (Disarm<'_>, Bytes) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Armed {
+            file: file.clone(),
+            base,
+        });
+        (
+            Disarm(&self.slot),
+            Bytes::from_static(&PLACEHOLDER[..len.min(BLOCK)]),
+        )
+    }
+}
+
+/// Disarms the connection's file when dropped (the write ended, failed or was cancelled).
+pub(crate) struct Disarm<'a>(&'a Slot);
+
+impl Drop for Disarm<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
