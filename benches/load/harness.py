@@ -23,11 +23,13 @@ import signal
 import socket
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import types
+
+from common import (PROCS, BenchError, children, cpu_seconds, free_port, loadavg, log,
+                    on_signal, proc_name, render, run)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -64,136 +66,12 @@ CURL_TLS = ["--tlsv1.3", "--tls13-ciphers",
 TLS_CASE = "TLS/TLS"  # the label of the TLS blob cases: TLS on the client's side and upstream
 
 
-def log(msg=""):
-    print(msg, flush=True)
-
-
-class HarnessError(Exception):
-    pass
-
-
 # --------------------------------------------------------------------------------------------
 # Processes: every one started here is recorded by PID and stopped on exit.
 
 
-class Processes:
-    def __init__(self):
-        self.running = {}  # pid -> (name, Popen, stop signal, extra pids)
-
-    def start(self, name, argv, stop_signal, log_path):
-        out = open(log_path, "ab")
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=ROOT,
-        )
-        out.close()
-        self.running[proc.pid] = [name, proc, stop_signal, []]
-        return proc
-
-    def adopt_children(self, pid):
-        """nginx workers: recorded so that they are stopped even if their master is lost."""
-        if pid in self.running:
-            self.running[pid][3] = children(pid)
-
-    def stop(self, pid, timeout=15.0):
-        entry = self.running.pop(pid, None)
-        if entry is None:
-            return
-        name, proc, stop_signal, extra = entry
-        if isinstance(proc, multiprocessing.process.BaseProcess):
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout)
-            return
-        if proc.poll() is None:
-            try:
-                os.kill(pid, stop_signal)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log(f"  {name} (pid {pid}) did not stop in {timeout:.0f}s: SIGKILL")
-                os.kill(pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        for child in extra:  # still there only if the master died without them
-            if proc_name(child).startswith("nginx") and proc_ppid(child) in (pid, 1):
-                try:
-                    os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def stop_all(self):
-        for pid in list(reversed(list(self.running))):
-            self.stop(pid)
-
-
-PROCS = Processes()
-
-
-def run(argv, timeout=None, check=True, **kw):
-    """A short-lived command; recorded while it runs so that a signal also stops it."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, cwd=kw.pop("cwd", ROOT), **kw)
-    PROCS.running[proc.pid] = [argv[0], proc, signal.SIGTERM, []]
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        PROCS.stop(proc.pid)
-        raise HarnessError(f"{' '.join(argv)}: no answer within {timeout}s")
-    except BaseException:  # Ctrl-C, SIGTERM: stop it before unwinding
-        PROCS.stop(proc.pid)
-        raise
-    PROCS.running.pop(proc.pid, None)
-    if check and proc.returncode != 0:
-        raise HarnessError(f"{' '.join(argv)} exited {proc.returncode}:\n{out}{err}")
-    return proc.returncode, out, err
-
-
-def on_signal(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 # --------------------------------------------------------------------------------------------
 # /proc
-
-
-def proc_fields(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    return text[text.rindex(")") + 2:].split()  # from field 3 (state) on
-
-
-def proc_ppid(pid):
-    try:
-        return int(proc_fields(pid)[1])
-    except (OSError, ValueError):
-        return -1
-
-
-def proc_name(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return [p for p in (int(d) for d in os.listdir("/proc") if d.isdigit())
-                if proc_ppid(p) == pid]
-
-
-def cpu_seconds(pids):
-    """utime + stime (fields 14, 15 of /proc/PID/stat) of the processes, all threads."""
-    total = 0
-    for pid in pids:
-        f = proc_fields(pid)
-        total += int(f[11]) + int(f[12])
-    return total / CLK_TCK
 
 
 def rss_bytes(pid):
@@ -201,7 +79,7 @@ def rss_bytes(pid):
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
-    raise HarnessError(f"no VmRSS for pid {pid}")
+    raise BenchError(f"no VmRSS for pid {pid}")
 
 
 def open_fds(pid):
@@ -217,11 +95,6 @@ def core_busy(core):
                 idle = v[3] + v[4]
                 return sum(v[:8]) - idle, sum(v[:8])
     return 0, 0
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 class Meter:
@@ -279,38 +152,6 @@ def wait_quiet(max_wait):
 # Set-up
 
 
-def free_port(_taken=set()):
-    """A free loopback port below the ephemeral range (32768-60999 here), so that none of the
-    many client connections can hold it when a server is restarted."""
-    low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-    rng = __import__("random").Random()
-    for _ in range(1000):
-        port = rng.randrange(max(1024, low - 12000), low)
-        if port in _taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-    raise HarnessError("no free port below the ephemeral range")
-
-
-def render(template, out, subs):
-    with open(os.path.join(HERE, template)) as f:
-        text = f.read()
-    for key, value in subs.items():
-        text = text.replace(f"@{key}@", value)
-    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-    if left:
-        raise HarnessError(f"{template}: unfilled placeholders {left}")
-    with open(out, "w") as f:
-        f.write(text)
-    return out
-
-
 def wait_http(port, host, path, expect, what, timeout=20.0):
     deadline = time.time() + timeout
     last = None
@@ -327,7 +168,7 @@ def wait_http(port, host, path, expect, what, timeout=20.0):
         except OSError as e:
             last = str(e)
         time.sleep(0.1)
-    raise HarnessError(f"{what} not ready on port {port}: {last}")
+    raise BenchError(f"{what} not ready on port {port}: {last}")
 
 
 class Env:
@@ -450,7 +291,7 @@ class Env:
             "use_temp_path=off;\n    proxy_temp_path", 1)
         data_location = re.findall(r"\n            proxy_pass https?://data;\n", cached)
         if len(data_location) != 1:
-            raise HarnessError("nginx.conf: the data host's proxy_pass is not where expected")
+            raise BenchError("nginx.conf: the data host's proxy_pass is not where expected")
         cached = cached.replace(data_location[0], data_location[0] +
                                 "            proxy_cache blobs;\n"
                                 "            proxy_cache_key $uri;\n"
@@ -560,7 +401,7 @@ class Server:
                     break
                 time.sleep(0.1)
             if len(workers) != 1:
-                raise HarnessError(f"{self.key}: expected one worker, found {kids}")
+                raise BenchError(f"{self.key}: expected one worker, found {kids}")
             self.worker = workers[0]
             PROCS.adopt_children(self.master)
             self.pids = [self.master] + kids
@@ -571,7 +412,7 @@ class Server:
         for pid in self.pids:
             got = os.sched_getaffinity(pid)
             if got != want:
-                raise HarnessError(f"{self.key} pid {pid} runs on cores {got}, not {want}")
+                raise BenchError(f"{self.key} pid {pid} runs on cores {got}, not {want}")
         return self
 
     def stop(self):
@@ -636,7 +477,7 @@ def functional_checks(server, env, origin_location):
     r, _ = request(server.port, "GET", "/v2/", {"Host": "other.example.test"})
     expect(r.status == 421, f"other host: {r.status}")
     if failures:
-        raise HarnessError(f"{LABELS[server.key]} does not do the job:\n  " + "\n  ".join(failures))
+        raise BenchError(f"{LABELS[server.key]} does not do the job:\n  " + "\n  ".join(failures))
     return location
 
 
@@ -693,7 +534,7 @@ def wrk_mix(server, env, duration, connections, host=None):
     _, out, _ = run(argv, timeout=duration + 60)
     line = next((l for l in out.splitlines() if l.startswith("MIX ")), None)
     if line is None:
-        raise HarnessError(f"wrk printed no MIX line:\n{out}")
+        raise BenchError(f"wrk printed no MIX line:\n{out}")
     mix = json.loads(line[4:])
     mix["rps"] = mix["requests"] / (mix["duration_us"] / 1e6)
     return mix
@@ -750,7 +591,7 @@ def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0, 
             _, out, _ = run(argv, timeout=600)
         code, seconds, size = out.split()
         if code != "200" or int(size) != env.blob_size:
-            raise HarnessError(f"blob through {LABELS[server.key]}: status {code}, {size} bytes")
+            raise BenchError(f"blob through {LABELS[server.key]}: status {code}, {size} bytes")
         results.append({"seconds": float(seconds), "cpu_s": meter.cpu_s - cpu0})
     secs = [r["seconds"] for r in results]
     cpus = [r["cpu_s"] for r in results]
@@ -879,10 +720,10 @@ def measure_blob_cache(env, args, tls=False):
                            {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
             status, location = r.status, r.getheader("Location") or ""
         if status != 307 or "&_rec=" not in location:
-            raise HarnessError(f"blob cache: want a 307 with a cache token, got {status} "
+            raise BenchError(f"blob cache: want a 307 with a cache token, got {status} "
                                f"{location}")
         if tls and not location.startswith(f"https://{PUBLIC_DATA_HOST}:{server.tls_port}/"):
-            raise HarnessError(f"blob cache, {TLS_CASE}: Location {location} is not on the TLS "
+            raise BenchError(f"blob cache, {TLS_CASE}: Location {location} is not on the TLS "
                                f"listener's data host")
         resolve = f"{location.split('/')[2]}:127.0.0.1"
         cacert = env.cert if tls else None
@@ -913,7 +754,7 @@ def measure_blob_cache(env, args, tls=False):
         deadline = time.time() + 120
         while not (os.path.exists(entry) and os.path.getsize(entry) == env.blob_size):
             if time.time() > deadline:
-                raise HarnessError("blob cache: the fill did not store the blob")
+                raise BenchError("blob cache: the fill did not store the blob")
             time.sleep(0.2)
         mark = origin_tls_mark(env)
         hit = measure_blob(server, env, location, resolve, args.blob_runs, LOAD_CORE,
@@ -985,7 +826,7 @@ def blob_tls_cases(env, args, results, only, origin, origin_location):
                                           f"{login}:127.0.0.1", env.origin_ca)
     tls_location = origin_location.replace(f"http://{DATA_HOST}/", f"https://{DATA_HOST}/", 1)
     if status != 307 or headers.get("location") != tls_location:
-        raise HarnessError(f"origin over TLS: want 307 to {tls_location}, got {status} "
+        raise BenchError(f"origin over TLS: want 307 to {tls_location}, got {status} "
                            f"{headers.get('location')}")
     log(f"  origin over TLS: {handshake['protocol']} {handshake['cipher']}, 307 to https://"
         f"{DATA_HOST}/...")
@@ -1025,7 +866,7 @@ def blob_tls_cases(env, args, results, only, origin, origin_location):
             if status != 307 or location != want:
                 failures.append(f"blob: want 307 to {want}, got {status} {location}")
             if failures:
-                raise HarnessError(f"{LABELS[key]} ({TLS_CASE}) does not do the job:\n  "
+                raise BenchError(f"{LABELS[key]} ({TLS_CASE}) does not do the job:\n  "
                                    + "\n  ".join(failures))
             log(f"  checks over TLS: 401 realm, 307 Location (https://, SAS query unchanged): "
                 f"ok; curl → {LABELS[key]}: {handshake['protocol']} {handshake['cipher']}")
@@ -1271,6 +1112,20 @@ def measure_tls(server, seconds, clients, quiet_wait=0):
 # Report
 
 
+def print_table(table):
+    """Rows of cells: two heading rows, then the figures; the first column left-aligned, the
+    others right-aligned, framed by rules."""
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    rule = sum(widths) + 2 * len(widths)
+    log()
+    log("=" * rule)
+    for i, r in enumerate(table):
+        log("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)))
+        if i == 1:
+            log("-" * rule)
+    log("=" * rule)
+
+
 def fmt(v, spec, dash="—"):
     return dash if v is None else format(v, spec)
 
@@ -1331,14 +1186,7 @@ def blob_table(results, args, disturbed):
     table = [head1, head2] + [[label] + cells(key, plain)
                               + (cells(key, tls) + [upstream(tls)] if with_tls else [])
                               for label, key, plain, tls in cases]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head1))]
-    log()
-    log("=" * (sum(widths) + 2 * len(widths)))
-    for i, r in enumerate(table):
-        log("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)))
-        if i == 1:
-            log("-" * (sum(widths) + 2 * len(widths)))
-    log("=" * (sum(widths) + 2 * len(widths)))
+    print_table(table)
     log("plain: curl → proxy → origin over HTTP" + (
         f"; {TLS_CASE}: curl → proxy over HTTPS (TLS 1.3), proxy → origin over HTTPS (TLS 1.3, "
         "verified, keepalive)" if with_tls else "") + f". Median of {args.blob_runs} runs "
@@ -1389,14 +1237,7 @@ def report(results, env, args, environment):
     head2 = ["", "(mix)", "ms", "ms", "µs", "s", "MB/s", "ms", "MiB", "fresh KiB", "1 req KiB",
              "µs/conn"]
     table = [head1, head2] + [row(k) for k in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(head1))]
-    log()
-    log("=" * (sum(widths) + 2 * len(widths)))
-    for i, r in enumerate(table):
-        log("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j]) for j, c in enumerate(r)))
-        if i == 1:
-            log("-" * (sum(widths) + 2 * len(widths)))
-    log("=" * (sum(widths) + 2 * len(widths)))
+    print_table(table)
     log("CPU = the proxy's utime+stime from /proc (nginx: master + worker) over the measured "
         "interval; RSS mix = VmRSS after the mix (nginx: master + worker (worker alone)).")
     blob_table(results, args, disturbed)
@@ -1502,7 +1343,7 @@ def environment_notes(env, args):
         try:
             _, out, err = run(argv, timeout=10, check=False)
             return (out or err).strip().splitlines()[0]
-        except (HarnessError, OSError, IndexError):
+        except (BenchError, OSError, IndexError):
             return "?"
 
     cpu = "?"
@@ -1582,7 +1423,7 @@ def main():
     only = args.only or ["origin", "nginx", "edge"]
 
     if os.cpu_count() < 2:
-        raise HarnessError("needs two cores: one for the proxies, one for the load")
+        raise BenchError("needs two cores: one for the proxies, one for the load")
     # Also SIGINT: a shell starts background jobs with it ignored, and Python then leaves it so.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -1594,7 +1435,7 @@ def main():
         NOFILE = hard
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if NOFILE < 2 * args.idle_connections + 1000:
-        raise HarnessError(f"open files limited to {NOFILE}: too few for "
+        raise BenchError(f"open files limited to {NOFILE}: too few for "
                            f"{args.idle_connections} idle connections (and their upstreams)")
     os.sched_setaffinity(0, {LOAD_CORE})
 
@@ -1613,7 +1454,7 @@ def main():
         r, _ = request(origin.port, "GET", env.blob_path, {"Host": LOGIN_HOST})
         origin_location = r.getheader("Location")
         if r.status != 307 or not origin_location:
-            raise HarnessError(f"origin blob redirect: {r.status}")
+            raise BenchError(f"origin blob redirect: {r.status}")
         if args.callgrind:
             cg = callgrind_compare(env, args)
             os.makedirs(os.path.dirname(RESULT_JSON), exist_ok=True)
@@ -1722,7 +1563,7 @@ def main():
 if __name__ == "__main__":
     try:
         main()
-    except HarnessError as e:
+    except BenchError as e:
         PROCS.stop_all()
         print(f"harness: {e}", file=sys.stderr)
         sys.exit(1)

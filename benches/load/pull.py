@@ -27,13 +27,15 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+
+from common import (PROCS, BenchError, cpu_seconds, free_port, loadavg, log, on_signal,
+                    render, run, tail)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -51,17 +53,8 @@ PUBLIC_HOST = "registry.example.test"
 PUBLIC_DATA_HOST = "data.example.test"
 REPO, TAG = "bench/app", "1"
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
 MIB = 1 << 20
-
-
-def log(msg=""):
-    print(msg, flush=True)
-
-
-class BenchError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,132 +69,8 @@ def guarded(argv):
     return argv
 
 
-class Processes:
-    def __init__(self):
-        self.running = {}  # pid -> [name, Popen, stop signal, extra pids (nginx workers)]
-
-    def start(self, name, argv, stop_signal, log_path):
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(guarded(argv), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=ROOT)
-        self.running[proc.pid] = [name, proc, stop_signal, []]
-        return proc
-
-    def adopt_children(self, pid):
-        """nginx's worker: recorded so that it is stopped even if its master is lost."""
-        if pid in self.running:
-            self.running[pid][3] = children(pid)
-
-    def stop(self, pid, timeout=15.0):
-        entry = self.running.pop(pid, None)
-        if entry is None:
-            return
-        name, proc, stop_signal, extra = entry
-        if proc.poll() is None:
-            try:
-                os.kill(pid, stop_signal)
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                log(f"  {name} (pid {pid}) did not stop in {timeout:.0f}s: SIGKILL")
-                os.kill(pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
-        for child in extra:  # still there only if the master died without it
-            if proc_cmdline(child).startswith("nginx") and proc_ppid(child) in (pid, 1):
-                try:
-                    os.kill(child, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-    def stop_all(self):
-        for pid in reversed(list(self.running)):
-            self.stop(pid)
-
-
-PROCS = Processes()
-
-
-def run(argv, timeout=None, check=True, env=None, log_path=None):
-    """A short-lived command, recorded while it runs so that a signal also stops it. With
-    log_path its output goes there (not kept in memory)."""
-    if log_path:
-        out = open(log_path, "ab")
-        kw = {"stdout": out, "stderr": subprocess.STDOUT}
-    else:
-        out = None
-        kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=ROOT, env=env, **kw)
-    PROCS.running[proc.pid] = [argv[0], proc, signal.SIGTERM, []]
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        PROCS.stop(proc.pid)
-        raise BenchError(f"{' '.join(argv)}: not done within {timeout}s")
-    except BaseException:  # Ctrl-C, SIGTERM: stop it before unwinding
-        PROCS.stop(proc.pid)
-        raise
-    finally:
-        if out:
-            out.close()
-    PROCS.running.pop(proc.pid, None)
-    if check and proc.returncode != 0:
-        detail = (f"its output: {log_path}\n{tail(log_path)}" if log_path
-                  else f"{stdout}{stderr}")
-        raise BenchError(f"{' '.join(argv)} exited {proc.returncode}:\n{detail}")
-    return proc.returncode, stdout, stderr
-
-
-def on_signal(signum, _frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def tail(path, n=20):
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-n:])
-    except OSError as e:
-        return f"({e})"
-
-
 # --------------------------------------------------------------------------------------------
 # /proc
-
-
-def proc_fields(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        text = f.read()
-    return text[text.rindex(")") + 2:].split()  # from field 3 (state) on
-
-
-def proc_ppid(pid):
-    try:
-        return int(proc_fields(pid)[1])
-    except (OSError, ValueError):
-        return -1
-
-
-def proc_cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def children(pid):
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return [p for p in (int(d) for d in os.listdir("/proc") if d.isdigit())
-                if proc_ppid(p) == pid]
-
-
-def cpu_seconds(pid):
-    """utime + stime (fields 14 and 15 of /proc/PID/stat) of the process, all threads."""
-    f = proc_fields(pid)
-    return (int(f[11]) + int(f[12])) / CLK_TCK
 
 
 def children_cpu():
@@ -219,11 +88,6 @@ def cores_busy():
                 v = [int(x) for x in line.split()[1:9]]
                 out.append((sum(v) - v[3] - v[4], sum(v)))
     return out
-
-
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
 def wait_quiet(max_wait):
@@ -245,37 +109,6 @@ def wait_quiet(max_wait):
 
 # --------------------------------------------------------------------------------------------
 # Set-up
-
-
-def free_port(_taken=set()):
-    """A free loopback port below the ephemeral range, so that no client connection holds it."""
-    low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(max(1024, low - 12000), low)
-        if port in _taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _taken.add(port)
-        return port
-    raise BenchError("no free port below the ephemeral range")
-
-
-def render(template, out, subs):
-    with open(os.path.join(HERE, template)) as f:
-        text = f.read()
-    for key, value in subs.items():
-        text = text.replace(f"@{key}@", str(value))
-    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-    if left:
-        raise BenchError(f"{template}: unfilled placeholders {left}")
-    with open(out, "w") as f:
-        f.write(text)
-    return out
 
 
 def http_status(port, host, path, tls=False):
@@ -485,7 +318,7 @@ def start_registry(env, tls):
         "SECRET": os.urandom(16).hex(), "REGISTRY_TLS": reg_tls,
         "DATA_SCHEME": "https" if tls else "http", "DATA_HOST": DATA_HOST})
     log_path = env.path(f"registry-{key}.log")
-    proc = PROCS.start("docker-registry", [REGISTRY_BIN, "serve", conf], signal.SIGTERM, log_path)
+    proc = PROCS.start("docker-registry", guarded([REGISTRY_BIN, "serve", conf]), signal.SIGTERM, log_path)
     wait_http(port, LOGIN_HOST, "/v2/", 200, "docker-registry", proc, log_path, tls)
     return Server("docker-registry", proc, port, log_path)
 
@@ -505,7 +338,7 @@ def start_data(env, tls, rate_bytes):
     prefix = ["nginx", "-c", conf, "-p", env.dir + "/", "-g", "daemon off;"]
     run(prefix[:1] + ["-t", "-q"] + prefix[1:])
     log_path = env.path(f"data-{key}.out")
-    proc = PROCS.start("nginx (data endpoint)", prefix, signal.SIGTERM, log_path)
+    proc = PROCS.start("nginx (data endpoint)", guarded(prefix), signal.SIGTERM, log_path)
     wait_http(port, DATA_HOST, "/", 404, "nginx (data endpoint)", proc, log_path, tls)
     PROCS.adopt_children(proc.pid)
     return Server("nginx (data endpoint)", proc, port, log_path)
@@ -529,7 +362,7 @@ def start_edge(env, case, tls, registry, data, cache_dir):
         REGISTRY_PORT=registry.port, DATA_PORT=data.port, BLOB_CACHE=block))
     run([EDGE_BIN, "check", "-q", "-c", conf])
     log_path = env.path(f"edge-{case}.out")
-    proc = PROCS.start("registry-edge", [EDGE_BIN, "run", "-c", conf], signal.SIGINT, log_path)
+    proc = PROCS.start("registry-edge", guarded([EDGE_BIN, "run", "-c", conf]), signal.SIGINT, log_path)
     wait_http(ports["ADMIN_PORT"], "admin", "/readyz", 200, "registry-edge", proc, log_path)
     # Through the edge to the registry (its upstream probes may take a moment on TLS).
     wait_http(ports["EDGE_PORT"], PUBLIC_HOST, "/v2/", 200, "registry-edge → docker-registry",
@@ -624,7 +457,7 @@ def pull(env, label, edge, image, tls, cache=None):
                    if tls else ["--src-tls-verify=false"])
     data_log = env.path("data-access.log")
     data0, edge0 = count_lines(data_log), count_lines(edge.access_log)
-    cpu0, child0, load0 = cpu_seconds(edge.pid), children_cpu(), loadavg()
+    cpu0, child0, load0 = cpu_seconds([edge.pid]), children_cpu(), loadavg()
     t0 = time.monotonic()
     # dir: stores one blob at a time (containers/image copies layers in parallel only into a
     # destination that takes concurrent writes); oci: takes up to 6 at once.
@@ -638,7 +471,7 @@ def pull(env, label, edge, image, tls, cache=None):
     if cache:  # the fill: its writer stores the entries after the last byte left
         wait_cached(cache, image, a.min_blob_bytes)
     time.sleep(0.3)  # the edge writes its access log every 100 ms
-    edge_cpu = cpu_seconds(edge.pid) - cpu0
+    edge_cpu = cpu_seconds([edge.pid]) - cpu0
     verify_pull(dest, a.dest, image)
     shutil.rmtree(dest, ignore_errors=True)
 

@@ -97,13 +97,18 @@ fn signed_target(c: &Client<'_>, repo: &str, digest: &str, auth: &str) -> String
     loc.strip_prefix(&c.data_origin()).unwrap().to_string()
 }
 
-/// A raw `GET` on the data host through the edge's HTTP listener: the status, the declared
-/// length, the body's length and SHA-256 (read to the connection's end).
-fn raw_get(port: u16, target: &str) -> (u16, u64, u64, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+/// Sends a request for `target` on the data host (`extra`: more header lines, each ended by
+/// CRLF) and reads the response head: its status and the head.
+fn ask(
+    s: &mut TcpStream,
+    port: u16,
+    method: &str,
+    target: &str,
+    extra: &str,
+) -> (u16, crate::http1::Head) {
     write!(
         s,
-        "GET {target} HTTP/1.1\r\nHost: {DATA_HOST}:{port}\r\nConnection: close\r\n\r\n"
+        "{method} {target} HTTP/1.1\r\nHost: {DATA_HOST}:{port}\r\n{extra}\r\n"
     )
     .unwrap();
     let mut head = Vec::new();
@@ -113,7 +118,14 @@ fn raw_get(port: u16, target: &str) -> (u16, u64, u64, String) {
         head.push(byte[0]);
     }
     let head = crate::http1::Head::parse(&head).unwrap();
-    let status = head.status().unwrap();
+    (head.status().unwrap(), head)
+}
+
+/// A raw `GET` on the data host through the edge's HTTP listener: the status, the declared
+/// length, the body's length and SHA-256 (read to the connection's end).
+fn raw_get(port: u16, target: &str) -> (u16, u64, u64, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (status, head) = ask(&mut s, port, "GET", target, "Connection: close\r\n");
     let declared = head.get("content-length").map_or(0, |v| v.parse().unwrap());
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 1 << 20];
@@ -220,19 +232,7 @@ fn exchange(
     range: Option<&str>,
 ) -> (u16, crate::http1::Head, Vec<u8>) {
     let range = range.map_or(String::new(), |r| format!("Range: {r}\r\n"));
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: {DATA_HOST}:{port}\r\n{range}\r\n"
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "head cut short");
-        head.push(byte[0]);
-    }
-    let head = crate::http1::Head::parse(&head).unwrap();
-    let status = head.status().unwrap();
+    let (status, head) = ask(s, port, method, target, &range);
     let len: usize = head.get("content-length").map_or(0, |v| v.parse().unwrap());
     let mut body = vec![0u8; if method == "HEAD" { 0 } else { len }];
     s.read_exact(&mut body).unwrap();
