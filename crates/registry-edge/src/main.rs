@@ -22,6 +22,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod endpoints;
 mod init;
 mod summary;
+mod tuning;
 
 /// Exit status for a configuration that does not validate (EX_USAGE): nothing was started.
 const EXIT_INVALID_CONFIG: u8 = 64;
@@ -120,7 +121,10 @@ enum GeoCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config, upgrade } => run(config, upgrade),
+        Command::Run { config, upgrade } => {
+            tuning::reexec_tuned();
+            run(config, upgrade)
+        }
         Command::Upgrade { config } => upgrade(&config),
         Command::Reload { config } => reload(&config),
         Command::Endpoints { config } => {

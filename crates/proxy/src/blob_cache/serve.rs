@@ -1,10 +1,12 @@
 //! A cache hit written to the client: 200, or 206 for one satisfiable byte range, 416 for an
 //! unsatisfiable one. Over plain HTTP/1 the kernel sends the body from the page cache
-//! (crate::listen::sendfile: no copy through user space); otherwise it is read from the entry in
-//! 4 MiB blocks (one copy: the file into the block the socket write takes, never zeroed first),
-//! each read off the async threads.
+//! (crate::listen::sendfile: no copy through user space). Otherwise (TLS, HTTP/2) it is copied
+//! from the entry in [`COPY_BLOCK`]s: each read on the worker when the page cache holds the
+//! block (`preadv2` with `RWF_NOWAIT`, which never waits for the disk), and off the async
+//! threads for what it does not. A block is small enough to still be in the core's cache when
+//! the TLS layer encrypts it, and is never zeroed first (the read writes it once).
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -16,8 +18,13 @@ use pingora_proxy::Session;
 use super::Digest;
 use crate::listen::sendfile::FileSender;
 
-/// Bytes per read and per body write.
+/// Bytes per body write when the kernel sends the entry.
 pub const BLOCK: usize = crate::listen::sendfile::BLOCK;
+/// Bytes per read and per body write when the body is copied (TLS, HTTP/2): what one slow
+/// client holds in memory, and a block small enough to stay in the core's cache between the
+/// read and the encryption. The load harness's TLS hit (docs/performance.md) was not measured
+/// cheaper with 4 MiB blocks.
+pub const COPY_BLOCK: usize = 256 << 10;
 
 /// What a `Range` header asks of an entry of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,32 +103,82 @@ pub async fn body(session: &mut Session, file: std::fs::File, first: u64, last: 
     if let Some(sender) = FileSender::of(session) {
         return sent_by_kernel(session, &sender, file, first, last).await;
     }
-    let mut file = Some(file);
+    let file = Arc::new(file);
     let mut at = first;
     while at <= last {
-        let n = (last - at + 1).min(BLOCK as u64);
-        let mut f = file.take().or_err(InternalError, "blob cache file")?;
-        // `read_to_end` of a `File` reads into the vector's spare capacity without zeroing it
-        // first: the block is written once, by the read.
-        let (f, block) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
-            let mut block = Vec::with_capacity(n as usize);
-            if at == first {
-                f.seek(SeekFrom::Start(at))?;
-            }
-            (&mut f).take(n).read_to_end(&mut block)?;
-            Ok((f, block))
+        let n = (last - at + 1).min(COPY_BLOCK as u64) as usize;
+        let block = read_block(&file, at, n).await?;
+        at += n as u64;
+        session
+            .write_response_body(Some(Bytes::from(block)), at > last)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `n` bytes of `file` from `at`: what the page cache holds read here, the rest (a disk read)
+/// on the blocking pool.
+async fn read_block(file: &Arc<std::fs::File>, at: u64, n: usize) -> Result<Vec<u8>> {
+    let mut block = Vec::with_capacity(n);
+    // Any failure here (EAGAIN: not in memory; EOPNOTSUPP: a file system without it) leaves
+    // the rest to the blocking read, which reports real errors.
+    let _ = read_into(file, &mut block, n, at, libc::RWF_NOWAIT);
+    if block.len() < n {
+        let f = file.clone();
+        block = tokio::task::spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let from = at + block.len() as u64;
+            read_into(&f, &mut block, n, from, 0)?;
+            Ok(block)
         })
         .await
         .or_err(InternalError, "blob cache read task")?
         .or_err(ReadError, "blob cache read")?;
-        if block.len() as u64 != n {
-            return Error::e_explain(ReadError, "blob cache entry shorter than indexed");
+    }
+    if block.len() != n {
+        return Error::e_explain(ReadError, "blob cache entry shorter than indexed");
+    }
+    Ok(block)
+}
+
+/// Appends bytes of `file` from `at` to `buf` until it holds `want` bytes, the file ends, or
+/// a read fails (`preadv2` with `flags`): into the vector's spare capacity, never zeroed first.
+fn read_into(
+    file: &std::fs::File,
+    buf: &mut Vec<u8>,
+    want: usize,
+    mut at: u64,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    buf.reserve_exact(want.saturating_sub(buf.len()));
+    while buf.len() < want {
+        let left = want - buf.len();
+        let room = &mut buf.spare_capacity_mut()[..left];
+        let iov = libc::iovec {
+            iov_base: room.as_mut_ptr().cast(),
+            iov_len: room.len(),
+        };
+        // SAFETY: `iov` spans spare capacity of `buf`, writable for its length and not
+        // aliased; the kernel writes at most that many bytes, and only the count it returns
+        // is added to the vector's length below.
+        #[allow(unsafe_code)]
+        let got = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at as libc::off_t, flags) };
+        match got {
+            0 => return Ok(()),
+            n if n > 0 => {
+                // SAFETY: the kernel initialised these `n` bytes (n <= the span's length).
+                #[allow(unsafe_code)]
+                unsafe {
+                    buf.set_len(buf.len() + n as usize)
+                };
+                at += n as u64;
+            }
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
-        file = Some(f);
-        at += n;
-        session
-            .write_response_body(Some(Bytes::from(block)), at > last)
-            .await?;
     }
     Ok(())
 }
@@ -200,5 +257,54 @@ mod tests {
         let h = head(&d, 100, Span::Whole).unwrap();
         assert_eq!(h.status, 200);
         assert_eq!(h.headers["content-length"], "100");
+    }
+
+    /// A file of `len` bytes that says where each byte is.
+    fn patterned(scratch: &crate::testing::Scratch, len: usize) -> (std::fs::File, Vec<u8>) {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+            .collect();
+        let path = scratch.join("entry");
+        std::fs::write(&path, &bytes).unwrap();
+        (std::fs::File::open(&path).unwrap(), bytes)
+    }
+
+    /// Drops the file's pages from the page cache (clean pages after the sync): reads that
+    /// must not wait for the disk find nothing.
+    fn evict(file: &std::fs::File) {
+        file.sync_all().unwrap();
+        // SAFETY: a valid descriptor; the call only advises the kernel.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+
+    #[tokio::test]
+    async fn copied_blocks_hold_the_entrys_bytes_whether_cached_or_not() {
+        let scratch = crate::testing::Scratch::new("serve-blocks");
+        let len = 3 * COPY_BLOCK + 123;
+        let (file, bytes) = patterned(&scratch, len);
+        let file = Arc::new(file);
+        for cached in [true, false] {
+            for (at, n) in [(0, COPY_BLOCK), (1, COPY_BLOCK), (len - 123, 123), (7, 1)] {
+                if !cached {
+                    evict(&file);
+                }
+                let block = read_block(&file, at as u64, n).await.unwrap();
+                assert!(
+                    block == bytes[at..at + n],
+                    "at {at}, {n} bytes, cached {cached}"
+                );
+            }
+        }
+        // Read here, without waiting: what the page cache has (a file system that cannot tell
+        // reads nothing, and the blocking read does it all).
+        evict(&file);
+        let mut part = Vec::new();
+        let _ = read_into(&file, &mut part, COPY_BLOCK, 0, libc::RWF_NOWAIT);
+        assert!(part == bytes[..part.len()]);
+        let err = read_block(&file, (len - 10) as u64, 20).await.unwrap_err();
+        assert!(err.to_string().contains("shorter than indexed"), "{err}");
     }
 }

@@ -174,31 +174,25 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
     );
     h.step(
         "second pull: nothing to the data endpoint; the registry saw every blob GET",
-        || {
-            let (log, data) = (h.access_log().len(), h.data.hits.lock().unwrap().len());
-            let registry = h.shim_log.lock().unwrap().len();
-            skopeo_copy_back(&h, &via, &img, "team/cached", "second");
-            assert_eq!(
-                h.data.hits.lock().unwrap().len(),
-                data,
-                "the data endpoint was asked"
-            );
-            let seen = h.shim_log.lock().unwrap()[registry..].to_vec();
-            for b in img.blobs() {
-                let target = format!("/v2/team/cached/blobs/{}", b.digest);
-                assert!(
-                    seen.iter()
-                        .any(|e| e.method == "GET" && e.target == target && e.status == 307),
-                    "the registry did not authorize {target}"
-                );
-            }
-            assert!(
-                cache_uses(&h, log, &img).iter().all(|u| u == "hit"),
-                "{:?}",
-                cache_uses(&h, log, &img)
-            );
-        },
+        || pull_from_cache(&h, &via, &img, "second"),
     );
+    // Over TLS the edge copies a hit through rustls in blocks (not sendfile): skopeo checks
+    // every blob's digest, over HTTP/2 and over HTTP/1.1.
+    for (godebug, name, into) in [
+        (None, "TLS (HTTP/2)", "third"),
+        (Some("http2client=0"), "TLS (HTTP/1.1)", "fourth"),
+    ] {
+        let tls = Via {
+            port: h.tls_port,
+            tls: true,
+            godebug,
+            name,
+        };
+        h.step(
+            &format!("{into} pull over {name}: every blob a hit, byte for byte"),
+            || pull_from_cache(&h, &tls, &img, into),
+        );
+    }
     h.step(
         "hits on one connection: ranges, HEAD, 416 and whole bodies, byte for byte",
         || hits_on_one_connection(&h, &img),
@@ -220,6 +214,33 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
         h.assert_alive()
     });
     let _ = std::fs::remove_dir_all(&cache);
+}
+
+/// A pull of `img` served from the cache: nothing asked of the data endpoint, every blob GET
+/// authorized by the registry (its 307), every blob a hit.
+fn pull_from_cache(h: &Harness, via: &Via<'_>, img: &Image, into: &str) {
+    let (log, data) = (h.access_log().len(), h.data.hits.lock().unwrap().len());
+    let registry = h.shim_log.lock().unwrap().len();
+    skopeo_copy_back(h, via, img, "team/cached", into);
+    assert_eq!(
+        h.data.hits.lock().unwrap().len(),
+        data,
+        "the data endpoint was asked"
+    );
+    let seen = h.shim_log.lock().unwrap()[registry..].to_vec();
+    for b in img.blobs() {
+        let target = format!("/v2/team/cached/blobs/{}", b.digest);
+        assert!(
+            seen.iter()
+                .any(|e| e.method == "GET" && e.target == target && e.status == 307),
+            "the registry did not authorize {target}"
+        );
+    }
+    assert!(
+        cache_uses(h, log, img).iter().all(|u| u == "hit"),
+        "{:?}",
+        cache_uses(h, log, img)
+    );
 }
 
 /// One request on a kept-alive connection to the data host: the status, the head, and the body
