@@ -94,6 +94,27 @@ fn a_verified_fill_is_stored_and_served_whole() {
 }
 
 #[test]
+fn a_fill_of_several_mib_in_odd_chunks_is_stored_byte_for_byte() {
+    let dir = Scratch::new("blob-cache-spans");
+    let c = cache(&dir, 64 << 20);
+    let blob: Vec<u8> = (0..(5 << 20) + 12_345u32)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect();
+    let d = digest_of(&blob);
+    let (sent, corrupt) = fill(&c, &d, &blob, 65_521);
+    assert!(!corrupt);
+    assert_eq!(sent, blob);
+    settle(&c, &d);
+    let Lookup::Hit(file, size) = c.lookup(&d) else {
+        panic!("not stored");
+    };
+    assert_eq!(size, blob.len() as u64);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut back).unwrap();
+    assert!(back == blob, "the entry's bytes differ from the blob's");
+}
+
+#[test]
 fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
     let dir = Scratch::new("blob-cache-corrupt");
     let c = cache(&dir, 1 << 20);
