@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Counter, IntCounter, IntGauge};
 
 use crate::outcome::labelled;
 use store::{FillEnd, FillWriter, Store};
@@ -107,6 +107,8 @@ pub struct CacheMetrics {
     pub errors: [IntCounter; 2],
     pub disk_bytes: IntGauge,
     pub entries: IntGauge,
+    /// Seconds fills held their clients back for a writer behind the network ([`pace`]).
+    pub paced_seconds: Counter,
 }
 
 /// A fill in progress, as others see it: woken when it ends (its sender dropped).
@@ -246,6 +248,7 @@ impl BlobCache {
             seen: 0,
             held: None,
             writer,
+            paced: Duration::ZERO,
         })
     }
 }
@@ -260,6 +263,31 @@ pub struct Fill {
     seen: u64,
     held: Option<Bytes>,
     writer: FillWriter,
+    /// Delay [`Fill::pace`] has asked for so far.
+    paced: Duration,
+}
+
+/// A fill's writer this far behind the network makes the fill hold its client back.
+pub const PACE_FROM: u64 = 16 << 20;
+/// Delay before a chunk per MiB the writer is behind beyond [`PACE_FROM`].
+const PACE_PER_MIB: Duration = Duration::from_millis(1);
+/// Longest delay before one chunk.
+const PACE_MAX: Duration = Duration::from_millis(50);
+/// Most delay one fill adds in all. Past it, a writer that keeps falling behind gives the fill
+/// up when it is 64 MiB behind (the client's transfer goes on at the network's pace).
+pub const PACE_BUDGET: Duration = Duration::from_secs(2);
+
+/// The delay before the client's next chunk for a writer `backlog` bytes behind, after `spent`
+/// of the fill's budget: nothing up to [`PACE_FROM`], then growing with the backlog, so that the
+/// client goes at the disk's pace while the disk is briefly slower than the network (another
+/// process's write-back) and the blob is still stored.
+pub fn pace(backlog: u64, spent: Duration) -> Option<Duration> {
+    let over = backlog.saturating_sub(PACE_FROM);
+    let d = PACE_PER_MIB
+        .mul_f64(over as f64 / f64::from(1u32 << 20))
+        .min(PACE_MAX)
+        .min(PACE_BUDGET.saturating_sub(spent));
+    (!d.is_zero()).then_some(d)
 }
 
 /// What a fill says of a body chunk.
@@ -274,6 +302,13 @@ pub enum Step {
 }
 
 impl Fill {
+    /// How long to hold the client's next chunk back so the writer catches up ([`pace`]).
+    pub fn pace(&mut self) -> Option<Duration> {
+        let d = pace(self.writer.backlog(), self.paced)?;
+        self.paced += d;
+        Some(d)
+    }
+
     /// One body chunk from the upstream; `end`: the last one.
     pub fn chunk(&mut self, data: Option<Bytes>, end: bool) -> Step {
         if let Some(d) = &data {

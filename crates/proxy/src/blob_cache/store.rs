@@ -92,6 +92,11 @@ impl FillWriter {
         sent
     }
 
+    /// Bytes queued and not yet written: how far the writer is behind the network.
+    pub fn backlog(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     /// The disk refused one of this fill's writes.
     pub fn disk_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)

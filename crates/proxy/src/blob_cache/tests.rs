@@ -115,6 +115,33 @@ fn a_fill_of_several_mib_in_odd_chunks_is_stored_byte_for_byte() {
 }
 
 #[test]
+fn a_writer_behind_paces_its_client_within_a_budget() {
+    use super::{pace, PACE_BUDGET, PACE_FROM};
+    let none = Duration::ZERO;
+    let ms = Duration::from_millis;
+    assert_eq!(pace(0, none), None);
+    assert_eq!(pace(PACE_FROM, none), None);
+    // 1 ms per MiB beyond, at most 50 ms before one chunk.
+    assert_eq!(pace(PACE_FROM + (4 << 20), none), Some(ms(4)));
+    assert_eq!(pace(PACE_FROM + (512 << 20), none), Some(ms(50)));
+    assert!(pace(PACE_FROM + (8 << 20), none) > pace(PACE_FROM + (2 << 20), none));
+    // Never past the fill's budget.
+    assert_eq!(
+        pace(PACE_FROM + (40 << 20), PACE_BUDGET - ms(3)),
+        Some(ms(3))
+    );
+    assert_eq!(pace(PACE_FROM + (40 << 20), PACE_BUDGET), None);
+    // A disk that takes nothing: until the writer is 64 MiB behind (the fill given up), the
+    // client is held back the budget in all, and no more.
+    let (mut spent, mut backlog) = (none, 0u64);
+    while backlog < 64 << 20 {
+        spent += pace(backlog, spent).unwrap_or_default();
+        backlog += 64 << 10;
+    }
+    assert_eq!(spent, PACE_BUDGET);
+}
+
+#[test]
 fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
     let dir = Scratch::new("blob-cache-corrupt");
     let c = cache(&dir, 1 << 20);

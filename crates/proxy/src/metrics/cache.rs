@@ -1,6 +1,6 @@
 //! The blob cache's metrics (blob_cache.rs), registered whether or not a cache is configured.
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Counter, IntCounter, IntGauge};
 
 use super::{counter_vec, Reg};
 use crate::blob_cache::{CacheMetrics, CacheUse};
@@ -52,6 +52,10 @@ pub(super) fn new(reg: &mut Reg) -> Result<CacheMetrics, prometheus::Error> {
         entries: reg.add(IntGauge::new(
             "registry_edge_blob_cache_entries",
             "Complete entries in the cache (this process's index).",
+        )?)?,
+        paced_seconds: reg.add(Counter::new(
+            "registry_edge_blob_cache_fill_paced_seconds_total",
+            "Seconds fills held their clients back because the disk writer was behind the network (at most 2 s per fill).",
         )?)?,
     })
 }

@@ -191,26 +191,31 @@ impl Edge {
     }
 
     /// A body chunk of a fill: hashed and stored; sent one chunk late, the last only when the
-    /// whole body is the blob. A body that is not: counted, and the transfer cut.
+    /// whole body is the blob. A body that is not: counted, and the transfer cut. Returns how
+    /// long to hold the chunk back while the disk writer is behind (`blob_cache::pace`).
     pub(super) fn blob_fill_chunk(
         &self,
         body: &mut Option<Bytes>,
         end: bool,
         ctx: &mut Ctx,
-    ) -> Result<()> {
+    ) -> Result<Option<std::time::Duration>> {
         let Some(fill) = ctx.fill.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         match fill.chunk(body.take(), end) {
             Step::Send(out) => {
                 *body = out;
-                Ok(())
+                let delay = fill.pace();
+                if let (Some(d), Some(c)) = (delay, &ctx.generation.blob_cache) {
+                    c.metrics().paced_seconds.inc_by(d.as_secs_f64());
+                }
+                Ok(delay)
             }
             Step::Last(out, stored) => {
                 *body = out;
                 ctx.fill = None;
                 ctx.cache_use = Some(stored);
-                Ok(())
+                Ok(None)
             }
             Step::Corrupt => {
                 ctx.fill = None;

@@ -365,8 +365,8 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        self.blob_fill_chunk(body, end_of_stream, ctx)?;
-        Ok(None)
+        // A fill whose disk writer is behind holds the client back a little (blob_cache::pace).
+        self.blob_fill_chunk(body, end_of_stream, ctx)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
