@@ -48,6 +48,9 @@ pub struct Store {
     budget: AtomicU64,
     index: Mutex<Index>,
     pub(super) metrics: CacheMetrics,
+    /// Tests: writers wait while it is set (a disk that takes nothing).
+    #[cfg(test)]
+    pub(super) hold_writes: std::sync::atomic::AtomicBool,
 }
 
 /// What a fill sends its writer.
@@ -92,8 +95,12 @@ impl FillWriter {
         sent
     }
 
-    /// Bytes queued and not yet written: how far the writer is behind the network.
+    /// Bytes queued and not yet written: how far the writer is behind the network (nothing
+    /// once the fill is given up: there is nothing left to wait for).
     pub fn backlog(&self) -> u64 {
+        if self.tx.is_none() {
+            return 0;
+        }
         self.queued.load(Ordering::Relaxed)
     }
 
@@ -146,6 +153,8 @@ impl Store {
             budget: AtomicU64::new(budget),
             index: Mutex::new(Index::default()),
             metrics,
+            #[cfg(test)]
+            hold_writes: Default::default(),
         };
         store.remove_dead_fills()?;
         store.rescan()?;
@@ -356,6 +365,10 @@ impl Store {
         let end = loop {
             match rx.recv() {
                 Ok(Chunk::Data(b)) => {
+                    #[cfg(test)]
+                    while self.hold_writes.load(Ordering::Relaxed) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                     let len = b.len() as u64;
                     if failed.is_none() {
                         written += len;

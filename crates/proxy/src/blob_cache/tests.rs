@@ -142,6 +142,54 @@ fn a_writer_behind_paces_its_client_within_a_budget() {
 }
 
 #[test]
+fn a_fill_whose_disk_takes_nothing_paces_then_gives_up_and_the_client_gets_every_byte() {
+    let dir = Scratch::new("blob-cache-pace");
+    let c = cache(&dir, 1 << 30);
+    c.store
+        .hold_writes
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mib = Bytes::from(vec![7u8; 1 << 20]);
+    let blob: Vec<u8> = mib.iter().copied().cycle().take(80 << 20).collect();
+    let d = digest_of(&blob);
+    let Lookup::Fill(claim) = c.lookup(&d) else {
+        panic!("not a fill");
+    };
+    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
+    let (mut sent, mut paced, mut last) = (0usize, Duration::ZERO, None);
+    for i in 0..80 {
+        match f.chunk(Some(mib.clone()), i == 79) {
+            Step::Send(b) => sent += b.map_or(0, |b| b.len()),
+            Step::Last(b, stored) => {
+                sent += b.map_or(0, |b| b.len());
+                last = Some(stored);
+            }
+            Step::Corrupt => panic!("corrupt"),
+        }
+        let delay = if i < 79 { f.pace() } else { None };
+        // Nothing while the writer is at most 16 MiB behind; then more the further behind;
+        // nothing once the writer fell 64 MiB behind and the fill was given up.
+        match i + 1 {
+            ..=16 => assert_eq!(delay, None, "chunk {i}"),
+            17..=63 => assert!(delay.is_some(), "chunk {i}"),
+            65.. => assert_eq!(delay, None, "chunk {i}"),
+            _ => {}
+        }
+        paced += delay.unwrap_or_default();
+    }
+    assert!(
+        paced > Duration::ZERO && paced <= super::PACE_BUDGET,
+        "{paced:?}"
+    );
+    assert_eq!(sent, blob.len(), "the client got every byte");
+    assert_eq!(last, Some(CacheUse::Miss), "given up, not stored");
+    c.store
+        .hold_writes
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    settle(&c, &d);
+    assert!(matches!(c.lookup(&d), Lookup::Fill(_)), "nothing stored");
+}
+
+#[test]
 fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
     let dir = Scratch::new("blob-cache-corrupt");
     let c = cache(&dir, 1 << 20);
