@@ -23,6 +23,13 @@ pub fn minimal(listener: &str, rest: &str) -> Config {
     ))
 }
 
+/// `len` bytes in which a misplaced byte or block shows: a 251-byte cycle, varied every 64 KiB.
+pub fn patterned(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
+        .collect()
+}
+
 /// A scratch directory of a test, empty at the start and removed at the end:
 /// `<temp>/registry-edge-<name>-<pid>`.
 pub struct Scratch(pub std::path::PathBuf);

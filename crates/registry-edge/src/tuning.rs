@@ -51,13 +51,18 @@ fn amd_cpu() -> bool {
 pub fn reexec_tuned() {
     use std::os::unix::process::CommandExt;
 
-    if std::env::var_os("REGISTRY_EDGE_GLIBC_TUNING").is_some_and(|v| v == "off") || !amd_cpu() {
+    if std::env::var_os("REGISTRY_EDGE_GLIBC_TUNING").is_some_and(|v| v == "off") {
         return;
     }
+    // The environment first: the executed process finds the threshold set and stops here,
+    // without reading /proc/cpuinfo again.
     let existing = std::env::var("GLIBC_TUNABLES").ok();
     let Some(value) = tunables(existing.as_deref()) else {
         return;
     };
+    if !amd_cpu() {
+        return;
+    }
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| "registry-edge".into());
     let e = std::process::Command::new("/proc/self/exe")

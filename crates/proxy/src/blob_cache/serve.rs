@@ -261,9 +261,7 @@ mod tests {
 
     /// A file of `len` bytes that says where each byte is.
     fn patterned(scratch: &crate::testing::Scratch, len: usize) -> (std::fs::File, Vec<u8>) {
-        let bytes: Vec<u8> = (0..len)
-            .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
-            .collect();
+        let bytes = crate::testing::patterned(len);
         let path = scratch.join("entry");
         std::fs::write(&path, &bytes).unwrap();
         (std::fs::File::open(&path).unwrap(), bytes)

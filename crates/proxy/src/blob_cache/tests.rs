@@ -44,6 +44,19 @@ fn fill(c: &BlobCache, d: &Digest, bytes: &[u8], chunk: usize) -> (Vec<u8>, bool
     (sent, false)
 }
 
+/// The bytes of `d`'s entry once its fill has ended; panics when it was not stored with
+/// `size` bytes.
+fn stored_bytes(c: &BlobCache, d: &Digest, size: usize) -> Vec<u8> {
+    settle(c, d);
+    let Lookup::Hit(file, stored) = c.lookup(d) else {
+        panic!("not stored");
+    };
+    assert_eq!(stored, size as u64);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut back).unwrap();
+    back
+}
+
 /// Waits until the writer thread has stored (or given up) `d`.
 fn settle(c: &BlobCache, d: &Digest) {
     for _ in 0..200 {
@@ -79,14 +92,7 @@ fn a_verified_fill_is_stored_and_served_whole() {
     let (sent, corrupt) = fill(&c, &d, &blob, 4096);
     assert!(!corrupt);
     assert_eq!(sent, blob, "the client got every byte, in order");
-    settle(&c, &d);
-    let Lookup::Hit(file, size) = c.lookup(&d) else {
-        panic!("not stored");
-    };
-    assert_eq!(size, blob.len() as u64);
-    let mut back = Vec::new();
-    std::io::Read::read_to_end(&mut &file, &mut back).unwrap();
-    assert_eq!(back, blob);
+    assert_eq!(stored_bytes(&c, &d, blob.len()), blob);
     assert_eq!(c.metrics().entries.get(), 1);
     assert_eq!(c.metrics().disk_bytes.get(), blob.len() as i64);
     // Nothing left in tmp/.
@@ -97,21 +103,15 @@ fn a_verified_fill_is_stored_and_served_whole() {
 fn a_fill_of_several_mib_in_odd_chunks_is_stored_byte_for_byte() {
     let dir = Scratch::new("blob-cache-spans");
     let c = cache(&dir, 64 << 20);
-    let blob: Vec<u8> = (0..(5 << 20) + 12_345u32)
-        .map(|i| (i % 251) as u8 ^ (i >> 16) as u8)
-        .collect();
+    let blob = crate::testing::patterned((5 << 20) + 12_345);
     let d = digest_of(&blob);
     let (sent, corrupt) = fill(&c, &d, &blob, 65_521);
     assert!(!corrupt);
     assert_eq!(sent, blob);
-    settle(&c, &d);
-    let Lookup::Hit(file, size) = c.lookup(&d) else {
-        panic!("not stored");
-    };
-    assert_eq!(size, blob.len() as u64);
-    let mut back = Vec::new();
-    std::io::Read::read_to_end(&mut &file, &mut back).unwrap();
-    assert!(back == blob, "the entry's bytes differ from the blob's");
+    assert!(
+        stored_bytes(&c, &d, blob.len()) == blob,
+        "the entry's bytes differ from the blob's"
+    );
 }
 
 #[test]
