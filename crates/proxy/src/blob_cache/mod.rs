@@ -16,6 +16,7 @@
 //! - **Never a failed pull because of the cache.** An unwritable or full disk, a writer that
 //!   falls behind, a corrupt entry: the transfer goes on from the upstream, counted and logged.
 
+mod fill_file;
 pub mod serve;
 pub mod store;
 pub mod token;
@@ -273,20 +274,32 @@ pub const PACE_FROM: u64 = 16 << 20;
 const PACE_PER_MIB: Duration = Duration::from_millis(1);
 /// Longest delay before one chunk.
 const PACE_MAX: Duration = Duration::from_millis(50);
-/// Most delay one fill adds in all. Past it, a writer that keeps falling behind gives the fill
-/// up when it is 64 MiB behind (the client's transfer goes on at the network's pace).
+/// Most delay one fill adds in all, at least ([`pace_budget`]). Past its budget, a writer that
+/// keeps falling behind gives the fill up when it is 64 MiB behind (the client's transfer goes
+/// on at the network's pace).
 pub const PACE_BUDGET: Duration = Duration::from_secs(2);
+/// Most delay per GiB of the blob, for larger blobs: fills are written around the page cache,
+/// at the disk's own speed, so a disk at a fifth of the network's (200 MB/s against 1 GB/s)
+/// still stores the blob.
+pub const PACE_BUDGET_PER_GIB: Duration = Duration::from_secs(4);
+
+/// The delay a fill of `size` bytes may add to its client's transfer in all.
+pub fn pace_budget(size: u64) -> Duration {
+    PACE_BUDGET_PER_GIB
+        .mul_f64(size as f64 / f64::from(1u32 << 30))
+        .max(PACE_BUDGET)
+}
 
 /// The delay before the client's next chunk for a writer `backlog` bytes behind, after `spent`
-/// of the fill's budget: nothing up to [`PACE_FROM`], then growing with the backlog, so that the
+/// of the fill's `budget`: nothing up to [`PACE_FROM`], then growing with the backlog, so that the
 /// client goes at the disk's pace while the disk is briefly slower than the network (another
 /// process's write-back) and the blob is still stored.
-pub fn pace(backlog: u64, spent: Duration) -> Option<Duration> {
+pub fn pace(backlog: u64, spent: Duration, budget: Duration) -> Option<Duration> {
     let over = backlog.saturating_sub(PACE_FROM);
     let d = PACE_PER_MIB
         .mul_f64(over as f64 / f64::from(1u32 << 20))
         .min(PACE_MAX)
-        .min(PACE_BUDGET.saturating_sub(spent));
+        .min(budget.saturating_sub(spent));
     (!d.is_zero()).then_some(d)
 }
 
@@ -304,7 +317,11 @@ pub enum Step {
 impl Fill {
     /// How long to hold the client's next chunk back so the writer catches up ([`pace`]).
     pub fn pace(&mut self) -> Option<Duration> {
-        let d = pace(self.writer.backlog(), self.paced)?;
+        let d = pace(
+            self.writer.backlog(),
+            self.paced,
+            pace_budget(self.expected),
+        )?;
         self.paced += d;
         Some(d)
     }

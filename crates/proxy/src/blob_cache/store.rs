@@ -10,13 +10,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use bytes::Bytes;
 
+use super::fill_file::FillFile;
 use super::{CacheMetrics, Digest};
 
 /// Bytes waiting for a fill's writer thread, at most; a fill whose writer falls further behind
@@ -53,9 +53,13 @@ pub struct Store {
     pub(super) hold_writes: std::sync::atomic::AtomicBool,
 }
 
+/// Bytes a fill gathers before it hands them to its writer thread: one wake-up of the thread
+/// per MiB, not per network read (64 KiB), on a core the thread may share with the proxy.
+const BATCH_BYTES: usize = 1 << 20;
+
 /// What a fill sends its writer.
 enum Chunk {
-    Data(Bytes),
+    Data(Vec<Bytes>),
     /// The bytes hashed to the digest: keep them.
     Commit,
 }
@@ -64,7 +68,10 @@ enum Chunk {
 /// on `commit`, renames it into place. Dropped without `commit`: the file is removed.
 pub struct FillWriter {
     tx: Option<mpsc::Sender<Chunk>>,
-    /// Bytes sent and not yet written.
+    /// Chunks not yet sent (fewer than [`BATCH_BYTES`]), and their length.
+    batch: Vec<Bytes>,
+    batch_len: usize,
+    /// Bytes queued (in the batch or sent) and not yet written.
     queued: std::sync::Arc<AtomicU64>,
     /// Set by the writer when the disk refused a write.
     failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -74,25 +81,49 @@ impl FillWriter {
     /// Queues a chunk; `false` when the writer has failed or fallen behind (the fill is given up).
     pub fn write(&mut self, data: Bytes) -> bool {
         if self.tx.is_none() || self.disk_failed() {
-            self.tx = None;
+            self.give_up();
             return false;
         }
         let len = data.len() as u64;
         let mine = self.queued.fetch_add(len, Ordering::Relaxed) + len;
         let all = QUEUED.fetch_add(len, Ordering::Relaxed) + len;
-        let sent = mine <= WRITE_QUEUE_BYTES
-            && all <= WRITE_QUEUES_BYTES
-            && self
-                .tx
-                .as_ref()
-                .is_some_and(|tx| tx.send(Chunk::Data(data)).is_ok());
-        if !sent {
+        if mine > WRITE_QUEUE_BYTES || all > WRITE_QUEUES_BYTES {
             // Not queued: not to be written.
             self.queued.fetch_sub(len, Ordering::Relaxed);
             QUEUED.fetch_sub(len, Ordering::Relaxed);
-            self.tx = None;
+            self.give_up();
+            return false;
+        }
+        self.batch_len += data.len();
+        self.batch.push(data);
+        self.batch_len < BATCH_BYTES || self.send_batch()
+    }
+
+    /// Hands the gathered chunks to the writer thread.
+    fn send_batch(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_len = 0;
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Chunk::Data(batch)).is_ok());
+        if !sent {
+            self.give_up();
         }
         sent
+    }
+
+    /// No more writes: the writer thread removes its file. What the batch held leaves the
+    /// counts (the thread takes the rest off when it ends).
+    fn give_up(&mut self) {
+        let held = std::mem::take(&mut self.batch_len) as u64;
+        self.batch.clear();
+        self.queued.fetch_sub(held, Ordering::Relaxed);
+        QUEUED.fetch_sub(held, Ordering::Relaxed);
+        self.tx = None;
     }
 
     /// Bytes queued and not yet written: how far the writer is behind the network (nothing
@@ -116,6 +147,9 @@ impl FillWriter {
         if self.disk_failed() {
             return FillEnd::WriteError;
         }
+        if !self.send_batch() {
+            return FillEnd::GivenUp;
+        }
         match self.tx.take() {
             Some(tx) if tx.send(Chunk::Commit).is_ok() => FillEnd::Stored,
             // Given up before the end (fell behind): the writer removes its file.
@@ -127,6 +161,8 @@ impl FillWriter {
     pub fn inactive() -> FillWriter {
         FillWriter {
             tx: None,
+            batch: Vec::new(),
+            batch_len: 0,
             queued: Default::default(),
             failed: Default::default(),
         }
@@ -298,14 +334,7 @@ impl Store {
             .join("tmp")
             .join(format!("{}-{}-{n}", std::process::id(), start_id()));
         // Exclusive: never a file another writer has open.
-        let created = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|f| {
-                f.try_lock().map_err(std::io::Error::other)?;
-                Ok(f)
-            });
+        let created = FillFile::create(&tmp, true);
         let file = match created {
             Ok(f) => f,
             Err(e) => {
@@ -337,6 +366,8 @@ impl Store {
         match spawned {
             Ok(_) => Some(FillWriter {
                 tx: Some(tx),
+                batch: Vec::new(),
+                batch_len: 0,
                 queued,
                 failed,
             }),
@@ -353,7 +384,7 @@ impl Store {
     /// or the sender's end (the fill was given up: the file is removed).
     fn write_fill(
         &self,
-        mut file: File,
+        mut file: FillFile,
         tmp: &Path,
         d: &Digest,
         size: u64,
@@ -364,35 +395,49 @@ impl Store {
         let mut failed = None;
         let end = loop {
             match rx.recv() {
-                Ok(Chunk::Data(b)) => {
+                Ok(Chunk::Data(batch)) => {
                     #[cfg(test)]
                     while self.hold_writes.load(Ordering::Relaxed) {
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
-                    let len = b.len() as u64;
-                    if failed.is_none() {
-                        written += len;
-                        if let Err(e) = file.write_all(&b) {
-                            w.failed.store(true, Ordering::Relaxed);
-                            log::warn!("blob cache: writing {d} failed: {e}; not cached");
-                            self.metrics.errors[ErrorKind::Write as usize].inc();
-                            failed = Some(e);
+                    for b in batch {
+                        let len = b.len() as u64;
+                        if failed.is_none() {
+                            written += len;
+                            if let Err(e) = file.write(&b) {
+                                w.failed.store(true, Ordering::Relaxed);
+                                log::warn!("blob cache: writing {d} failed: {e}; not cached");
+                                self.metrics.errors[ErrorKind::Write as usize].inc();
+                                failed = Some(e);
+                            }
                         }
+                        w.queued.fetch_sub(len, Ordering::Relaxed);
+                        QUEUED.fetch_sub(len, Ordering::Relaxed);
                     }
-                    w.queued.fetch_sub(len, Ordering::Relaxed);
-                    QUEUED.fetch_sub(len, Ordering::Relaxed);
                 }
                 Ok(Chunk::Commit) => break true,
                 Err(_) => break false,
             }
         };
+        if !file.direct() {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                log::warn!(
+                    "blob cache: {} takes no direct writes; fills go through the page cache \
+                     (more CPU per byte, docs/blob-cache.md)",
+                    self.dir.display()
+                )
+            });
+        }
         // Chunks never received (the fill ended first) leave the process-wide count too.
         QUEUED.fetch_sub(w.queued.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         // On disk before it has a name: a machine crash never leaves a named partial entry.
         if end && failed.is_none() {
-            if let Err(e) = file.sync_data() {
+            if let Err(e) = file.finish() {
                 w.failed.store(true, Ordering::Relaxed);
-                log::warn!("blob cache: syncing {d} failed: {e}; not cached");
+                log::warn!(
+                    "blob cache: writing the end of {d} or syncing it failed: {e}; not cached"
+                );
                 self.metrics.errors[ErrorKind::Write as usize].inc();
                 failed = Some(e);
             }

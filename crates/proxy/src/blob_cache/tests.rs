@@ -116,9 +116,22 @@ fn a_fill_of_several_mib_in_odd_chunks_is_stored_byte_for_byte() {
 
 #[test]
 fn a_writer_behind_paces_its_client_within_a_budget() {
-    use super::{pace, PACE_BUDGET, PACE_FROM};
+    use super::{pace_budget, PACE_BUDGET, PACE_FROM};
+    let pace = |backlog, spent| super::pace(backlog, spent, PACE_BUDGET);
     let none = Duration::ZERO;
     let ms = Duration::from_millis;
+    // 2 s per fill, 4 s per GiB for larger blobs.
+    assert_eq!(pace_budget(80 << 20), PACE_BUDGET);
+    assert_eq!(pace_budget(1 << 30), Duration::from_secs(4));
+    assert_eq!(pace_budget(5 << 30), Duration::from_secs(20));
+    assert_eq!(
+        super::pace(
+            PACE_FROM + (40 << 20),
+            Duration::from_secs(3),
+            pace_budget(1 << 30)
+        ),
+        Some(ms(40))
+    );
     assert_eq!(pace(0, none), None);
     assert_eq!(pace(PACE_FROM, none), None);
     // 1 ms per MiB beyond, at most 50 ms before one chunk.
