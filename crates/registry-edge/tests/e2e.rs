@@ -11,6 +11,8 @@
 
 #[path = "e2e/cache.rs"]
 mod cache;
+#[path = "e2e/conformance.rs"]
+mod conformance;
 #[path = "e2e/corpus.rs"]
 mod corpus;
 #[path = "e2e/data.rs"]

@@ -26,7 +26,7 @@ fn key_file(name: &str) -> PathBuf {
 }
 
 /// A harness whose edge caches blobs in `cache` (every blob: `min_blob_size: 1`).
-fn start(name: &str, cache: &Path) -> Harness {
+pub fn start(name: &str, cache: &Path) -> Harness {
     let block = format!(
         "blob_cache:\n  path: {}\n  max_size: 2GiB\n  min_blob_size: 1\n  key_file: {}\n",
         cache.display(),

@@ -328,6 +328,8 @@ log:
 storage:
   filesystem:
     rootdirectory: {storage}
+  delete:
+    enabled: true
   maintenance:
     uploadpurging:
       enabled: false
@@ -629,6 +631,17 @@ logging:
 
     /// curl straight to an upstream, around the edge (the harness's own checks; not scanned).
     pub fn curl_direct(&self, method: &str, url: &str, headers: &[&str]) -> CurlResp {
+        self.send_direct(method, url, headers, ReqBody::Nothing)
+    }
+
+    /// [`Harness::curl_direct`] with a request body.
+    pub fn send_direct(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[&str],
+        body: ReqBody<'_>,
+    ) -> CurlResp {
         let run = self.next_run("direct");
         let mut args: Vec<String> = vec!["--http1.1".into()];
         push_method(&mut args, method);
@@ -636,7 +649,25 @@ logging:
             args.push("-H".into());
             args.push(h.to_string());
         }
+        self.push_body(&run, &mut args, body);
         curl(&self.dir, &run, &args, url, None)
+    }
+
+    /// curl's arguments for a request body.
+    fn push_body(&self, run: &str, args: &mut Vec<String>, body: ReqBody<'_>) {
+        match body {
+            ReqBody::Nothing => {}
+            ReqBody::Bytes(b) => {
+                let p = self.dir.join(format!("curl-{run}.send"));
+                std::fs::write(&p, b).expect("request body file");
+                args.push("--data-binary".into());
+                args.push(format!("@{}", p.display()));
+            }
+            ReqBody::File(p) => {
+                args.push("-T".into());
+                args.push(p.display().to_string());
+            }
+        }
     }
 }
 
@@ -846,19 +877,7 @@ impl Client<'_> {
             args.push("-H".into());
             args.push(h.to_string());
         }
-        match body {
-            ReqBody::Nothing => {}
-            ReqBody::Bytes(b) => {
-                let p = self.h.dir.join(format!("curl-{run}.send"));
-                std::fs::write(&p, b).expect("request body file");
-                args.push("--data-binary".into());
-                args.push(format!("@{}", p.display()));
-            }
-            ReqBody::File(p) => {
-                args.push("-T".into());
-                args.push(p.display().to_string());
-            }
-        }
+        self.h.push_body(&run, &mut args, body);
         let resp = curl(&self.h.dir, &run, &args, url, out);
         assert_eq!(
             resp.version,

@@ -1,8 +1,9 @@
 //! The token server behind the realm: JWTs that distribution's `auth: token` accepts, ES256 with a
 //! P-256 key whose self-signed certificate is the registry's `rootcertbundle`, `kid` = the libtrust
-//! key id of that key. Anonymous → pull only; Basic with the test credentials → pull and push;
-//! refresh tokens through the OAuth2 POST flow (`grant_type=password` / `refresh_token`), as
-//! docker's and containerd's `/oauth2/token` clients use it.
+//! key id of that key. Anonymous → pull only; Basic with the test credentials → pull and push,
+//! and delete when asked by name; refresh tokens through the OAuth2 POST flow
+//! (`grant_type=password` / `refresh_token`), as docker's and containerd's `/oauth2/token`
+//! clients use it.
 //!
 //! It decodes its parameters as Go's `net/url.ParseQuery` does (keys and values percent-decoded,
 //! `+` a space, a pair with an invalid escape or a `;` skipped), from the query and, for POST, from
@@ -265,12 +266,13 @@ fn grant(scope: &str, user: Option<&str>) -> Option<serde_json::Value> {
     };
     let allowed: &[&str] = match (ty, user) {
         ("repository", None) => &["pull"],
-        ("repository", Some(_)) => &["pull", "push"],
+        ("repository", Some(_)) => &["pull", "push", "delete"],
         ("registry", Some(_)) if name == "catalog" => &["*"],
         _ => &[],
     };
+    // `*` brings pull and push; `delete` is granted only when asked by name.
     let granted: Vec<&str> = if actions.split(',').any(|a| a == "*") && ty == "repository" {
-        allowed.to_vec()
+        allowed.iter().copied().filter(|a| *a != "delete").collect()
     } else {
         actions.split(',').filter(|a| allowed.contains(a)).collect()
     };
@@ -572,6 +574,10 @@ fn scopes_are_granted_by_identity() {
     assert_eq!(upper["type"], "repository");
     assert_eq!(upper["name"], "demo/app");
     assert_eq!(upper["actions"], serde_json::json!(["pull", "push"]));
+    let delete = grant("repository:team/app:pull,delete", Some(USER)).unwrap();
+    assert_eq!(delete["actions"], serde_json::json!(["pull", "delete"]));
+    let anon_delete = grant("repository:team/app:delete", None).unwrap();
+    assert_eq!(anon_delete["actions"], serde_json::json!([]));
 }
 
 #[test]

@@ -82,7 +82,28 @@ fn metrics_count_a_scripted_series() {
     assert_eq!((r.status, r.body.len()), (200, 1000));
     let down = format!("down.test:{}", edge.http);
     assert_eq!(from(&down, &format!("/x?{SAS}")).status, 502);
-    // `logging` runs after the response is written: wait until all eight are counted.
+    // `logging` runs after the response is written, and counts a request's series one after
+    // the other: wait until all eight are counted, each series in full.
+    let upstream_login = "registry_edge_upstream_requests_total{upstream=\"login\"}";
+    let counted = [
+        (
+            "registry_edge_http_edge_responses_total{reason=\"unknown_host\"}",
+            2.0,
+        ),
+        (
+            "registry_edge_http_edge_responses_total{reason=\"upstream_error\"}",
+            1.0,
+        ),
+        (
+            "registry_edge_rewrites_applied_total{rule=\"registry:www-authenticate\"}",
+            3.0,
+        ),
+        (
+            "registry_edge_rewrites_applied_total{rule=\"registry:location\"}",
+            1.0,
+        ),
+        (upstream_login, 4.0),
+    ];
     let deadline = Instant::now() + Duration::from_secs(5);
     let m = loop {
         let m = metrics_text(edge.admin);
@@ -91,7 +112,8 @@ fn metrics_count_a_scripted_series() {
             .filter(|l| l.starts_with("registry_edge_http_requests_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        if total >= 8.0 || Instant::now() > deadline {
+        let all = total >= 8.0 && counted.iter().all(|(s, want)| sample(&m, s) >= *want);
+        if all || Instant::now() > deadline {
             break m;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -112,28 +134,7 @@ fn metrics_count_a_scripted_series() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    for (series, want) in [
-        (
-            "registry_edge_http_edge_responses_total{reason=\"unknown_host\"}",
-            2.0,
-        ),
-        (
-            "registry_edge_http_edge_responses_total{reason=\"upstream_error\"}",
-            1.0,
-        ),
-        (
-            "registry_edge_rewrites_applied_total{rule=\"registry:www-authenticate\"}",
-            3.0,
-        ),
-        (
-            "registry_edge_rewrites_applied_total{rule=\"registry:location\"}",
-            1.0,
-        ),
-        (
-            "registry_edge_upstream_requests_total{upstream=\"login\"}",
-            4.0,
-        ),
-    ] {
+    for (series, want) in counted {
         assert_eq!(sample(&m, series), want, "{series}");
     }
     assert!(sample(&m, "registry_edge_http_response_body_bytes_total") >= 1000.0);
