@@ -698,6 +698,75 @@ def edge_cache_verdict(env, mark):
     return None
 
 
+class Prober:
+    """While active, a thread on the load core asks the proxy for `/v2/` on one kept-alive
+    connection, one request at a time, and times each answer: what other clients of the proxy's
+    worker wait while something else (a cold cache hit) runs on it."""
+
+    def __init__(self, server):
+        self.server = server
+        self.latencies = []
+        self.errors = 0
+        self.stop = False
+
+    def run(self):
+        os.sched_setaffinity(0, {LOAD_CORE})
+        headers = {"Host": self.server.host, "X-Forwarded-For": "8.8.8.8",
+                   "User-Agent": "registry-edge-load/probe"}
+        c = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+        while not self.stop:
+            t = time.perf_counter()
+            try:
+                c.request("GET", "/v2/", headers=headers)
+                r = c.getresponse()
+                r.read()
+                self.latencies.append(time.perf_counter() - t)
+            except (OSError, http.client.HTTPException):
+                self.errors += 1
+                c.close()
+                c = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=10)
+            time.sleep(0.002)
+        c.close()
+
+    def __enter__(self):
+        import threading
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
+
+    def summary(self):
+        ms = sorted(x * 1000 for x in self.latencies) or [0.0]
+        return {"requests": len(self.latencies), "errors": self.errors,
+                "p50_ms": ms[len(ms) // 2], "p99_ms": ms[min(len(ms) - 1, len(ms) * 99 // 100)],
+                "max_ms": ms[-1]}
+
+
+def measure_cold_hit(server, env, location, resolve, entry):
+    """One hit of an entry dropped from the page cache (as the first hit after a fill finds
+    it: fills are written around the page cache), then one warm hit, each with a Prober
+    asking the proxy for small answers meanwhile."""
+    out = {}
+    for name in ("cold", "warm"):
+        if name == "cold":
+            fd = os.open(entry, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        with Prober(server) as probe:
+            b = measure_blob(server, env, location, resolve, 1, LOAD_CORE)
+        out[name] = dict(b, others=probe.summary())
+        o = out[name]["others"]
+        log(f"  {name} hit: {b['seconds_median']:.2f} s, proxy CPU {b['cpu_ms_per_gib']:,.0f} "
+            f"ms/GiB; meanwhile {o['requests']} requests to /v2/: p50 {o['p50_ms']:.2f} ms, "
+            f"p99 {o['p99_ms']:.2f} ms, max {o['max_ms']:.1f} ms, {o['errors']} errors")
+    return out
+
+
 def measure_blob_cache(env, args, tls=False):
     """registry-edge with its blob cache: the registry's redirect signed by the edge, then the
     blob through the data host: once as the fill (from the origin, hashed and stored), then
@@ -761,6 +830,10 @@ def measure_blob_cache(env, args, tls=False):
                            args.wait_quiet, cacert)
         if tls:
             upstream["hit"] = hit["upstream_tls"] = origin_tls_summary(env, mark, False)
+        else:
+            # A hit sent by sendfile(2) waits for the disk where it runs: what does that cost
+            # the worker's other clients?
+            cold = measure_cold_hit(server, env, location, resolve, entry)
     finally:
         server.stop()
     sha = sha256_ms_per_gib()
@@ -775,6 +848,8 @@ def measure_blob_cache(env, args, tls=False):
     result = {"fill": fill, "hit": hit, "sha256_ms_per_gib": sha}
     if tls:
         result["client_tls"] = handshake
+    else:
+        result["cold_hit"] = cold
     return result
 
 
