@@ -25,6 +25,7 @@ import ssl
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import types
 
@@ -729,7 +730,6 @@ class Prober:
         c.close()
 
     def __enter__(self):
-        import threading
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
         return self

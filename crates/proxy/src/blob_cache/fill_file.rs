@@ -190,16 +190,7 @@ impl FillFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "registry-edge-fill-file-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testing::Scratch;
 
     /// Writes `bytes` in `chunk`-sized pieces; what the file holds after `finish`.
     fn round_trip(dir: &Path, direct: bool, bytes: &[u8], chunk: usize) -> (Vec<u8>, bool) {
@@ -216,7 +207,7 @@ mod tests {
 
     #[test]
     fn every_length_is_stored_exactly_direct_or_buffered() {
-        let dir = scratch("lengths");
+        let dir = Scratch::new("fill-file-lengths");
         // Empty, under one alignment unit, unaligned and aligned ends, more than a block.
         let lengths = [
             0,
@@ -232,18 +223,17 @@ mod tests {
             let bytes = crate::testing::patterned(len);
             for direct in [true, false] {
                 for chunk in [1000, 65536, BLOCK + 3] {
-                    let (got, was_direct) = round_trip(&dir, direct, &bytes, chunk);
+                    let (got, was_direct) = round_trip(&dir.0, direct, &bytes, chunk);
                     assert!(got == bytes, "length {len}, direct {direct}, chunk {chunk}");
                     assert!(direct || !was_direct, "direct writes only when asked");
                 }
             }
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_file_that_stops_writing_directly_goes_on_buffered_from_the_same_byte() {
-        let dir = scratch("switch");
+        let dir = Scratch::new("fill-file-switch");
         let bytes = crate::testing::patterned(2 * BLOCK + 12345);
         let path = dir.join("f");
         let mut f = FillFile::create(&path, true).unwrap();
@@ -256,16 +246,14 @@ mod tests {
         assert_eq!(f.finish().unwrap(), bytes.len() as u64);
         drop(f);
         assert!(std::fs::read(&path).unwrap() == bytes);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_file_is_created_exclusively_and_locked() {
-        let dir = scratch("exclusive");
+        let dir = Scratch::new("fill-file-exclusive");
         let path = dir.join("f");
         let _f = FillFile::create(&path, true).unwrap();
         assert!(FillFile::create(&path, true).is_err());
         assert!(File::open(&path).unwrap().try_lock().is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

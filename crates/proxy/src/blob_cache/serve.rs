@@ -153,25 +153,31 @@ fn read_ahead(file: &Arc<std::fs::File>, start: u64, end: u64) {
     let mut at = start;
     while at < end && Arc::strong_count(file) > 1 {
         let n = READ_AHEAD_STEP.min(end - at);
-        // SAFETY: a valid descriptor and range; the call only advises the kernel.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::posix_fadvise(
-                file.as_raw_fd(),
-                at as libc::off_t,
-                n as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            );
-        }
+        will_need(file, at, n);
         at += n;
     }
 }
 
-/// Whether the page cache holds the byte of `file` at `at` (a read that must not wait for the
-/// disk gets it).
-fn resident(file: &std::fs::File, at: u64) -> bool {
-    let mut byte = Vec::with_capacity(1);
-    read_into(file, &mut byte, 1, at, libc::RWF_NOWAIT).is_ok() && byte.len() == 1
+/// `POSIX_FADV_WILLNEED` for `n` bytes of `file` from `at`: the pages are allocated and their
+/// reads submitted before it returns (work for the blocking pool, not a worker).
+fn will_need(file: &std::fs::File, at: u64, n: u64) {
+    // SAFETY: a valid descriptor and range; the call only advises the kernel.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            at as libc::off_t,
+            n as libc::off_t,
+            libc::POSIX_FADV_WILLNEED,
+        );
+    }
+}
+
+/// Whether the page cache holds `n` bytes of `file` from `at` (a read that must not wait for
+/// the disk gets them all).
+fn resident(file: &std::fs::File, at: u64, n: usize) -> bool {
+    let mut part = Vec::with_capacity(n);
+    read_into(file, &mut part, n, at, libc::RWF_NOWAIT).is_ok() && part.len() == n
 }
 
 /// Until the last page of `n` bytes of `file` from `at` is in memory, unless it is there
@@ -180,21 +186,12 @@ fn resident(file: &std::fs::File, at: u64) -> bool {
 /// or waits only for what is still in flight.
 async fn wait_resident(file: &Arc<std::fs::File>, at: u64, n: usize) -> Result<()> {
     let end = at + n as u64 - 1;
-    if resident(file, end) {
+    if resident(file, end, 1) {
         return Ok(());
     }
     let f = file.clone();
     tokio::task::spawn_blocking(move || -> io::Result<()> {
-        // SAFETY: a valid descriptor and range; the call only advises the kernel.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::posix_fadvise(
-                f.as_raw_fd(),
-                at as libc::off_t,
-                n as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            );
-        }
+        will_need(&f, at, n as u64);
         let mut byte = Vec::with_capacity(1);
         read_into(&f, &mut byte, 1, end, 0)
     })
@@ -261,7 +258,7 @@ async fn sent_by_kernel(
     // whose last byte is not in memory is read ahead on the blocking pool (asking for it
     // allocates the pages and submits the reads: not work for this thread), and each block is
     // sent once its last page is in.
-    let cold = !resident(&file, last);
+    let cold = !resident(&file, last, 1);
     if cold {
         let ahead = file.clone();
         drop(tokio::task::spawn_blocking(move || {
@@ -371,13 +368,6 @@ mod tests {
         assert!(err.to_string().contains("shorter than indexed"), "{err}");
     }
 
-    /// Whether the page cache holds `n` bytes of `file` from `at` (a read that must not wait
-    /// for the disk gets them all).
-    fn cached(file: &std::fs::File, at: u64, n: usize) -> bool {
-        let mut part = Vec::new();
-        read_into(file, &mut part, n, at, libc::RWF_NOWAIT).is_ok() && part.len() == n
-    }
-
     #[tokio::test]
     async fn a_block_is_waited_for_until_its_last_page_is_in_memory() {
         let scratch = crate::testing::Scratch::new("serve-resident");
@@ -385,18 +375,18 @@ mod tests {
         let (file, _) = patterned(&scratch, len);
         let file = Arc::new(file);
         evict(&file);
-        if resident(&file, (len - 1) as u64) {
+        if resident(&file, (len - 1) as u64, 1) {
             return; // a file system that keeps the pages whatever it is told
         }
-        assert!(!resident(&file, (4 << 20) - 1));
+        assert!(!resident(&file, (4 << 20) - 1, 1));
         wait_resident(&file, 0, 4 << 20).await.unwrap();
-        assert!(resident(&file, (4 << 20) - 1), "the block's last page");
+        assert!(resident(&file, (4 << 20) - 1, 1), "the block's last page");
         // Its other pages were asked for: in memory now, or soon.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !cached(&file, 0, 4 << 20) && std::time::Instant::now() < deadline {
+        while !resident(&file, 0, 4 << 20) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert!(cached(&file, 0, 4 << 20), "the block's pages");
+        assert!(resident(&file, 0, 4 << 20), "the block's pages");
     }
 
     #[test]
@@ -407,7 +397,7 @@ mod tests {
         let file = Arc::new(file);
         evict(&file);
         let tail = (len - (1 << 20)) as u64;
-        if cached(&file, tail, 1 << 20) {
+        if resident(&file, tail, 1 << 20) {
             // A file system that keeps the pages whatever it is told: nothing to show here.
             return;
         }
@@ -415,11 +405,11 @@ mod tests {
         read_ahead(&file, 0, len as u64);
         // The reads were only started: they complete in the background.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !cached(&file, tail, 1 << 20) && std::time::Instant::now() < deadline {
+        while !resident(&file, tail, 1 << 20) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         assert!(
-            cached(&file, tail, 1 << 20),
+            resident(&file, tail, 1 << 20),
             "the range's last MiB never reached the page cache"
         );
         // Once the file is no longer being sent, nothing more is asked for.
@@ -427,6 +417,6 @@ mod tests {
         evict(&file);
         read_ahead(&file, 0, len as u64);
         std::thread::sleep(std::time::Duration::from_millis(200));
-        assert!(!cached(&file, tail, 1 << 20), "read ahead for nobody");
+        assert!(!resident(&file, tail, 1 << 20), "read ahead for nobody");
     }
 }

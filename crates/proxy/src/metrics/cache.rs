@@ -55,7 +55,7 @@ pub(super) fn new(reg: &mut Reg) -> Result<CacheMetrics, prometheus::Error> {
         )?)?,
         paced_seconds: reg.add(Counter::new(
             "registry_edge_blob_cache_fill_paced_seconds_total",
-            "Seconds fills held their clients back because the disk writer was behind the network (at most 2 s per fill).",
+            "Seconds fills held their clients back because the disk writer was behind the network (at most 4 s per GiB of the blob, and at least 2 s, per fill).",
         )?)?,
     })
 }

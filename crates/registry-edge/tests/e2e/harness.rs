@@ -645,10 +645,7 @@ logging:
         let run = self.next_run("direct");
         let mut args: Vec<String> = vec!["--http1.1".into()];
         push_method(&mut args, method);
-        for h in headers {
-            args.push("-H".into());
-            args.push(h.to_string());
-        }
+        push_headers(&mut args, headers);
         self.push_body(&run, &mut args, body);
         curl(&self.dir, &run, &args, url, None)
     }
@@ -734,6 +731,14 @@ impl std::fmt::Debug for CurlResp {
             self.heads.last().map(|(_, h)| h),
             String::from_utf8_lossy(&self.body[..self.body.len().min(300)])
         )
+    }
+}
+
+/// curl's arguments for request headers (`Name: value` lines).
+fn push_headers(args: &mut Vec<String>, headers: &[&str]) {
+    for h in headers {
+        args.push("-H".into());
+        args.push(h.to_string());
     }
 }
 
@@ -873,10 +878,7 @@ impl Client<'_> {
             args.push(self.h.ca.display().to_string());
         }
         push_method(&mut args, method);
-        for h in headers {
-            args.push("-H".into());
-            args.push(h.to_string());
-        }
+        push_headers(&mut args, headers);
         self.h.push_body(&run, &mut args, body);
         let resp = curl(&self.h.dir, &run, &args, url, out);
         assert_eq!(
