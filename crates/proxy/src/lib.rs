@@ -163,6 +163,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         let edge = Edge {
             shared: shared.clone(),
             listener: listener.clone(),
+            fill_upstream: pingora::connectors::TransportConnector::new(None),
         };
         let mut proxy = pingora_proxy::http_proxy(&server.configuration, edge);
         let mut o = pingora::apps::HttpServerOptions::default();

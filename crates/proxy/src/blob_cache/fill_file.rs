@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// Direct writes' alignment of memory, file offset and length: the largest logical block size
 /// of common devices (512 and 4096 bytes both divide it).
-const ALIGN: usize = 4096;
+pub const ALIGN: usize = 4096;
 /// Bytes per direct write: large enough that one write in flight keeps a disk busy.
 pub const BLOCK: usize = 4 << 20;
 
@@ -86,6 +86,16 @@ impl FillFile {
     }
 
     pub fn write(&mut self, mut data: &[u8]) -> std::io::Result<()> {
+        // Aligned in memory and at an aligned place in the file (a fill's own exchange reads
+        // into such buffers: blob_cache::fetch::ChunkPool): written from where it is, after
+        // what the block holds.
+        let whole = data.len() - data.len() % ALIGN;
+        let aligned = whole > 0 && data.as_ptr().align_offset(ALIGN) == 0;
+        if aligned && self.block.as_ref().is_some_and(|b| b.filled % ALIGN == 0) {
+            self.flush_block()?;
+            let done = self.write_direct(&data[..whole])?;
+            data = &data[done..];
+        }
         while !data.is_empty() {
             let Some(block) = &mut self.block else {
                 self.file.write_all(data)?;
@@ -104,6 +114,22 @@ impl FillFile {
         Ok(())
     }
 
+    /// Writes `data` (aligned in memory, a multiple of [`ALIGN`] long, at an aligned offset)
+    /// straight to the file; how much it wrote. On `EINVAL` or a partial write the file goes on
+    /// buffered, and the caller writes the rest.
+    fn write_direct(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.block.is_none() {
+            return Ok(0);
+        }
+        let done = write_aligned(&mut self.file, data)?;
+        self.at += done as u64;
+        if done < data.len() {
+            // The block is empty (flushed before): the file goes on buffered from `at`.
+            self.go_buffered(0)?;
+        }
+        Ok(done)
+    }
+
     /// Writes the block's bytes, padded to the alignment (the file is cut to its length at
     /// [`FillFile::finish`]); on `EINVAL` the file goes on buffered from the same offset.
     fn flush_block(&mut self) -> std::io::Result<()> {
@@ -113,23 +139,7 @@ impl FillFile {
         let len = block.filled;
         let padded = len.next_multiple_of(ALIGN);
         block.bytes()[len..padded].fill(0);
-        let mut done = 0;
-        while done < padded {
-            let chunk = &block.bytes()[done..padded];
-            match self.file.write(chunk) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                // A partial direct write ends on a block boundary of the device, not always
-                // of `ALIGN`: the rest goes buffered.
-                Ok(n) if n % ALIGN != 0 => {
-                    done += n;
-                    break;
-                }
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
-                Err(e) => return Err(e),
-            }
-        }
+        let done = write_aligned(&mut self.file, &block.bytes()[..padded])?;
         if done >= len {
             self.at += len as u64;
             block.filled = 0;
@@ -187,6 +197,24 @@ impl FillFile {
     }
 }
 
+/// Writes `data` with direct writes until it is all written or the file refuses (`EINVAL`),
+/// or a write ends off the alignment (a partial direct write ends on a block boundary of the
+/// device, not always of [`ALIGN`]): how much was written. The caller writes the rest buffered.
+fn write_aligned(file: &mut File, data: &[u8]) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < data.len() {
+        match file.write(&data[done..]) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) if n % ALIGN != 0 => return Ok(done + n),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +231,44 @@ mod tests {
         let was_direct = f.direct();
         drop(f);
         (std::fs::read(&path).unwrap(), was_direct)
+    }
+
+    #[test]
+    fn aligned_chunks_go_to_the_disk_from_where_they_are_and_the_rest_is_gathered() {
+        let dir = Scratch::new("fill-file-aligned");
+        let bytes = crate::testing::patterned(3 * BLOCK + 5000);
+        let pool = crate::blob_cache::fetch::ChunkPool::default();
+        let chunk = crate::blob_cache::fetch::CHUNK;
+        // As a fill's own exchange writes: what came with the head (not aligned), a chunk to
+        // the next chunk boundary, whole chunks, then ends that are not whole.
+        let mut cuts = vec![100, chunk];
+        while cuts.last().unwrap() + chunk < bytes.len() {
+            cuts.push(cuts.last().unwrap() + chunk);
+        }
+        cuts.push(cuts.last().unwrap() + 5000);
+        cuts.push(bytes.len());
+        for direct in [true, false] {
+            let path = dir.join(format!("aligned-{direct}"));
+            let mut f = FillFile::create(&path, direct).unwrap();
+            let mut from = 0;
+            for &to in &cuts {
+                let to = to.min(bytes.len());
+                let mut c = pool.take(to - from);
+                c.room().copy_from_slice(&bytes[from..to]);
+                let n = c.room().len();
+                c.filled(n);
+                f.write(&c.freeze()).unwrap();
+                from = to;
+            }
+            assert_eq!(from, bytes.len());
+            assert_eq!(f.finish().unwrap(), bytes.len() as u64);
+            let stayed = f.direct();
+            drop(f);
+            assert!(std::fs::read(&path).unwrap() == bytes, "direct {direct}");
+            if !direct {
+                assert!(!stayed);
+            }
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - **Never a failed pull because of the cache.** An unwritable or full disk, a writer that
 //!   falls behind, a corrupt entry: the transfer goes on from the upstream, counted and logged.
 
+pub mod fetch;
 mod fill_file;
 pub mod serve;
 pub mod store;

@@ -10,6 +10,7 @@ use pingora_proxy::Session;
 
 use registry_edge_gate::Kind;
 
+use super::fill::Fetched;
 use super::{Ctx, Edge};
 use crate::blob_cache::serve::{self, Span};
 use crate::blob_cache::{CacheUse, Lookup, Step};
@@ -125,10 +126,11 @@ impl Edge {
                 // `bypass`).
                 Lookup::Fill(claim) => {
                     ctx.cache_use = Some(CacheUse::Miss);
-                    if !head_only && range.is_none() {
-                        ctx.claim = Some(claim);
+                    if head_only || range.is_some() {
+                        return Ok(false);
                     }
-                    return Ok(false);
+                    let fetched = self.fill_from_upstream(session, ctx, claim).await?;
+                    return Ok(matches!(fetched, Fetched::Answered));
                 }
                 Lookup::Wait(fill) if waited < MAX_WAITS => {
                     waited += 1;
@@ -147,7 +149,7 @@ impl Edge {
 
     /// Waits for another request's fill to end: `false` when it has not within the
     /// listener's idle time (this request then goes upstream itself). A fill runs at its own
-    /// client's pace (pingora reads the upstream as the client takes the bytes), so a slow first
+    /// client's pace (the next chunk is read once the client has taken the last), so a slow first
     /// client never holds the others longer than that.
     async fn wait_for_fill(&self, mut fill: crate::blob_cache::InProgress) -> bool {
         let idle = self.listener.timeouts.idle;

@@ -25,6 +25,7 @@
 
 mod arrive;
 mod blobs;
+mod fill;
 mod names;
 mod observe;
 mod plan;
@@ -58,6 +59,73 @@ use crate::route::Route;
 const MAX_ATTEMPTS: usize = 3;
 
 impl Edge {
+    /// The request head that goes upstream, from the client's (`upstream`, a copy): what the
+    /// gate judged, re-serialised on the login side; headers::upstream_request; a data
+    /// target without the cache token; the engine's request rules. `upstream_request_filter`
+    /// and a fill's own exchange (`fill`) both send this.
+    fn upstream_head(
+        &self,
+        session: &Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(route), Some(id)) = (ctx.route, ctx.pool) else {
+            return Ok(());
+        };
+        let pool = ctx.generation.upstreams.get(id).or_err(
+            InternalError,
+            "a planned upstream this configuration does not have",
+        )?;
+        // Login side: the target the gate judged, re-serialised; never the client's bytes.
+        if let Some(target) = token::upstream_target(session.req_header().uri.path(), ctx) {
+            let uri: http::Uri = target
+                .parse()
+                .or_err(InvalidHTTPHeader, "rebuilt request target")?;
+            upstream.set_uri(uri);
+        }
+        if let Some(body) = &ctx.token_body {
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        }
+        let peer_trusted = ctx
+            .peer_ip
+            .is_some_and(|ip| ctx.generation.trusted_proxies.contains(ip));
+        headers::upstream_request(
+            upstream,
+            &headers::Forwarding {
+                host_header: &pool.host_value,
+                strip_prefix: ctx.strip_prefix,
+                peer_ip: ctx.peer_ip,
+                peer_trusted,
+                public_host: &ctx.host,
+                public_scheme: self.scheme(),
+                strip_authorization: matches!(route, Route::Data(_)),
+            },
+        )?;
+        if matches!(route, Route::Data(_)) {
+            // A cache token is the edge's, valid or not: the data endpoint gets its URL as the
+            // registry signed it.
+            let pq = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            if let Some(n) = crate::blob_cache::token::suffix_len(pq) {
+                let bare = pq.get(..pq.len() - n).unwrap_or(pq);
+                let uri: http::Uri = bare
+                    .parse()
+                    .or_err(InvalidHTTPHeader, "data target without the cache token")?;
+                upstream.set_uri(uri);
+            }
+        }
+        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
+        // The client's request is read while the upstream copy is changed: two objects.
+        let vars = RewriteVars::new(session, ctx, self.scheme());
+        let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
+        let applied = ctx
+            .generation
+            .engine
+            .apply_request(&mut names::Headers(upstream), &rctx);
+        ctx.rules.extend(applied.iter());
+        Ok(())
+    }
+
     fn scheme(&self) -> &'static str {
         self.listener.public_scheme.as_str()
     }
@@ -255,61 +323,7 @@ impl ProxyHttp for Edge {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(route), Some(id)) = (ctx.route, ctx.pool) else {
-            return Ok(());
-        };
-        let pool = ctx.generation.upstreams.get(id).or_err(
-            InternalError,
-            "a planned upstream this configuration does not have",
-        )?;
-        // Login side: the target the gate judged, re-serialised; never the client's bytes.
-        if let Some(target) = token::upstream_target(session.req_header().uri.path(), ctx) {
-            let uri: http::Uri = target
-                .parse()
-                .or_err(InvalidHTTPHeader, "rebuilt request target")?;
-            upstream.set_uri(uri);
-        }
-        if let Some(body) = &ctx.token_body {
-            upstream.remove_header(&http::header::TRANSFER_ENCODING);
-            upstream.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-        }
-        let peer_trusted = ctx
-            .peer_ip
-            .is_some_and(|ip| ctx.generation.trusted_proxies.contains(ip));
-        headers::upstream_request(
-            upstream,
-            &headers::Forwarding {
-                host_header: &pool.host_value,
-                strip_prefix: ctx.strip_prefix,
-                peer_ip: ctx.peer_ip,
-                peer_trusted,
-                public_host: &ctx.host,
-                public_scheme: self.scheme(),
-                strip_authorization: matches!(route, Route::Data(_)),
-            },
-        )?;
-        if matches!(route, Route::Data(_)) {
-            // A cache token is the edge's, valid or not: the data endpoint gets its URL as the
-            // registry signed it.
-            let pq = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            if let Some(n) = crate::blob_cache::token::suffix_len(pq) {
-                let bare = pq.get(..pq.len() - n).unwrap_or(pq);
-                let uri: http::Uri = bare
-                    .parse()
-                    .or_err(InvalidHTTPHeader, "data target without the cache token")?;
-                upstream.set_uri(uri);
-            }
-        }
-        upstream.insert_header("X-Request-Id", ctx.request_id.as_str())?;
-        // The client's request is read while the upstream copy is changed: two objects.
-        let vars = RewriteVars::new(session, ctx, self.scheme());
-        let rctx = vars.context(ctx, self.scheme(), &session.req_header().headers);
-        let applied = ctx
-            .generation
-            .engine
-            .apply_request(&mut names::Headers(upstream), &rctx);
-        ctx.rules.extend(applied.iter());
-        Ok(())
+        self.upstream_head(session, upstream, ctx)
     }
 
     async fn request_body_filter(

@@ -58,6 +58,9 @@ impl Shared {
 pub struct Edge {
     pub shared: Arc<Shared>,
     pub listener: Listener,
+    /// Connections of fills' own exchanges with data endpoints (service::fill), pooled by
+    /// peer like pingora's.
+    pub fill_upstream: pingora::connectors::TransportConnector,
 }
 
 pub struct Ctx {

@@ -68,6 +68,15 @@ fn cache_uses(h: &Harness, since: usize, image: &Image) -> Vec<String> {
         .collect()
 }
 
+/// The access log's `cache` field of every data-host request for `digest`, in order.
+fn blob_cache_uses(h: &Harness, digest: &str) -> Vec<String> {
+    h.access_log()
+        .iter()
+        .filter(|l| l["path"] == storage_path(digest).as_str())
+        .map(|l| l["cache"].to_string())
+        .collect()
+}
+
 fn data_gets(h: &Harness, since: usize, digest: &str) -> usize {
     let path = storage_path(digest);
     h.data.hits.lock().unwrap()[since..]
@@ -203,6 +212,10 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
     h.step(
         "corrupt storage: never stored, never delivered whole",
         || corrupt(&h, &via),
+    );
+    h.step(
+        "storage without the blob: its 404 passed on, nothing stored",
+        || storage_without_the_blob(&h, &via),
     );
     h.step(
         "20 concurrent pulls of an uncached 200 MiB blob: one upstream fetch",
@@ -407,13 +420,47 @@ fn corrupt(h: &Harness, via: &Via<'_>) {
         2,
         "the corrupt bytes were cached"
     );
-    let uses: Vec<String> = h
-        .access_log()
-        .iter()
-        .filter(|l| l["path"] == storage_path(&blob.digest).as_str())
-        .map(|l| l["cache"].to_string())
-        .collect();
+    let uses = blob_cache_uses(h, &blob.digest);
     assert_eq!(uses, ["\"corrupt\"", "\"fill\""]);
+}
+
+/// Storage that has lost the blob after the registry signed its URL: the fill's own exchange
+/// gets a 404, not a blob, and hands the request to pingora's proxy path, which sends it again
+/// and passes the 404 on; nothing is stored. Once the blob is back, the next request fills.
+fn storage_without_the_blob(h: &Harness, via: &Via<'_>) {
+    let img = crate::build_image(h, "vanishing", 34);
+    skopeo_push(h, via, &img, "team/vanishing");
+    let c = h.client(Proto::Http);
+    let auth = pull_auth(&c, "team/vanishing");
+    let blob = img.largest().clone();
+    let target = signed_target(&c, "team/vanishing", &blob.digest, &auth);
+    let file = h
+        .dir
+        .join("storage")
+        .join(storage_path(&blob.digest).trim_start_matches('/'));
+    let aside = h.dir.join("vanished-blob");
+    std::fs::rename(&file, &aside).expect("move the blob aside");
+    let data = h.data.hits.lock().unwrap().len();
+    let (status, _, _, _) = raw_get(h.http_port, &target);
+    assert_eq!(status, 404, "storage's answer was not passed on");
+    let statuses: Vec<u16> = h.data.hits.lock().unwrap()[data..]
+        .iter()
+        .filter(|d| d.path == storage_path(&blob.digest))
+        .map(|d| d.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [404, 404],
+        "the fill's exchange, then the proxy path's"
+    );
+    std::fs::rename(&aside, &file).expect("put the blob back");
+    let (status, _, got, sum) = raw_get(
+        h.http_port,
+        &signed_target(&c, "team/vanishing", &blob.digest, &auth),
+    );
+    assert_eq!((status, got, sum), (200, blob.size, blob.digest.clone()));
+    let uses = blob_cache_uses(h, &blob.digest);
+    assert_eq!(uses, ["\"miss\"", "\"fill\""]);
 }
 
 /// 20 clients, each with its own redirect from the registry, fetch a 200 MiB blob at once.

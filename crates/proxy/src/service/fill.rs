@@ -1,0 +1,234 @@
+//! A fill's own exchange with the data endpoint (docs/blob-cache.md, "The fill's byte loop").
+//!
+//! pingora's proxy path reads an upstream body 64 KiB at a time, copies each read into a new
+//! buffer and passes it between two tasks over a channel: per GiB, about 16,000 rounds and a
+//! copy of every byte, on top of the hash and the disk write that a fill needs anyway. A fill
+//! is one request to one peer for one body of a known length, so the edge makes that request
+//! itself: the same peer (`plan`), the same request head (`Edge::upstream_head`, what
+//! `upstream_request_filter` builds), the same response filters (`response_filter`), then a
+//! loop that reads the body into [`CHUNK`]-sized, aligned buffers (one copy, from the socket),
+//! hashes each and hands it to the client and to the fill's writer, which sends it to the disk
+//! from the same buffer (blob_cache::fetch::ChunkPool).
+//!
+//! Anything but a whole `200` of a known length, and any failure before the client has been
+//! answered (no connection, a pooled connection the peer closed, a head that does not parse),
+//! goes back to pingora's proxy path with the fill's claim, which sends the request as it
+//! always did: a blob `GET` is safe to send again.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::prelude::*;
+use pingora::protocols::Stream;
+use pingora::upstreams::peer::Peer;
+use pingora_proxy::{ProxyHttp, Session};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{Ctx, Edge};
+use crate::blob_cache::fetch::{self, ChunkBuf, ChunkPool, Head, CHUNK};
+use crate::blob_cache::Claim;
+
+/// How the fill's own exchange ended.
+pub(super) enum Fetched {
+    /// The client was answered (in full, or the transfer was cut with the error returned).
+    Answered,
+    /// Nothing was sent to the client: pingora's proxy path takes the request, with the claim.
+    Declined(&'static str),
+}
+
+impl Edge {
+    /// Fills `claim`'s digest from the data endpoint with the edge's own exchange, when the
+    /// request allows it. See the module docs.
+    pub(super) async fn fill_from_upstream(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        claim: Claim,
+    ) -> Result<Fetched> {
+        ctx.claim = Some(claim);
+        // The request rules applied to this head are counted once, by whichever path sends it.
+        let rules = ctx.rules.len();
+        let fetched = self.own_exchange(session, ctx).await;
+        if let Ok(Fetched::Declined(why)) = &fetched {
+            ctx.rules.truncate(rules);
+            log::debug!("blob cache: fill through pingora's proxy path ({why})");
+        }
+        fetched
+    }
+
+    async fn own_exchange(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Fetched> {
+        if !session.is_body_empty() {
+            return Ok(Fetched::Declined("request body"));
+        }
+        ctx.candidates = self.plan(ctx);
+        let Some(&(id, addr)) = ctx.candidates.first() else {
+            return Ok(Fetched::Declined("no peer"));
+        };
+        let Some(pool) = ctx.generation.upstreams.get(id) else {
+            return Ok(Fetched::Declined("no pool"));
+        };
+        let peer = pool.http_peer(addr);
+        let read_timeout = peer.options.read_timeout.unwrap_or(Duration::from_secs(60));
+
+        let mut req = session.req_header().clone();
+        req.set_version(http::Version::HTTP_11);
+        req.remove_header(&http::header::CONTENT_LENGTH);
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        ctx.pool = Some(id);
+        ctx.upstream_start.get_or_insert_with(Instant::now);
+        self.upstream_head(session, &mut req, ctx)?;
+        let Some(wire) = pingora::protocols::http::v1::client::http_req_header_to_wire(&req) else {
+            return Ok(Fetched::Declined("request head"));
+        };
+
+        let (mut stream, reused) = match self.fill_upstream.get_stream(&*peer).await {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("blob cache: fill connection to {addr}: {e}");
+                return Ok(Fetched::Declined("connect"));
+            }
+        };
+        let sent = tokio::time::timeout(read_timeout, async {
+            stream.write_all(&wire).await?;
+            stream.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return Ok(Fetched::Declined(if reused {
+                "pooled connection closed"
+            } else {
+                "request write"
+            }));
+        }
+        let (head, mut pre) = match read_head(&mut stream, read_timeout).await {
+            Ok(h) => h,
+            Err(why) => return Ok(Fetched::Declined(why)),
+        };
+        let length = match head.blob_length() {
+            Ok(n) if n > 0 => n,
+            // Another answer: pingora's path sends the request again and passes the answer on.
+            _ => return Ok(Fetched::Declined("not a whole blob")),
+        };
+        let mut response = match head.response_header() {
+            Ok(r) => r,
+            Err(_) => return Ok(Fetched::Declined("response head")),
+        };
+
+        // From here on the client is answered from this exchange.
+        self.response_filter(session, &mut response, ctx).await?;
+        session
+            .write_response_header(Box::new(response), false)
+            .await?;
+        let extra = pre.len() as u64 > length;
+        if extra {
+            pre.truncate(length as usize);
+        }
+        let mut left = length - pre.len() as u64;
+        let pool = ChunkPool::default();
+        // The bytes that came with the head, and a first chunk that ends where a whole number
+        // of chunks would: every later chunk starts at an aligned offset of the entry, and the
+        // writer sends it to the disk from where it was read.
+        let mut first = CHUNK - pre.len() % CHUNK;
+        let mut next = Some(pre.freeze()).filter(|b| !b.is_empty());
+        loop {
+            let end = left == 0;
+            if let Some(body) = next.take() {
+                self.fill_send(session, body, end, ctx).await?;
+            } else if end {
+                // The whole body came with the head.
+                self.fill_send(session, Bytes::new(), true, ctx).await?;
+            }
+            if end {
+                break;
+            }
+            let want = left.min(first as u64) as usize;
+            first = CHUNK;
+            let chunk = read_chunk(&mut stream, pool.take(want), read_timeout).await?;
+            left -= chunk.len() as u64;
+            next = Some(chunk);
+        }
+        if !extra && head.keeps_alive() {
+            self.fill_upstream
+                .release_stream(stream, peer.reuse_hash(), peer.idle_timeout());
+        }
+        Ok(Fetched::Answered)
+    }
+
+    /// One body chunk of the exchange to the client, through the fill (hashed, queued for the
+    /// writer, one chunk late; the transfer cut if the body is not the blob) and its pacing.
+    async fn fill_send(
+        &self,
+        session: &mut Session,
+        body: Bytes,
+        end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let mut body = Some(body).filter(|b| !b.is_empty());
+        if let Some(delay) = self.blob_fill_chunk(&mut body, end, ctx)? {
+            tokio::time::sleep(delay).await;
+        }
+        if body.is_some() || end {
+            session.write_response_body(body, end).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a response head: the head and the body bytes read with it; or why not.
+async fn read_head(
+    stream: &mut Stream,
+    read_timeout: Duration,
+) -> std::result::Result<(Head, BytesMut), &'static str> {
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    loop {
+        if buf.capacity() == buf.len() {
+            buf.reserve(16 << 10);
+        }
+        let n = match tokio::time::timeout(read_timeout, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => return Err("response read"),
+            Err(_) => return Err("response timeout"),
+        };
+        if n == 0 {
+            return Err("closed before a response");
+        }
+        match fetch::parse(&buf) {
+            Ok(Some(head)) => {
+                let body = buf.split_off(head.len);
+                return Ok((head, body));
+            }
+            Ok(None) => {}
+            Err(_) => return Err("response head"),
+        }
+    }
+}
+
+/// Fills `chunk` from the body (the reads return what the socket has); an error when the
+/// upstream closes first, or sends nothing for `read_timeout`.
+async fn read_chunk(
+    stream: &mut Stream,
+    mut chunk: ChunkBuf,
+    read_timeout: Duration,
+) -> Result<Bytes> {
+    while !chunk.is_full() {
+        let n = match tokio::time::timeout(read_timeout, stream.read(chunk.room())).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                return Err(Error::because(ReadError, "reading a blob from upstream", e).into_up());
+            }
+            Err(_) => {
+                return Error::e_explain(ReadTimedout, "reading a blob from upstream")
+                    .map_err(|e| e.into_up())
+            }
+        };
+        if n == 0 {
+            return Error::e_explain(
+                ConnectionClosed,
+                "the upstream closed before the whole blob",
+            )
+            .map_err(|e| e.into_up());
+        }
+        chunk.filled(n);
+    }
+    Ok(chunk.freeze())
+}
