@@ -617,6 +617,16 @@ def sha256_ms_per_gib():
     return GIB / (kbytes_per_s * 1000) * 1000
 
 
+def send_floor(path):
+    """What the kernel alone costs a process that sends `path` (the cached blob, in the page
+    cache) over loopback from the proxy's core to a reader on the load core (sendcost.py):
+    sendfile in 4 MiB calls and pread + send through a 256 KiB buffer. The floor under any
+    proxy's cache hit on this machine, printed beside the hit."""
+    _, out, _ = run([sys.executable, os.path.join(HERE, "sendcost.py"), path, str(PROXY_CORE),
+                     str(LOAD_CORE)], timeout=120)
+    return json.loads(out)
+
+
 def curl_get(url, resolve, cacert):
     """One GET over TLS with curl on the load core (TLS 1.3, CURL_TLS, `cacert` trusted, SNI
     from the URL): the status, the response headers (names in lower case) and the protocol and
@@ -836,6 +846,7 @@ def measure_blob_cache(env, args, tls=False):
             cold = measure_cold_hit(server, env, location, resolve, entry)
     finally:
         server.stop()
+    floor = None if tls else send_floor(entry)
     sha = sha256_ms_per_gib()
     if tls:
         log(f"  curl → registry-edge: {handshake['protocol']} {handshake['cipher']}")
@@ -846,6 +857,11 @@ def measure_blob_cache(env, args, tls=False):
             log(f"    {upstream_note(upstream[name])}")
     log(f"  SHA-256 on core {PROXY_CORE} (openssl speed -evp sha256): {sha:,.0f} ms/GiB")
     result = {"fill": fill, "hit": hit, "sha256_ms_per_gib": sha}
+    if floor:
+        log(f"  the kernel alone sending the entry over loopback from core {PROXY_CORE} "
+            f"(sendcost.py): sendfile {floor['sendfile']['cpu_ms_per_gib']:,.0f} ms/GiB, "
+            f"pread + send {floor['copy']['cpu_ms_per_gib']:,.0f} ms/GiB")
+        result["send_floor"] = floor
     if tls:
         result["client_tls"] = handshake
     else:
@@ -1354,6 +1370,10 @@ def report(results, env, args, environment):
             return
         ratio("blob cache hit CPU per GiB, registry-edge / nginx proxying" + suffix,
               get(c, "hit", "cpu_ms_per_gib"), get(n, blob, "cpu_ms_per_gib"), 0.6, "le")
+        floor = get(c, "send_floor", "sendfile", "cpu_ms_per_gib")
+        if floor is not None:
+            ratio("(reference) the kernel's sendfile of the entry alone / nginx proxying",
+                  floor, get(n, blob, "cpu_ms_per_gib"), 0.6, "le")
         ratio("blob cache hit throughput, registry-edge / origin direct" + suffix,
               get(c, "hit", "mb_per_s"), get(o, blob, "mb_per_s"), 1.0, "ge")
         nginx_gib = get(n, blob, "cpu_ms_per_gib")
