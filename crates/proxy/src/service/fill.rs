@@ -64,7 +64,8 @@ impl Edge {
         let Some(&(id, addr)) = ctx.candidates.first() else {
             return Ok(Fetched::Declined("no peer"));
         };
-        let Some(pool) = ctx.generation.upstreams.get(id) else {
+        let generation = ctx.generation.clone();
+        let Some(pool) = generation.upstreams.get(id) else {
             return Ok(Fetched::Declined("no pool"));
         };
         let peer = pool.http_peer(addr);
@@ -84,7 +85,11 @@ impl Edge {
         let (mut stream, reused) = match self.fill_upstream.get_stream(&*peer).await {
             Ok(s) => s,
             Err(e) => {
+                // Counted and backed off as pingora's path does (`fail_to_connect`); that path
+                // then plans again without this peer for a while.
                 log::debug!("blob cache: fill connection to {addr}: {e}");
+                pool.metrics.connect_errors.inc();
+                pool.back_off(addr);
                 return Ok(Fetched::Declined("connect"));
             }
         };

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::harness::{challenge, step, Client, Harness, Proto, DATA_HOST};
 use crate::image::{self, Image};
@@ -214,6 +215,10 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
         || corrupt(&h, &via),
     );
     h.step(
+        "storage that stops mid-body: the transfer cut, nothing stored",
+        || storage_that_stops_early(&h, &via),
+    );
+    h.step(
         "storage without the blob: its 404 passed on, nothing stored",
         || storage_without_the_blob(&h, &via),
     );
@@ -386,42 +391,66 @@ fn refusals(h: &Harness, img: &Image) {
 /// Storage that returns a changed last byte: the client's transfer is cut before the end,
 /// nothing is stored, and once storage is right again the blob is fetched (and stored) anew.
 fn corrupt(h: &Harness, via: &Via<'_>) {
-    let img = crate::build_image(h, "faulty", 32);
-    skopeo_push(h, via, &img, "team/faulty");
+    let lines = storage_fault(h, via, "team/faulty", 32, &h.data.corrupt, 0);
+    let uses: Vec<String> = lines.iter().map(|l| l["cache"].to_string()).collect();
+    assert_eq!(uses, ["\"corrupt\"", "\"fill\""]);
+}
+
+/// Storage that declares the blob's length and closes before its end: the client's transfer is
+/// cut short (the edge holds the last chunk back until the whole blob has hashed), the access
+/// log has the upstream's error, nothing is stored, and the next request fills.
+fn storage_that_stops_early(h: &Harness, via: &Via<'_>) {
+    let lines = storage_fault(h, via, "team/stopping", 35, &h.data.truncated, 1);
+    assert!(!lines[0]["error"].is_null(), "{}", lines[0]);
+    assert_eq!(lines[1]["cache"], "fill", "{}", lines[1]);
+}
+
+/// A blob fetched through the edge while storage has `fault` for it (its answer declaring
+/// `extra` bytes more than the blob), then again once storage is right: the faulty transfer
+/// is cut short of the blob (or, when the whole body came before the response head left, the
+/// edge answers 502), the second is the whole blob, and the data endpoint was asked twice
+/// (nothing was stored from the fault). The access log's lines of the two requests.
+fn storage_fault(
+    h: &Harness,
+    via: &Via<'_>,
+    repo: &str,
+    seed: u64,
+    fault: &Mutex<Vec<String>>,
+    extra: u64,
+) -> Vec<serde_json::Value> {
+    let img = crate::build_image(h, repo.trim_start_matches("team/"), seed);
+    skopeo_push(h, via, &img, repo);
     let c = h.client(Proto::Http);
-    let auth = pull_auth(&c, "team/faulty");
+    let auth = pull_auth(&c, repo);
     let blob = img.largest().clone();
-    h.data
-        .corrupt
-        .lock()
-        .unwrap()
-        .push(storage_path(&blob.digest));
+    let path = storage_path(&blob.digest);
+    fault.lock().unwrap().push(path.clone());
     let data = h.data.hits.lock().unwrap().len();
-    let target = signed_target(&c, "team/faulty", &blob.digest, &auth);
+    let target = signed_target(&c, repo, &blob.digest, &auth);
     let (status, declared, got, _) = raw_get(h.http_port, &target);
-    // Cut before the end; or, when the whole body came in one piece before the response head
-    // left, the edge's 502.
     match status {
         200 => assert!(
-            declared == blob.size && got < declared,
-            "a corrupt blob was delivered whole ({got} of {declared} bytes)"
+            declared == blob.size + extra && got < blob.size,
+            "{repo}: a faulty blob was delivered whole ({got} of {declared} bytes)"
         ),
         502 => {}
-        other => panic!("a corrupt blob answered {other}"),
+        other => panic!("{repo}: a faulty blob answered {other}"),
     }
-    h.data.corrupt.lock().unwrap().clear();
-    let (status, _, got, sum) = raw_get(
-        h.http_port,
-        &signed_target(&c, "team/faulty", &blob.digest, &auth),
-    );
+    fault.lock().unwrap().clear();
+    let (status, _, got, sum) = raw_get(h.http_port, &signed_target(&c, repo, &blob.digest, &auth));
     assert_eq!((status, got, sum), (200, blob.size, blob.digest.clone()));
     assert_eq!(
         data_gets(h, data, &blob.digest),
         2,
-        "the corrupt bytes were cached"
+        "{repo}: the faulty bytes were cached"
     );
-    let uses = blob_cache_uses(h, &blob.digest);
-    assert_eq!(uses, ["\"corrupt\"", "\"fill\""]);
+    let lines: Vec<_> = h
+        .access_log()
+        .into_iter()
+        .filter(|l| l["path"] == path.as_str())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    lines
 }
 
 /// Storage that has lost the blob after the registry signed its URL: the fill's own exchange

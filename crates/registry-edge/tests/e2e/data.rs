@@ -112,6 +112,9 @@ pub struct DataServer {
     /// Paths whose bytes are served with the last one changed (a storage fault), as long as
     /// they are listed.
     pub corrupt: Arc<Mutex<Vec<String>>>,
+    /// Paths whose answer declares one byte more than it sends, then the connection closes
+    /// (storage that stops mid-body), as long as they are listed.
+    pub truncated: Arc<Mutex<Vec<String>>>,
 }
 
 fn azure_error(status: u16, code: &str, message: &str) -> Response {
@@ -221,6 +224,8 @@ pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> Data
     let corrupt: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = hits.clone();
     let faults = corrupt.clone();
+    let truncated: Arc<Mutex<Vec<String>>> = Arc::default();
+    let short = truncated.clone();
     let addr = serve(
         rt,
         Arc::new(move |req: Request| {
@@ -240,6 +245,14 @@ pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> Data
                 }
                 resp.body = Body::Bytes(bytes);
             }
+            let cut = short
+                .lock()
+                .expect("faults")
+                .iter()
+                .any(|p| p == req.path());
+            if let (true, 200, Body::File { len, .. }) = (cut, resp.status, &mut resp.body) {
+                *len += 1;
+            }
             log.lock().expect("data log").push(DataHit {
                 method: req.method.clone(),
                 path: req.path().to_string(),
@@ -254,6 +267,7 @@ pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> Data
         addr,
         hits,
         corrupt,
+        truncated,
     }
 }
 
