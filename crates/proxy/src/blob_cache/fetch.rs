@@ -3,6 +3,7 @@
 //! is a whole blob of a known length. Anything else is left to pingora's proxy path, which
 //! sends the request again (a blob `GET` is safe to repeat).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -142,7 +143,38 @@ impl Head {
 /// hashed, queued for the writer and written to the client.
 pub const CHUNK: usize = 4 << 20;
 /// Buffers a fill's pool keeps for reuse; more in flight (a writer behind) are freed.
-const POOL_KEEPS: usize = 4;
+const POOL_KEEPS: usize = 2;
+/// Most chunk memory all own exchanges may hold at once outside their writers' queues (which
+/// store.rs bounds on its own): each reserves the chunk being read, the one held back for its
+/// client and its pool's idle ones, [`PER_EXCHANGE`]. Past it, a fill goes through pingora's
+/// proxy path (64 KiB at a time), as it did before there was an own exchange: many slow
+/// clients filling many digests at once cannot make the edge hold gigabytes.
+pub const CHUNK_MEMORY: u64 = 512 << 20;
+/// What one own exchange reserves of [`CHUNK_MEMORY`].
+pub const PER_EXCHANGE: u64 = ((2 + POOL_KEEPS) * CHUNK) as u64;
+
+static RESERVED: AtomicU64 = AtomicU64::new(0);
+
+/// One own exchange's share of [`CHUNK_MEMORY`], given back when dropped.
+pub struct Reservation(());
+
+impl Reservation {
+    /// A share, if [`CHUNK_MEMORY`] has one left.
+    pub fn take() -> Option<Reservation> {
+        RESERVED
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                (r + PER_EXCHANGE <= CHUNK_MEMORY).then_some(r + PER_EXCHANGE)
+            })
+            .ok()
+            .map(|_| Reservation(()))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        RESERVED.fetch_sub(PER_EXCHANGE, Ordering::AcqRel);
+    }
+}
 
 /// A fill's body buffers: [`CHUNK`] bytes each, [`ALIGN`]ed, so that the writer sends a whole
 /// chunk to the disk from where the socket read put it (fill_file, direct writes) instead of
@@ -163,20 +195,20 @@ pub struct ChunkBuf {
 }
 
 impl ChunkPool {
-    /// A buffer for the next `want` bytes (at most [`CHUNK`]).
+    /// A buffer for the next `want` bytes (at most [`CHUNK`]): a kept one, or a new one of
+    /// that size (a small blob, or the last chunk of one, does not zero a whole chunk).
     pub fn take(&self, want: usize) -> ChunkBuf {
-        let buf = self
-            .free
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop()
-            .unwrap_or_else(|| vec![0u8; CHUNK + ALIGN]);
+        let want = want.min(CHUNK);
+        let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let buf = kept
+            .filter(|b| b.len() >= want + ALIGN)
+            .unwrap_or_else(|| vec![0u8; want.next_multiple_of(ALIGN) + ALIGN]);
         let start = buf.as_ptr().align_offset(ALIGN);
         ChunkBuf {
             buf,
             start,
             len: 0,
-            want: want.min(CHUNK),
+            want,
             home: self.clone(),
         }
     }
@@ -254,16 +286,33 @@ mod tests {
         );
         drop(copy);
         assert_eq!(pool.free.lock().unwrap().len(), 1);
+        // The kept buffer is too small for a whole chunk: a new one.
         let mut again = pool.take(CHUNK * 2);
         assert_eq!(again.room().len(), CHUNK);
-        assert!(
-            pool.free.lock().unwrap().is_empty(),
-            "the buffer was not reused"
-        );
+        assert!(pool.free.lock().unwrap().is_empty());
         let n = again.room().len();
         again.filled(n);
         assert!(again.is_full());
-        assert_eq!(again.freeze().len(), CHUNK);
+        let whole = again.freeze();
+        assert_eq!(whole.len(), CHUNK);
+        let at = whole.as_ptr();
+        drop(whole);
+        // A whole chunk's buffer serves any size after it.
+        let small = pool.take(10);
+        assert_eq!(
+            small.buf.as_ptr().wrapping_add(small.start),
+            at,
+            "not reused"
+        );
+    }
+
+    #[test]
+    fn own_exchanges_hold_at_most_their_share_of_chunk_memory() {
+        let all: Vec<Reservation> = std::iter::from_fn(Reservation::take).collect();
+        assert_eq!(all.len() as u64, CHUNK_MEMORY / PER_EXCHANGE);
+        assert!(Reservation::take().is_none());
+        drop(all);
+        assert!(Reservation::take().is_some());
     }
 
     fn head(s: &str) -> Head {

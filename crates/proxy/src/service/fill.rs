@@ -25,7 +25,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Ctx, Edge};
-use crate::blob_cache::fetch::{self, ChunkBuf, ChunkPool, Head, CHUNK};
+use crate::blob_cache::fetch::{self, ChunkBuf, ChunkPool, Head, Reservation, CHUNK};
 use crate::blob_cache::Claim;
 
 /// How the fill's own exchange ended.
@@ -60,6 +60,11 @@ impl Edge {
         if !session.is_body_empty() {
             return Ok(Fetched::Declined("request body"));
         }
+        // Held until the body has been read (chunks still queued for the writer are bounded
+        // by the store).
+        let Some(_memory) = Reservation::take() else {
+            return Ok(Fetched::Declined("chunk memory"));
+        };
         ctx.candidates = self.plan(ctx);
         let Some(&(id, addr)) = ctx.candidates.first() else {
             return Ok(Fetched::Declined("no peer"));

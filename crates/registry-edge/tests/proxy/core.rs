@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    assert_oci_error, curl, get, get_from, is_pattern, metrics_text, metrics_with, sample, send,
-    start_edge, uploads, DIGEST, HTTP_OPTS, MANIFEST, SAS,
+    assert_oci_error, curl, eventually, get, get_from, is_pattern, metrics_text, metrics_with,
+    sample, send, start_edge, uploads, DIGEST, HTTP_OPTS, MANIFEST, SAS,
 };
 
 /// Whether the connection still carries a request (any answer will do).
@@ -506,5 +506,10 @@ fn tls_suite_order_and_plain_http_refused() {
         !rest.starts_with(b"HTTP/"),
         "no HTTP answer on a TLS listener"
     );
-    assert_eq!(sample(&metrics_text(edge.admin), &series), before + 1.0);
+    // Counted when the handshake task ends, which may be just after the close is seen.
+    eventually(
+        "the failed handshake to be counted",
+        Duration::from_secs(5),
+        || sample(&metrics_text(edge.admin), &series) == before + 1.0,
+    );
 }
