@@ -142,6 +142,35 @@ impl Head {
 /// Body bytes per chunk of a fill's own exchange: read from the socket into one buffer,
 /// hashed, queued for the writer and written to the client.
 pub const CHUNK: usize = 4 << 20;
+/// The first chunk's end (a multiple of the alignment): chunks double from here to [`CHUNK`].
+pub const FIRST_CHUNK: usize = 256 << 10;
+/// The sizes of an own exchange's chunks after the `pre` body bytes that came with the
+/// response head: a first chunk that ends at [`FIRST_CHUNK`], so that every later one starts
+/// at an aligned offset of the entry (the writer sends it to the disk from where it was read),
+/// then sizes doubling up to [`CHUNK`], so that the client, one chunk behind, gets its first
+/// bytes after a few hundred KiB rather than 8 MiB.
+pub struct ChunkSizes {
+    size: usize,
+    want: usize,
+}
+
+impl ChunkSizes {
+    pub fn after(pre: usize) -> ChunkSizes {
+        ChunkSizes {
+            size: FIRST_CHUNK,
+            want: FIRST_CHUNK - pre % FIRST_CHUNK,
+        }
+    }
+
+    /// The next chunk's size, with `left` body bytes still to come.
+    pub fn next(&mut self, left: u64) -> usize {
+        let n = left.min(self.want as u64) as usize;
+        self.size = (self.size * 2).min(CHUNK);
+        self.want = self.size;
+        n
+    }
+}
+
 /// Buffers a fill's pool keeps for reuse; more in flight (a writer behind) are freed.
 const POOL_KEEPS: usize = 2;
 /// Most chunk memory all own exchanges may hold at once outside their writers' queues (which
@@ -304,6 +333,35 @@ mod tests {
             at,
             "not reused"
         );
+    }
+
+    #[test]
+    fn chunks_after_the_first_start_aligned_and_grow_to_a_whole_chunk() {
+        for pre in [0, 1, 4095, 4096, 16_000, FIRST_CHUNK - 1] {
+            for length in [1, 300_000, 5 << 20, (64 << 20) + 123] {
+                let length = length.max(pre as u64);
+                let mut sizes = ChunkSizes::after(pre);
+                let (mut at, mut seen) = (pre as u64, Vec::new());
+                while at < length {
+                    let n = sizes.next(length - at);
+                    assert!(n > 0);
+                    if !seen.is_empty() {
+                        assert_eq!(at % ALIGN as u64, 0, "pre {pre}: a chunk at {at}");
+                    }
+                    seen.push(n);
+                    at += n as u64;
+                }
+                assert_eq!(at, length, "pre {pre}");
+                if length > pre as u64 {
+                    assert_eq!(pre + seen[0], FIRST_CHUNK.min(length as usize), "pre {pre}");
+                }
+                assert!(seen.iter().all(|&n| n <= CHUNK));
+                if length >= 64 << 20 {
+                    assert_eq!(seen[1..5], [512 << 10, 1 << 20, 2 << 20, CHUNK]);
+                    assert_eq!(seen[seen.len() - 2], CHUNK);
+                }
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! is one request to one peer for one body of a known length, so the edge makes that request
 //! itself: the same peer (`plan`), the same request head (`Edge::upstream_head`, what
 //! `upstream_request_filter` builds), the same response filters (`response_filter`), then a
-//! loop that reads the body into [`CHUNK`]-sized, aligned buffers (one copy, from the socket),
+//! loop that reads the body into aligned buffers of up to 4 MiB (one copy, from the socket),
 //! hashes each and hands it to the client and to the fill's writer, which sends it to the disk
 //! from the same buffer (blob_cache::fetch::ChunkPool).
 //!
@@ -25,7 +25,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Ctx, Edge};
-use crate::blob_cache::fetch::{self, ChunkBuf, ChunkPool, Head, Reservation, CHUNK};
+use crate::blob_cache::fetch::{self, ChunkBuf, ChunkPool, ChunkSizes, Head, Reservation};
 use crate::blob_cache::Claim;
 
 /// How the fill's own exchange ended.
@@ -135,10 +135,7 @@ impl Edge {
         }
         let mut left = length - pre.len() as u64;
         let pool = ChunkPool::default();
-        // The bytes that came with the head, and a first chunk that ends where a whole number
-        // of chunks would: every later chunk starts at an aligned offset of the entry, and the
-        // writer sends it to the disk from where it was read.
-        let mut first = CHUNK - pre.len() % CHUNK;
+        let mut sizes = ChunkSizes::after(pre.len());
         let mut next = Some(pre.freeze()).filter(|b| !b.is_empty());
         loop {
             let end = left == 0;
@@ -151,9 +148,8 @@ impl Edge {
             if end {
                 break;
             }
-            let want = left.min(first as u64) as usize;
-            first = CHUNK;
-            let chunk = read_chunk(&mut stream, pool.take(want), read_timeout).await?;
+            let n = sizes.next(left);
+            let chunk = read_chunk(&mut stream, pool.take(n), read_timeout).await?;
             left -= chunk.len() as u64;
             next = Some(chunk);
         }
