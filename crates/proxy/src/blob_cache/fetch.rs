@@ -93,12 +93,18 @@ impl Head {
             .ok_or(NotFillable::Length)
     }
 
+    /// The tokens of every `Connection` field, trimmed.
+    fn connection_tokens(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.all("connection")
+            .flat_map(|v| v.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+    }
+
     /// Whether the upstream keeps the connection open after this response.
     pub fn keeps_alive(&self) -> bool {
-        !self.all("connection").any(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
+        !self
+            .connection_tokens()
+            .any(|t| t.eq_ignore_ascii_case(b"close"))
     }
 
     /// The head as pingora's proxy path would hand it to `response_filter`, less the
@@ -116,9 +122,8 @@ impl Head {
             "upgrade",
         ];
         let named: Vec<String> = self
-            .all("connection")
-            .flat_map(|v| v.split(|&b| b == b','))
-            .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+            .connection_tokens()
+            .filter_map(|t| std::str::from_utf8(t).ok())
             .map(str::to_ascii_lowercase)
             .collect();
         let mut h = ResponseHeader::build(self.status, Some(self.fields.len()))?;

@@ -1,4 +1,5 @@
-//! A fill's own exchange with the data endpoint (docs/blob-cache.md, "The fill's byte loop").
+//! A fill's own exchange with the data endpoint (docs/blob-cache.md, "The fill's own exchange
+//! with the data endpoint").
 //!
 //! pingora's proxy path reads an upstream body 64 KiB at a time, copies each read into a new
 //! buffer and passes it between two tasks over a channel: per GiB, about 16,000 rounds and a
@@ -136,22 +137,16 @@ impl Edge {
         let mut left = length - pre.len() as u64;
         let pool = ChunkPool::default();
         let mut sizes = ChunkSizes::after(pre.len());
-        let mut next = Some(pre.freeze()).filter(|b| !b.is_empty());
+        // The bytes that came with the head first (possibly none), then chunk by chunk.
+        let mut body = pre.freeze();
         loop {
             let end = left == 0;
-            if let Some(body) = next.take() {
-                self.fill_send(session, body, end, ctx).await?;
-            } else if end {
-                // The whole body came with the head.
-                self.fill_send(session, Bytes::new(), true, ctx).await?;
-            }
+            self.fill_send(session, body, end, ctx).await?;
             if end {
                 break;
             }
-            let n = sizes.next(left);
-            let chunk = read_chunk(&mut stream, pool.take(n), read_timeout).await?;
-            left -= chunk.len() as u64;
-            next = Some(chunk);
+            body = read_chunk(&mut stream, pool.take(sizes.next(left)), read_timeout).await?;
+            left -= body.len() as u64;
         }
         if !extra && head.keeps_alive() {
             self.fill_upstream
@@ -170,9 +165,13 @@ impl Edge {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let mut body = Some(body).filter(|b| !b.is_empty());
+        if body.is_none() && !end {
+            return Ok(());
+        }
         if let Some(delay) = self.blob_fill_chunk(&mut body, end, ctx)? {
             tokio::time::sleep(delay).await;
         }
+        // Held back (the fill sends each chunk one call late): nothing to write yet.
         if body.is_some() || end {
             session.write_response_body(body, end).await?;
         }
