@@ -247,7 +247,8 @@ class Env:
                     LOGIN_HOST_RE=re.escape(LOGIN_HOST).replace("\\-", "-"),
                     MANIFEST_DIGEST=self.manifest_digest, MMDB=self.mmdb,
                     EMBARGO_MAP="\n".join(f"        {c} 1;" for c in EMBARGO),
-                    EMBARGO_YAML=", ".join(EMBARGO), NOFILE=str(NOFILE))
+                    EMBARGO_YAML=", ".join(EMBARGO), NOFILE=str(NOFILE),
+                    HTTP1=args.http1)
         # The proxies' upstream: plain HTTP to the origin's plain listener (every case but the
         # TLS blob cases), or TLS to its TLS listener, verified against the run's CA.
         plain = dict(subs, UPSTREAM_SCHEME="http", UPSTREAM_DEFAULT_PORT="80",
@@ -1511,6 +1512,8 @@ def main():
     ap.add_argument("--callgrind", type=int, metavar="SECONDS",
                     help="instead of the timed measurements: each proxy under valgrind's callgrind "
                          "for SECONDS of the mix, instructions per request (repeatable figures)")
+    ap.add_argument("--http1", choices=["pingora", "lean"], default="pingora",
+                    help="registry-edge's HTTP/1 session (server.http1; default pingora)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs)")
     args = ap.parse_args()
     for k in ("duration", "warmup", "tls_seconds"):

@@ -39,6 +39,28 @@ pub struct Server {
     pub graceful_shutdown_timeout: Duration,
     pub pid_file: PathBuf,
     pub upgrade_sock: PathBuf,
+    /// Which HTTP/1 session serves the proxy listeners' HTTP/1 connections.
+    pub http1: Http1Session,
+}
+
+/// The HTTP/1 session under the proxy (`server.http1`). Both run the same `ProxyHttp` phases;
+/// they differ in how a request head and body are read and a response is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Http1Session {
+    /// pingora's own HTTP/1 server session.
+    #[default]
+    Pingora,
+    /// registry-edge's own session, on httparse, behind pingora's custom-session hook.
+    Lean,
+}
+
+impl Http1Session {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Http1Session::Pingora => "pingora",
+            Http1Session::Lean => "lean",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -50,6 +50,7 @@ file_format! {
         pub graceful_shutdown_timeout: Option<String>,
         pub pid_file: Option<String>,
         pub upgrade_sock: Option<String>,
+        pub http1: Option<String>,
     }
 
     pub struct RawListener {

@@ -247,6 +247,17 @@ impl<'a> Validator<'a> {
             upgrade_sock: PathBuf::from(
                 raw.upgrade_sock.as_deref().unwrap_or(DEFAULT_UPGRADE_SOCK),
             ),
+            http1: match raw.http1.as_deref() {
+                None | Some("pingora") => Http1Session::Pingora,
+                Some("lean") => Http1Session::Lean,
+                Some(other) => {
+                    self.err(
+                        "server.http1",
+                        format!("`{other}` is not `pingora` or `lean`"),
+                    );
+                    Http1Session::Pingora
+                }
+            },
         }
     }
 
@@ -1380,6 +1391,36 @@ mod tests {
                 .to_string();
         assert!(e.starts_with("edge.yaml:8:"), "{e}");
         assert!(e.contains("ipv6_prefix"), "{e}");
+    }
+
+    #[test]
+    fn server_http1_takes_pingora_or_lean() {
+        let parse = |server: &str| {
+            crate::parse(
+                &format!("version: 1\nserver:\n{server}listeners: [{{ address: \"127.0.0.1:8080\" }}]\nregistry:\n  login_server: \"127.0.0.1:5000\"\n  tls: false\n  public_host: registry.localhost\n"),
+                "edge.yaml",
+                Path::new("."),
+                Options { check_files: false },
+            )
+        };
+        assert_eq!(
+            parse("  threads: 1\n").unwrap().server.http1,
+            Http1Session::Pingora
+        );
+        assert_eq!(
+            parse("  http1: pingora\n").unwrap().server.http1,
+            Http1Session::Pingora
+        );
+        assert_eq!(
+            parse("  http1: lean\n").unwrap().server.http1,
+            Http1Session::Lean
+        );
+        assert_eq!(
+            parse("  threads: 1\n  http1: hyper\n")
+                .unwrap_err()
+                .to_string(),
+            "edge.yaml:4:10: server.http1: `hyper` is not `pingora` or `lean`"
+        );
     }
 
     /// A configuration with `keys` added to the `registry` block.

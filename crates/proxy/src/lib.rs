@@ -42,6 +42,13 @@ mod testing;
 pub(crate) mod tls;
 pub mod upstream;
 
+/// The lean HTTP/1 session's head parser and body framing, and the two HTTP/1 sessions compared
+/// on the same bytes (for the `http1_differential` fuzz target).
+pub mod http1 {
+    pub use crate::listen::lean::differential;
+    pub use crate::listen::lean::head;
+}
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,6 +217,8 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 h2_body_timeouts: shared.metrics.h2_body_timeouts.clone(),
                 tls_failed: tls_failures.with_label_values(&[&address, "error"]),
                 tls_timed_out: tls_failures.with_label_values(&[&address, "timeout"]),
+                lean: config.server.http1 == registry_edge_config::Http1Session::Lean,
+                max_requests: listener.max_requests_per_connection,
             },
         );
         server.add_service(service);

@@ -69,7 +69,8 @@ pub fn classify(target: &str, level: Level, message: &str) -> Option<Kind> {
     if target.starts_with("rustls") {
         return Some(Kind::Tls);
     }
-    if !target.starts_with("pingora") {
+    // pingora's lines, and the lean HTTP/1 session's, written in pingora's form.
+    if !(target.starts_with("pingora") || target == crate::listen::lean::LOG_TARGET) {
         return None;
     }
     // Lines that name no error source (pingora-core's services and apps).
@@ -314,7 +315,9 @@ impl<L: Log> Log for Filter<L> {
     fn log(&self, record: &Record<'_>) {
         let target = record.target();
         let watched = record.level() <= Level::Warn
-            && (target.starts_with("pingora") || target.starts_with("rustls"));
+            && (target.starts_with("pingora")
+                || target.starts_with("rustls")
+                || target == crate::listen::lean::LOG_TARGET);
         if !watched && !self.inner.enabled(record.metadata()) {
             return;
         }
@@ -412,12 +415,13 @@ mod tests {
 
     /// pingora 0.9.1's lines as they read for each client failure (checked against a running
     /// edge; the request summary is the edge's).
-    const CLIENT_LINES: [(&str, Level, &str, Kind); 14] = [
+    const CLIENT_LINES: [(&str, Level, &str, Kind); 15] = [
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream ConnectionClosed context: Peer: addr: 127.0.0.1:15000, scheme: HTTP, sni: 127.0.0.1 cause:  context: Peer prematurely closed connection with 950000 bytes of body remaining to read, status: 0, tries: 1, retry: false, PATCH registry.test login /v2/a/blobs/uploads/u1", Kind::ClientClosed),
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream ConnectionClosed context: while reading request headers, bytes already read: 45, downstream session type: h1", Kind::ClientClosed),
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream InvalidChunk context: Peer: addr: 127.0.0.1:15000, scheme: HTTP, sni: 127.0.0.1 cause:  context: Invalid chunked encoding: InvalidChunkSize, status: 400, tries: 1, retry: false, PATCH registry.test login /v2/a", Kind::BadRequest),
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream WriteTimedout context: Peer: addr: 127.0.0.1:15000, scheme: HTTP, sni: 127.0.0.1 cause:  context: writing body, timeout: 2s, status: 400, tries: 1, retry: false, GET registry.test login /v2/a/big", Kind::ClientTimeout),
         ("pingora_proxy", Level::Error, "Fail to proxy: Downstream ReadError context: Peer: addr: 127.0.0.1:15000, scheme: HTTP, sni: 127.0.0.1 cause:  context: while reading downstream request body cause: stream error received: stream no longer needed, status: 0, tries: 1, retry: false, PATCH registry.test login /v2/a", Kind::H2),
+        (crate::listen::lean::LOG_TARGET, Level::Error, "Fail to proxy: Downstream ConnectionClosed context: while reading request headers cause: the client closed mid-head, downstream session type: lean", Kind::ClientClosed),
         ("pingora_core::apps", Level::Error, "H2 handshake error  HandshakeError context: while h2 handshaking with client cause: connection error detected: unspecific protocol error detected", Kind::H2),
         ("pingora_core::protocols::http::v2::server", Level::Warn, "tearing down downstream h2 connection after 3 malformed requests", Kind::H2),
         ("pingora_core::services::listening", Level::Error, "Downstream handshake error from 1.2.3.4:5: bad", Kind::Tls),
@@ -436,6 +440,7 @@ mod tests {
         }
         for (target, level, message) in [
             // Upstream failures and the edge's own lines are never rate-limited.
+            ("registry_edge_proxy::service", Level::Error, "Fail to proxy: Downstream ConnectionClosed context: while reading request headers"),
             ("pingora_proxy", Level::Error, "Fail to proxy: Upstream ReadError context: Peer: addr: 127.0.0.1:15000 cause: Connection reset by peer (os error 104), status: 502, tries: 1, retry: false, GET registry.test login /v2/Downstream"),
             ("pingora_proxy", Level::Warn, "Fail to proxy: Upstream ConnectRefused context: Peer, tries: 1, retry: true, GET x login /"),
             ("registry_edge_proxy::lib", Level::Error, "Fail to proxy: Downstream ConnectionClosed"),

@@ -16,6 +16,9 @@ mod support;
 /// Routing, rewrites, forwarding, uploads, the edge's own answers, upstream failures, listeners.
 #[path = "proxy/core.rs"]
 mod core;
+/// HTTP/1 framing, the same table against both HTTP/1 sessions.
+#[path = "proxy/framing.rs"]
+mod framing;
 /// HTTP/2 limits: body deadlines, the stream cap.
 #[path = "proxy/h2.rs"]
 mod h2;

@@ -169,6 +169,12 @@ impl<T: Transport> Conn<T> {
         self.tail = [0; 3];
     }
 
+    /// The next request head began with `bytes`, read with the last request (pipelined): its
+    /// deadline and its end are found as if they had just been read.
+    pub(crate) fn head_bytes(&mut self, bytes: &[u8]) {
+        self.seen(bytes);
+    }
+
     /// Between requests: nothing is held for writing, so the buffer goes.
     pub(super) fn release_buffers(&mut self) {
         if self.wpos >= self.wbuf.len() {

@@ -23,6 +23,9 @@ pub(super) async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transp
     settings: &Settings,
     mut shutdown: ShutdownWatch,
 ) {
+    if settings.lean {
+        return super::lean::serve_lean(app, conn, settings, shutdown).await;
+    }
     let mut persistent: Option<HttpPersistentSettings> = None;
     let mut first = true;
     loop {

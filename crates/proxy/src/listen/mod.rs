@@ -43,6 +43,7 @@
 
 mod conn;
 mod h1;
+pub(crate) mod lean;
 pub(crate) mod sendfile;
 mod tls;
 
@@ -97,6 +98,11 @@ pub(crate) struct Settings {
     pub(crate) h2: Arc<crate::h2watch::Registry>,
     /// `registry_edge_http2_body_timeouts_total`.
     pub(crate) h2_body_timeouts: prometheus::IntCounter,
+    /// HTTP/1 connections are served by the lean session (`server.http1: lean`, lean/).
+    pub(crate) lean: bool,
+    /// Requests served on one HTTP/1 connection at most (the lean session counts them; pingora's
+    /// is told through `keepalive_request_limit`).
+    pub(crate) max_requests: u64,
 }
 
 /// Longest wait for upstream names before accepting anyway (a name that does not resolve

@@ -22,9 +22,25 @@ pub fn free_port() -> u16 {
 }
 
 /// The `server:` section of a test edge's configuration: two threads, a one-second shutdown,
-/// `grace_period` before it, the pid file (`edge.pid`) and upgrade socket in `dir`.
+/// `grace_period` before it, the pid file (`edge.pid`) and upgrade socket in `dir`; and the
+/// HTTP/1 session that `REGISTRY_EDGE_TEST_HTTP1` names (`pingora`, the default, or `lean`), so
+/// that the same suites run against either (scripts/test runs them against both).
 pub fn server_section(dir: &str, grace_period: &str) -> String {
+    server_section_with(dir, grace_period, &http1())
+}
+
+/// [`server_section`] with the HTTP/1 session `http1`.
+pub fn server_section_with(dir: &str, grace_period: &str, http1: &str) -> String {
     format!(
-        "server:\n  threads: 2\n  grace_period: {grace_period}\n  graceful_shutdown_timeout: 1s\n  pid_file: {dir}/edge.pid\n  upgrade_sock: {dir}/upgrade.sock\n"
+        "server:\n  threads: 2\n  grace_period: {grace_period}\n  graceful_shutdown_timeout: 1s\n  pid_file: {dir}/edge.pid\n  upgrade_sock: {dir}/upgrade.sock\n  http1: {http1}\n"
     )
+}
+
+/// The HTTP/1 session under test: `REGISTRY_EDGE_TEST_HTTP1`, else `pingora`.
+pub fn http1() -> String {
+    match std::env::var("REGISTRY_EDGE_TEST_HTTP1") {
+        Ok(v) if v == "lean" || v == "pingora" => v,
+        Ok(v) => panic!("REGISTRY_EDGE_TEST_HTTP1={v:?}: expected `pingora` or `lean`"),
+        Err(_) => "pingora".to_string(),
+    }
 }

@@ -86,6 +86,8 @@ fn settings() -> Settings {
         h2: Arc::default(),
         h2_body_timeouts: prometheus::IntCounter::new("h2", "h2")
             .unwrap_or_else(|e| unreachable!("{e}")),
+        lean: false,
+        max_requests: 1000,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::client::send;
 use super::origin::{start_origin, start_origin_tls, Kind, Origin, Seen};
-use crate::ports::{free_port, server_section};
+use crate::ports::{free_port, server_section_with};
 
 pub struct Certs {
     pub ca: PathBuf,
@@ -160,6 +160,8 @@ pub struct EdgeOpts<'a> {
     /// A further data endpoint: its public host, served by the data origin under another
     /// authority (`localhost:<port>`).
     pub data_host: Option<&'a str>,
+    /// The HTTP/1 session (`server.http1`); `None`: the one `REGISTRY_EDGE_TEST_HTTP1` names.
+    pub http1: Option<&'a str>,
 }
 
 impl Default for EdgeOpts<'_> {
@@ -172,6 +174,7 @@ impl Default for EdgeOpts<'_> {
             read_timeout: "2s",
             registry_opts: "",
             data_host: None,
+            http1: None,
         }
     }
 }
@@ -199,6 +202,7 @@ pub fn start_edge_opts(name: &str, o: &EdgeOpts<'_>) -> Edge {
         read_timeout,
         registry_opts,
         data_host,
+        http1,
     } = *o;
     let dir = edge_dir(name);
     let certs = make_certs(&dir);
@@ -256,7 +260,11 @@ registry:
 logging:
   access_log: {dir}/access.log
 "#,
-        server = server_section(&dir.display().to_string(), grace_period),
+        server = server_section_with(
+            &dir.display().to_string(),
+            grace_period,
+            &http1.map_or_else(crate::ports::http1, str::to_string)
+        ),
         dir = dir.display(),
         login = login.addr,
         data = data.addr,
