@@ -248,7 +248,7 @@ class Env:
                     MANIFEST_DIGEST=self.manifest_digest, MMDB=self.mmdb,
                     EMBARGO_MAP="\n".join(f"        {c} 1;" for c in EMBARGO),
                     EMBARGO_YAML=", ".join(EMBARGO), NOFILE=str(NOFILE),
-                    HTTP1=args.http1)
+                    HTTP1=a.http1)
         # The proxies' upstream: plain HTTP to the origin's plain listener (every case but the
         # TLS blob cases), or TLS to its TLS listener, verified against the run's CA.
         plain = dict(subs, UPSTREAM_SCHEME="http", UPSTREAM_DEFAULT_PORT="80",

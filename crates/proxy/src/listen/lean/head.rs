@@ -92,8 +92,11 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, Refused> {
             )
         })
         .collect();
+    // Without pingora's case map (a second map of every field name, kept to replay the client's
+    // capitalisation upstream): field names are case-insensitive (RFC 9110 §5.1), and the
+    // upstream receives them in lower case.
     let mut header = Box::new(
-        RequestHeader::build(method, path.as_bytes(), Some(spans.len()))
+        RequestHeader::build_no_case(method, path.as_bytes(), Some(spans.len()))
             .map_err(|_| Refused("invalid request target"))?,
     );
     header.set_version(version);
