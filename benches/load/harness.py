@@ -529,9 +529,16 @@ def tls_details(port):
 # Measurements
 
 
-def wrk_mix(server, env, duration, connections, host=None):
+def wrk_mix(server, env, duration, connections, host=None, tls=False):
+    """The mix on `server`'s plain listener, or with `tls` on its TLS listener (wrk over
+    HTTPS, one handshake per connection, then keep-alive as over plain HTTP)."""
+    if tls:
+        url = f"https://127.0.0.1:{server.tls_port}/"
+        host = host or f"{PUBLIC_HOST}:{server.tls_port}"
+    else:
+        url = f"http://127.0.0.1:{server.port}/"
     argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{duration}s",
-            "--latency", "-s", os.path.join(HERE, "mix.lua"), f"http://127.0.0.1:{server.port}/",
+            "--latency", "-s", os.path.join(HERE, "mix.lua"), url,
             "--", env.addresses_file, host or server.host, ",".join(EMBARGO), "1"]
     _, out, _ = run(argv, timeout=duration + 60)
     line = next((l for l in out.splitlines() if l.startswith("MIX ")), None)
@@ -544,10 +551,11 @@ def wrk_mix(server, env, duration, connections, host=None):
 
 def measure_mix(server, env, args):
     wait_quiet(args.wait_quiet)
-    warm = wrk_mix(server, env, args.warmup, args.connections)
+    tls = getattr(args, "mix_tls", False)
+    warm = wrk_mix(server, env, args.warmup, args.connections, tls=tls)
     log(f"  warm-up ({args.warmup}s, not measured): {warm['rps']:,.0f} requests/s")
     with Meter(server) as meter:
-        mix = wrk_mix(server, env, args.duration, args.connections)
+        mix = wrk_mix(server, env, args.duration, args.connections, tls=tls)
     rss = server.rss()
     statuses = {int(k): v for k, v in mix["statuses"].items()}
     unexpected = {k: v for k, v in statuses.items() if k not in (200, 307, 401, 451)}
@@ -563,7 +571,8 @@ def measure_mix(server, env, args):
         "rss_bytes": rss["total"], "rss_worker_bytes": rss["worker"],
     }
     st = " ".join(f"{k}:{v}" for k, v in sorted(statuses.items()))
-    log(f"  mix ({args.duration}s, {args.connections} connections): {mix['rps']:,.0f} requests/s, "
+    log(f"  mix{' over TLS' if tls else ''} ({args.duration}s, {args.connections} connections): "
+        f"{mix['rps']:,.0f} requests/s, "
         f"p50 {mix['latency_us']['p50'] / 1000:.2f} ms, p99 {mix['latency_us']['p99'] / 1000:.2f} ms, "
         f"statuses {st}")
     if unexpected or errors:
@@ -983,30 +992,37 @@ def blob_tls_cases(env, args, results, only, origin, origin_location):
         results["edge"]["blob_cache_tls"] = measure_blob_cache(env, args, tls=True)
 
 
-def callgrind_mix(key, env, seconds, connections):
+def callgrind_mix(key, env, seconds, connections, tls=False):
     """Instructions per request of one proxy, counted by callgrind over a wrk mix: repeatable
     for the same binaries and inputs whatever else the machine does (the CPU figures are not).
     User space only: the kernel's share (about half, the same work for both) is not counted."""
     p = env.ports
     out_pattern = env.path(f"callgrind.{key}.%p")
-    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_pattern}"]
+    # Names written in full in every dump: compressed names are defined once per process, so a
+    # dump after `callgrind_control -z` refers to names it never defines.
+    vg = ["valgrind", "--tool=callgrind", "--compress-strings=no",
+          f"--callgrind-out-file={out_pattern}"]
     if key == "nginx":
         port = p["NGINX_PORT"]
-        argv = pinned(PROXY_CORE, vg + ["nginx", "-c", env.nginx_conf, "-p", env.dir + "/",
+        conf = env.nginx_tls_conf if tls else env.nginx_conf
+        argv = pinned(PROXY_CORE, vg + ["nginx", "-c", conf, "-p", env.dir + "/",
                                         "-g", "daemon off; master_process off;"])
         stop_signal = signal.SIGTERM
     else:
         port = p["EDGE_PORT"]
-        argv = pinned(PROXY_CORE, vg + [EDGE_BIN, "run", "-c", env.edge_conf])
+        argv = pinned(PROXY_CORE, vg + [EDGE_BIN, "run", "-c",
+                                        env.edge_tls_conf if tls else env.edge_conf])
         stop_signal = signal.SIGINT
     proc = PROCS.start(f"{LABELS[key]} under callgrind", argv, stop_signal,
                        env.path(f"callgrind.{key}.out"))
-    server = types.SimpleNamespace(port=port, host=f"{PUBLIC_HOST}:{port}")
+    tls_port = p["NGINX_TLS_PORT"] if key == "nginx" else p["EDGE_TLS_PORT"]
+    server = types.SimpleNamespace(port=port, tls_port=tls_port, host=f"{PUBLIC_HOST}:{port}")
     try:
         wait_http(port, server.host, "/v2/", 401, f"{LABELS[key]} under callgrind", timeout=180)
-        wrk_mix(server, env, 3, connections)  # start-up and first connections, not counted
+        # Start-up and first connections (with TLS, their handshakes), not counted.
+        wrk_mix(server, env, 3, connections, tls=tls)
         run(["callgrind_control", "-z", str(proc.pid)])
-        mix = wrk_mix(server, env, seconds, connections)
+        mix = wrk_mix(server, env, seconds, connections, tls=tls)
         run(["callgrind_control", "-d", str(proc.pid)])
     finally:
         PROCS.stop(proc.pid, timeout=60)
@@ -1018,14 +1034,32 @@ def callgrind_mix(key, env, seconds, connections):
             "per_request": total / max(1, mix["requests"]), "statuses": statuses}
 
 
+def tls_mix_checks(server, env):
+    """Before the mix over TLS: the proxy answers on its TLS listener with TLS 1.3 and the realm
+    rewritten to the public https:// name, while it speaks TLS to the origin."""
+    public = f"{PUBLIC_HOST}:{server.tls_port}"
+    status, headers, handshake = curl_get(f"https://{public}/v2/", f"{public}:127.0.0.1",
+                                          env.cert)
+    realm = f'realm="https://{public}/oauth2/token"'
+    if status != 401 or realm not in headers.get("www-authenticate", "") \
+            or handshake["protocol"] != "TLSv1.3":
+        raise BenchError(f"{LABELS[server.key]} over TLS: want 401 with {realm} over TLSv1.3, "
+                         f"got {status} {headers.get('www-authenticate')} {handshake}")
+    log(f"  checks over TLS: 401 realm (https://): ok; {handshake['protocol']} "
+        f"{handshake['cipher']}; upstream: the origin's TLS listener")
+
+
 def callgrind_compare(env, args):
     """`--callgrind N`: nginx and registry-edge, one after the other, under callgrind."""
     results = {}
     for key in ("nginx", "edge"):
         if key not in (args.only or ["nginx", "edge"]):
             continue
-        log(f"\n== {LABELS[key]} under callgrind (core {PROXY_CORE}), {args.callgrind}s of the mix")
-        r = results[key] = callgrind_mix(key, env, args.callgrind, args.connections)
+        over = " over TLS (both sides)" if args.mix_tls else ""
+        log(f"\n== {LABELS[key]} under callgrind (core {PROXY_CORE}), {args.callgrind}s of the "
+            f"mix{over}")
+        r = results[key] = callgrind_mix(key, env, args.callgrind, args.connections,
+                                         tls=args.mix_tls)
         log(f"  {r['requests']:,} requests ({r['statuses']}): {r['instructions']:,} instructions, "
             f"{r['per_request']:,.0f} per request")
     if len(results) == 2:
@@ -1299,6 +1333,7 @@ def report(results, env, args, environment):
     def row(k):
         r = results[k]
         mix, blob, idle, tls = r.get("mix"), r.get("blob"), r.get("idle"), r.get("tls")
+        mix = mix or r.get("mix_tls")  # --mix-tls: the mix columns are the mix over TLS
         proxy = k != "origin"
 
         def star(phase):
@@ -1354,6 +1389,12 @@ def report(results, env, args, environment):
           get(n, "mix", "latency_us", "p99"), 1.0, "le")
     ratio("requests/s, registry-edge / nginx", get(e, "mix", "requests_per_s"),
           get(n, "mix", "requests_per_s"), 1.0, "ge")
+    ratio("CPU per request over TLS (both sides), registry-edge / nginx",
+          get(e, "mix_tls", "cpu_us_per_request"), get(n, "mix_tls", "cpu_us_per_request"),
+          1.0, "le")
+    ratio("p99 latency over TLS (both sides), registry-edge / nginx",
+          get(e, "mix_tls", "latency_us", "p99"), get(n, "mix_tls", "latency_us", "p99"),
+          1.0, "le")
     ratio("blob CPU per GiB, registry-edge / nginx", get(e, "blob", "cpu_ms_per_gib"),
           get(n, "blob", "cpu_ms_per_gib"), 1.0, "le")
     ratio("TLS CPU per new connection, registry-edge / nginx",
@@ -1497,6 +1538,10 @@ def main():
     ap.add_argument("--skip-cache", action="store_true",
                     help="no blob-cache cases (registry-edge with blob_cache, and nginx with "
                          "proxy_cache as a reference: fill, then hits)")
+    ap.add_argument("--mix-tls", action="store_true",
+                    help="the mix (timed, or under --callgrind) with TLS on both sides: wrk over "
+                         "HTTPS to each proxy's TLS listener, each proxy to the origin's TLS "
+                         "listener (the TLS blob cases' configurations); only the mix is measured")
     ap.add_argument("--skip-blob-tls", action="store_true",
                     help="no TLS blob cases (the blob cases again with TLS on both sides: curl to "
                          "the proxy over HTTPS, the proxy to the origin over HTTPS)")
@@ -1516,6 +1561,10 @@ def main():
                     help="registry-edge's HTTP/1 session (server.http1; default pingora)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs)")
     args = ap.parse_args()
+    if args.mix_tls:
+        # Only the mix, over TLS: the blob, idle and handshake cases have their own TLS forms.
+        args.skip_blob = args.skip_idle = args.skip_tls = True
+        args.skip_cache = args.skip_blob_tls = True
     for k in ("duration", "warmup", "tls_seconds"):
         setattr(args, k, int(str(getattr(args, k)).rstrip("s")))
     only = args.only or ["origin", "nginx", "edge"]
@@ -1563,7 +1612,9 @@ def main():
         sample = [a for a in env.addresses if a[1] in EMBARGO][:100]
         sample += [a for a in env.addresses if a[1] not in EMBARGO][:100]
 
-        if "origin" in only:
+        if "origin" in only and args.mix_tls:
+            log("\n== origin direct: not measured with --mix-tls (its mix is plain HTTP)")
+        elif "origin" in only:
             log(f"\n== origin direct (nginx on core {LOAD_CORE}, port {origin.port})")
             res = results["origin"] = {}
             res["mix"] = measure_mix(origin, env, args)
@@ -1586,6 +1637,16 @@ def main():
             if key not in only:
                 continue
             log(f"\n== {LABELS[key]} (core {PROXY_CORE}), load average {loadavg()}")
+            if args.mix_tls:
+                conf = env.nginx_tls_conf if key == "nginx" else env.edge_tls_conf
+                server = Server(key, env, conf=conf).start()
+                results[key] = {}
+                try:
+                    tls_mix_checks(server, env)
+                    results[key]["mix_tls"] = measure_mix(server, env, args)
+                finally:
+                    server.stop()
+                continue
             server = Server(key, env).start()
             res = results[key] = {}
             try:

@@ -101,6 +101,11 @@ pub(super) fn poll_send_file(
 }
 
 /// Writes a file's spans as a session's body through placeholder writes.
+///
+/// The lean HTTP/1 session (`listen::lean`) hands pingora no stream to look into: it puts its
+/// connection's sender among the request head's extensions instead, where [`FileSender::of`]
+/// finds it.
+#[derive(Clone)]
 pub(crate) struct FileSender {
     slot: Slot,
 }
@@ -109,7 +114,15 @@ impl FileSender {
     /// The sender of the session's connection when the kernel can send files on it: HTTP/1
     /// over plain TCP.
     pub(crate) fn of(session: &pingora_proxy::Session) -> Option<FileSender> {
-        let stream = session.as_downstream().stream()?;
+        let downstream = session.as_downstream();
+        if downstream.is_custom() {
+            return downstream
+                .req_header()
+                .extensions
+                .get::<FileSender>()
+                .cloned();
+        }
+        let stream = downstream.stream()?;
         let conn = (**stream).as_any().downcast_ref::<Conn<TcpStream>>()?;
         Some(FileSender::on(conn))
     }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::ports::free_port;
+use crate::ports::{free_port, http1};
 use crate::support::{
     edge_dir, geo_dir, get_from, make_certs, metrics_text, mmdb, sample, spawn_edge, start_origin,
     start_origin_opts, wait_ready, Edge, GeoDir, Kind, Origin, OriginOpts, DIGEST,
@@ -141,7 +141,7 @@ fn start_edge_regions(
     let (http, tls, redirect, admin) = (free_port(), free_port(), free_port(), free_port());
     let yaml = format!(
         r#"version: 1
-server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, pid_file: {dir}/edge.pid, upgrade_sock: {dir}/upgrade.sock }}
+server: {{ threads: 2, grace_period: 1s, graceful_shutdown_timeout: 1s, pid_file: {dir}/edge.pid, upgrade_sock: {dir}/upgrade.sock, http1: {http1} }}
 listeners:
   - address: "127.0.0.1:{http}"
 admin:
@@ -170,6 +170,7 @@ registry:
         west_login = west.login.addr,
         east_data = east.data.addr,
         west_data = west.data.addr,
+        http1 = http1(),
     );
     let child = spawn_edge(&dir, &yaml);
     let edge = Edge::without_origins(child, dir, [http, tls, redirect, admin], certs);

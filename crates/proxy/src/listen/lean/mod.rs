@@ -20,6 +20,7 @@
 pub mod differential;
 pub mod head;
 
+use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -39,9 +40,11 @@ use pingora::protocols::{Digest, GetSocketDigest, Ssl};
 use pingora::server::ShutdownWatch;
 use pingora::{Error, ErrorType, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use self::head::{Chunked, Framing, Parsed, Refused, Step};
 use super::conn::{Conn, Transport};
+use super::sendfile::FileSender;
 use super::Settings;
 
 /// Most body bytes asked of one read, and handed on at a time.
@@ -252,6 +255,12 @@ impl<T: Transport> Lean<T> {
             socket_digest: conn.get_socket_digest(),
             ..Digest::default()
         };
+        let mut req = parsed.header;
+        // Over plain TCP the blob cache's hits are sent by the kernel, as with pingora's
+        // session: the connection's file sender rides with the request head (sendfile.rs).
+        if let Some(tcp) = (conn.as_ref() as &dyn Any).downcast_ref::<Conn<TcpStream>>() {
+            req.extensions_mut().insert(FileSender::on(tcp));
+        }
         let body_in = match parsed.framing {
             Framing::Empty => BodyIn::Done,
             Framing::Length(n) => BodyIn::Length(n),
@@ -260,7 +269,7 @@ impl<T: Transport> Lean<T> {
         Lean {
             conn: Some(conn),
             buf,
-            req: parsed.header,
+            req,
             raw_head: parsed.raw,
             empty_body: parsed.framing == Framing::Empty,
             body_in,
