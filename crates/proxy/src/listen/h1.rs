@@ -33,17 +33,7 @@ pub(super) async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transp
         if *shutdown.borrow() {
             return;
         }
-        // Stale readiness is possible on a new socket and after a request body (see
-        // `Transport::poll_wait`).
-        let verify = first || conn.body_read;
-        let arrived = tokio::select! {
-            biased;
-            r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx, verify))) => {
-                matches!(r, Ok(Ok(true)))
-            }
-            _ = shutdown.changed() => false,
-        };
-        if !arrived {
+        if !next_request(&mut conn, first, settings, &mut shutdown).await {
             return;
         }
         conn.new_head();
@@ -61,6 +51,27 @@ pub(super) async fn serve_h1<A: HttpServerApp + Send + Sync + 'static, T: Transp
             }
         };
         persistent = next;
+    }
+}
+
+/// Waits, under `idle`, for the first byte of a connection's next request, holding only the
+/// connection: `false` when the client closed, the wait timed out or the server is stopping.
+/// Both HTTP/1 sessions' loops wait here.
+pub(super) async fn next_request<T: Transport>(
+    conn: &mut Conn<T>,
+    first: bool,
+    settings: &Settings,
+    shutdown: &mut ShutdownWatch,
+) -> bool {
+    // Stale readiness is possible on a new socket and after a request body (see
+    // `Transport::poll_wait`).
+    let verify = first || conn.body_read;
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx, verify))) => {
+            matches!(r, Ok(Ok(true)))
+        }
+        _ = shutdown.changed() => false,
     }
 }
 

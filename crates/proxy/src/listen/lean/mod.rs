@@ -82,16 +82,8 @@ pub(super) async fn serve_lean<A: HttpServerApp + Send + Sync + 'static, T: Tran
         conn.new_head();
         if buf.is_empty() {
             buf = BytesMut::new();
-            // As pingora's loop (h1.rs): the wait holds only the socket.
-            let verify = first || conn.body_read;
-            let arrived = tokio::select! {
-                biased;
-                r = tokio::time::timeout(settings.idle, std::future::poll_fn(|cx| conn.poll_next_byte(cx, verify))) => {
-                    matches!(r, Ok(Ok(true)))
-                }
-                _ = shutdown.changed() => false,
-            };
-            if !arrived {
+            // As pingora's loop: the wait holds only the socket.
+            if !super::h1::next_request(&mut conn, first, settings, &mut shutdown).await {
                 return;
             }
         } else {
@@ -258,8 +250,12 @@ impl<T: Transport> Lean<T> {
         let mut req = parsed.header;
         // Over plain TCP the blob cache's hits are sent by the kernel, as with pingora's
         // session: the connection's file sender rides with the request head (sendfile.rs).
-        if let Some(tcp) = (conn.as_ref() as &dyn Any).downcast_ref::<Conn<TcpStream>>() {
-            req.extensions_mut().insert(FileSender::on(tcp));
+        // Only a GET is answered with a file's bytes; other requests skip the extension map's
+        // allocation.
+        if req.method == Method::GET {
+            if let Some(tcp) = (conn.as_ref() as &dyn Any).downcast_ref::<Conn<TcpStream>>() {
+                req.extensions_mut().insert(FileSender::on(tcp));
+            }
         }
         let body_in = match parsed.framing {
             Framing::Empty => BodyIn::Done,
