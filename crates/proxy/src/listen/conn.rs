@@ -474,4 +474,4 @@ fn blank_line(b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

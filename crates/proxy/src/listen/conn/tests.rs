@@ -5,7 +5,7 @@ use super::*;
 /// A socket that records each write call (a vectored call is one write) and takes at most
 /// `limit` bytes per call.
 #[derive(Debug, Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     writes: Vec<Vec<u8>>,
     limit: usize,
 }
@@ -62,7 +62,7 @@ impl Transport for Recorder {
     }
 }
 
-fn conn(limit: usize) -> Conn<Recorder> {
+pub(crate) fn conn(limit: usize) -> Conn<Recorder> {
     let io = Recorder {
         writes: Vec::new(),
         limit,
@@ -70,7 +70,7 @@ fn conn(limit: usize) -> Conn<Recorder> {
     Conn::new(io, ([127, 0, 0, 1], 1).into(), None, &settings())
 }
 
-fn settings() -> Settings {
+pub(crate) fn settings() -> Settings {
     Settings {
         tls: None,
         idle: Duration::from_secs(5),

@@ -129,3 +129,67 @@ fn the_lean_session_is_never_looser_than_pingora_on_a_generated_corpus() {
         "{both} {lean_refused}"
     );
 }
+
+/// A lean session for the request `raw` on `conn`.
+fn session<T: super::Transport>(conn: Box<super::Conn<T>>, raw: &[u8]) -> super::Lean<T> {
+    let mut buf = bytes::BytesMut::from(raw);
+    let parsed = match super::head::parse_request(&mut buf) {
+        Ok(Some(p)) => p,
+        other => panic!("{other:?}"),
+    };
+    let (_tx, shutdown) = tokio::sync::watch::channel(false);
+    super::Lean::new(conn, buf, parsed, true, Default::default(), shutdown)
+}
+
+/// Blob-cache hits through the lean session are sent by the kernel as through pingora's: over
+/// plain TCP a GET's head carries its own connection's file sender (a placeholder write armed
+/// through it arrives at the client as the file's bytes); a HEAD's does not, nor does a GET's
+/// on another transport.
+#[tokio::test]
+async fn a_get_over_tcp_carries_its_connections_file_sender() -> std::io::Result<()> {
+    use crate::listen::conn::tests::{conn, settings};
+    use crate::listen::sendfile::FileSender;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let scratch = crate::testing::Scratch::new("lean-sendfile");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(scratch.join("entry"), &data)?;
+    let file = std::sync::Arc::new(std::fs::File::open(scratch.join("entry"))?);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+    let (server, peer) = listener.accept().await?;
+    let tcp = Box::new(super::Conn::new(server, peer, None, &settings()));
+
+    let mut head = session(
+        tcp,
+        b"HEAD /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert!(head.req.extensions.get::<FileSender>().is_none());
+    let tcp = head.conn.take().unwrap();
+    let mut get = session(
+        tcp,
+        b"GET /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let sender = get.req.extensions.get::<FileSender>().cloned().unwrap();
+    let mut tcp = get.conn.take().unwrap();
+    {
+        let (_armed, placeholder) = sender.arm(&file, 1000, 50_000);
+        tcp.write_all(&placeholder).await?;
+        tcp.flush().await?;
+    }
+    drop(tcp);
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await?;
+    assert!(
+        got == data[1000..51_000],
+        "the file's span, as the kernel sent it"
+    );
+
+    let other = session(
+        Box::new(conn(usize::MAX)),
+        b"GET /v2/a/blobs/sha256:00 HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    assert!(other.req.extensions.get::<FileSender>().is_none());
+    Ok(())
+}
