@@ -551,7 +551,7 @@ def wrk_mix(server, env, duration, connections, host=None, tls=False):
 
 def measure_mix(server, env, args):
     wait_quiet(args.wait_quiet)
-    tls = getattr(args, "mix_tls", False)
+    tls = args.mix_tls
     warm = wrk_mix(server, env, args.warmup, args.connections, tls=tls)
     log(f"  warm-up ({args.warmup}s, not measured): {warm['rps']:,.0f} requests/s")
     with Meter(server) as meter:
@@ -952,14 +952,7 @@ def blob_tls_cases(env, args, results, only, origin, origin_location):
         try:
             public = f"{PUBLIC_HOST}:{server.tls_port}"
             resolve = f"{public}:127.0.0.1"
-            failures = []
-            status, headers, handshake = curl_get(f"https://{public}/v2/", resolve, env.cert)
-            realm = f'realm="https://{public}/oauth2/token"'
-            if status != 401 or realm not in headers.get("www-authenticate", ""):
-                failures.append(f"/v2/: want 401 with {realm}, got {status} "
-                                f"{headers.get('www-authenticate')}")
-            if handshake["protocol"] != "TLSv1.3":
-                failures.append(f"TLS: {handshake}")
+            failures, handshake = tls_realm_check(server, env)
             status, headers, _ = curl_get(f"https://{public}{env.blob_path}", resolve, env.cert)
             want = tls_location.replace(f"https://{DATA_HOST}/",
                                         f"https://{PUBLIC_DATA_HOST}:{server.tls_port}/")
@@ -1034,17 +1027,29 @@ def callgrind_mix(key, env, seconds, connections, tls=False):
             "per_request": total / max(1, mix["requests"]), "statuses": statuses}
 
 
-def tls_mix_checks(server, env):
-    """Before the mix over TLS: the proxy answers on its TLS listener with TLS 1.3 and the realm
-    rewritten to the public https:// name, while it speaks TLS to the origin."""
+def tls_realm_check(server, env):
+    """`GET /v2/` on the proxy's TLS listener: a 401 with the realm rewritten to the public
+    https:// name, over TLS 1.3. What failed (empty when nothing did), and curl's handshake."""
     public = f"{PUBLIC_HOST}:{server.tls_port}"
     status, headers, handshake = curl_get(f"https://{public}/v2/", f"{public}:127.0.0.1",
                                           env.cert)
+    failures = []
     realm = f'realm="https://{public}/oauth2/token"'
-    if status != 401 or realm not in headers.get("www-authenticate", "") \
-            or handshake["protocol"] != "TLSv1.3":
-        raise BenchError(f"{LABELS[server.key]} over TLS: want 401 with {realm} over TLSv1.3, "
-                         f"got {status} {headers.get('www-authenticate')} {handshake}")
+    if status != 401 or realm not in headers.get("www-authenticate", ""):
+        failures.append(f"/v2/: want 401 with {realm}, got {status} "
+                        f"{headers.get('www-authenticate')}")
+    if handshake["protocol"] != "TLSv1.3":
+        failures.append(f"TLS: {handshake}")
+    return failures, handshake
+
+
+def tls_mix_checks(server, env):
+    """Before the mix over TLS: the realm check on the proxy's TLS listener, while the proxy
+    speaks TLS to the origin."""
+    failures, handshake = tls_realm_check(server, env)
+    if failures:
+        raise BenchError(f"{LABELS[server.key]} over TLS does not do the job:\n  "
+                         + "\n  ".join(failures))
     log(f"  checks over TLS: 401 realm (https://): ok; {handshake['protocol']} "
         f"{handshake['cipher']}; upstream: the origin's TLS listener")
 
