@@ -4,6 +4,7 @@
     benches/load/callgrind_profile.py DUMP REQUESTS                    # top functions by self cost
     benches/load/callgrind_profile.py DUMP REQUESTS --match 'ProxyHttp for|lean::'   # inclusive
     benches/load/callgrind_profile.py DUMP REQUESTS --callers __memcpy_avx_unaligned_erms
+    benches/load/callgrind_profile.py DUMP REQUESTS --callees 'Edge>::upstream_head$'
 
 DUMP is `callgrind.<proxy>.<pid>.1` in the kept run directory; REQUESTS is the request count
 the harness printed for that run, so figures are instructions per request.
@@ -55,6 +56,7 @@ def main():
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--match", help="inclusive cost of the functions whose name matches")
     ap.add_argument("--callers", help="who calls the functions whose name matches, and at what cost")
+    ap.add_argument("--callees", help="what the functions whose name matches call, and at what cost")
     a = ap.parse_args()
     self_cost, call_cost, call_count = read(a.dump)
     total = sum(self_cost.values())
@@ -70,6 +72,17 @@ def main():
         print(f"{'per request':>12} {'calls/req':>9}  caller")
         for caller, c in by.most_common(a.top):
             print(f"{c / a.requests:12,.0f} {n[caller] / a.requests:9.2f}  {caller}")
+    elif a.callees:
+        pat = re.compile(a.callees)
+        by = collections.Counter()
+        n = collections.Counter()
+        for (caller, callee), c in call_cost.items():
+            if caller and pat.search(caller) and caller != callee:
+                by[callee] += c
+                n[callee] += call_count[(caller, callee)]
+        print(f"{'per request':>12} {'calls/req':>9}  callee (inclusive)")
+        for callee, c in by.most_common(a.top):
+            print(f"{c / a.requests:12,.0f} {n[callee] / a.requests:9.2f}  {callee}")
     elif a.match:
         pat = re.compile(a.match)
         outgoing = collections.Counter()

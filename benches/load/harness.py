@@ -55,7 +55,10 @@ GIB = 1 << 30
 # (a container without CAP_SYS_RESOURCE cannot raise it). Set in main().
 NOFILE = 65536
 
-LABELS = {"origin": "origin direct", "nginx": "nginx", "edge": "registry-edge"}
+LABELS = {"origin": "origin direct", "nginx": "nginx", "edge": "registry-edge",
+          "floor": "pingora's floor"}
+# `--floor`: a ProxyHttp whose only phase is upstream_peer (floor.rs), built by `run --floor`.
+FLOOR_BIN = os.path.join(ROOT, "target", "release", "examples", "pingora_floor")
 
 # curl's TLS in the TLS blob cases: TLS 1.3, AES-128-GCM offered first, as Go's crypto/tls
 # (docker, containerd) does on hardware with AES instructions. With OpenSSL's default order
@@ -383,6 +386,14 @@ class Server:
             self.host = f"{PUBLIC_HOST}:{self.port}"
             self.data_host = f"{PUBLIC_DATA_HOST}:{self.port}"
             wait_http(self.port, self.host, "/v2/", 401, "nginx", timeout=20)
+        elif self.key == "floor":
+            argv = pinned(PROXY_CORE, [FLOOR_BIN, f"127.0.0.1:{p['EDGE_PORT']}",
+                                       f"127.0.0.1:{p['ORIGIN_PORT']}"])
+            proc = PROCS.start(LABELS["floor"], argv, signal.SIGINT, env.path("floor.out"))
+            self.port, self.tls_port = p["EDGE_PORT"], None
+            self.host = f"{PUBLIC_HOST}:{self.port}"
+            self.data_host = None
+            wait_http(self.port, self.host, "/v2/", 401, LABELS["floor"], timeout=20)
         else:
             argv = pinned(PROXY_CORE, [EDGE_BIN, "run", "-c", self.conf or env.edge_conf])
             proc = PROCS.start("registry-edge", argv, signal.SIGINT, env.path("edge.out"))
@@ -1001,6 +1012,11 @@ def callgrind_mix(key, env, seconds, connections, tls=False):
         argv = pinned(PROXY_CORE, vg + ["nginx", "-c", conf, "-p", env.dir + "/",
                                         "-g", "daemon off; master_process off;"])
         stop_signal = signal.SIGTERM
+    elif key == "floor":
+        port = p["EDGE_PORT"]
+        argv = pinned(PROXY_CORE, vg + [FLOOR_BIN, f"127.0.0.1:{port}",
+                                        f"127.0.0.1:{p['ORIGIN_PORT']}"])
+        stop_signal = signal.SIGINT
     else:
         port = p["EDGE_PORT"]
         argv = pinned(PROXY_CORE, vg + [EDGE_BIN, "run", "-c",
@@ -1057,8 +1073,8 @@ def tls_mix_checks(server, env):
 def callgrind_compare(env, args):
     """`--callgrind N`: nginx and registry-edge, one after the other, under callgrind."""
     results = {}
-    for key in ("nginx", "edge"):
-        if key not in (args.only or ["nginx", "edge"]):
+    for key in ("nginx", "edge", "floor"):
+        if key not in (args.only or ["nginx", "edge"]) + (["floor"] if args.floor else []):
             continue
         over = " over TLS (both sides)" if args.mix_tls else ""
         log(f"\n== {LABELS[key]} under callgrind (core {PROXY_CORE}), {args.callgrind}s of the "
@@ -1067,9 +1083,10 @@ def callgrind_compare(env, args):
                                          tls=args.mix_tls)
         log(f"  {r['requests']:,} requests ({r['statuses']}): {r['instructions']:,} instructions, "
             f"{r['per_request']:,.0f} per request")
-    if len(results) == 2:
-        ratio = results["edge"]["per_request"] / results["nginx"]["per_request"]
-        log(f"\ninstructions per request (user space), registry-edge / nginx: {ratio:.2f}")
+    for key in ("edge", "floor"):
+        if key in results and "nginx" in results:
+            ratio = results[key]["per_request"] / results["nginx"]["per_request"]
+            log(f"\ninstructions per request (user space), {LABELS[key]} / nginx: {ratio:.2f}")
     return results
 
 
@@ -1330,7 +1347,7 @@ def blob_table(results, args, disturbed):
 
 
 def report(results, env, args, environment):
-    rows = [k for k in ("origin", "nginx", "edge") if k in results]
+    rows = [k for k in ("origin", "nginx", "edge", "floor") if k in results]
     kb = 1024.0
 
     disturbed = []
@@ -1394,6 +1411,11 @@ def report(results, env, args, environment):
           get(n, "mix", "latency_us", "p99"), 1.0, "le")
     ratio("requests/s, registry-edge / nginx", get(e, "mix", "requests_per_s"),
           get(n, "mix", "requests_per_s"), 1.0, "ge")
+    fl = results.get("floor")
+    ratio("(reference) CPU per request, pingora's floor (no job done) / nginx",
+          get(fl, "mix", "cpu_us_per_request"), get(n, "mix", "cpu_us_per_request"), 1.0, "le")
+    ratio("(reference) p99 latency, pingora's floor (no job done) / nginx",
+          get(fl, "mix", "latency_us", "p99"), get(n, "mix", "latency_us", "p99"), 1.0, "le")
     ratio("CPU per request over TLS (both sides), registry-edge / nginx",
           get(e, "mix_tls", "cpu_us_per_request"), get(n, "mix_tls", "cpu_us_per_request"),
           1.0, "le")
@@ -1564,8 +1586,16 @@ def main():
                          "for SECONDS of the mix, instructions per request (repeatable figures)")
     ap.add_argument("--http1", choices=["pingora", "lean"], default="pingora",
                     help="registry-edge's HTTP/1 session (server.http1; default pingora)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also pingora's floor in the mix (timed, or under --callgrind): a "
+                         "ProxyHttp whose only phase is upstream_peer, pingora's HTTP/1 session, "
+                         "no job done (floor.rs); `run --floor` builds it. Plain HTTP only")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs)")
     args = ap.parse_args()
+    if args.floor and args.mix_tls:
+        raise BenchError("--floor: the floor speaks plain HTTP only (not with --mix-tls)")
+    if args.floor and not os.path.exists(FLOOR_BIN):
+        raise BenchError(f"--floor: {FLOOR_BIN} is missing (benches/load/run --floor builds it)")
     if args.mix_tls:
         # Only the mix, over TLS: the blob, idle and handshake cases have their own TLS forms.
         args.skip_blob = args.skip_idle = args.skip_tls = True
@@ -1688,6 +1718,14 @@ def main():
                     geo_check(server, env, sample[:20] + sample[-20:])
                     res["idle"] = measure_idle(server, env, args.idle_connections,
                                                args.wait_quiet)
+            finally:
+                server.stop()
+        if args.floor:
+            log(f"\n== {LABELS['floor']}: a ProxyHttp with only upstream_peer, no job done "
+                f"(core {PROXY_CORE}), load average {loadavg()}")
+            server = Server("floor", env).start()
+            try:
+                results["floor"] = {"mix": measure_mix(server, env, args)}
             finally:
                 server.stop()
         if "nginx" in only and not args.skip_blob and not args.skip_cache:
