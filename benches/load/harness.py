@@ -595,6 +595,10 @@ def measure_mix(server, env, args):
 def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0, cacert=None):
     """`runs` transfers of the blob with curl; with `cacert`, an https:// URL over TLS 1.3 with
     that CA trusted (CURL_TLS)."""
+    # Dirty pages an earlier case left (nginx's proxy_cache writes its files through the page
+    # cache; the kernel writes them back up to 30 s later) go to disk now, not in the middle of
+    # this measurement.
+    os.sync()
     wait_quiet(quiet_wait)
     results = []
     meter = Meter(server)
