@@ -652,6 +652,17 @@ def send_floor(path):
     return json.loads(out)
 
 
+def relay_floor(path):
+    """What one process costs on the proxy's core that receives the blob over loopback into a
+    4 MiB buffer and sends it on, with nothing else; and the same hashing each buffer with
+    OpenSSL's SHA-256 (relaycost.py; the sender and the reader on the load core, where the
+    origin and curl are). The floor under any proxying, and under any verified fill, on this
+    machine: printed beside the fill."""
+    _, out, _ = run([sys.executable, os.path.join(HERE, "relaycost.py"), path, str(PROXY_CORE),
+                     str(LOAD_CORE)], timeout=180)
+    return json.loads(out)
+
+
 def curl_get(url, resolve, cacert):
     """One GET over TLS with curl on the load core (TLS 1.3, CURL_TLS, `cacert` trusted, SNI
     from the URL): the status, the response headers (names in lower case) and the protocol and
@@ -872,6 +883,7 @@ def measure_blob_cache(env, args, tls=False):
     finally:
         server.stop()
     floor = None if tls else send_floor(entry)
+    relay = None if tls else relay_floor(env.blob)
     sha = sha256_ms_per_gib()
     if tls:
         log(f"  curl → registry-edge: {handshake['protocol']} {handshake['cipher']}")
@@ -887,6 +899,11 @@ def measure_blob_cache(env, args, tls=False):
             f"(sendcost.py): sendfile {floor['sendfile']['cpu_ms_per_gib']:,.0f} ms/GiB, "
             f"pread + send {floor['copy']['cpu_ms_per_gib']:,.0f} ms/GiB")
         result["send_floor"] = floor
+    if relay:
+        log(f"  one process relaying the blob over loopback on core {PROXY_CORE} (relaycost.py): "
+            f"receive + send {relay['relay']['cpu_ms_per_gib']:,.0f} ms/GiB, receive + SHA-256 "
+            f"(OpenSSL) + send {relay['relay_sha256']['cpu_ms_per_gib']:,.0f} ms/GiB")
+        result["relay_floor"] = relay
     if tls:
         result["client_tls"] = handshake
     else:
@@ -1458,6 +1475,13 @@ def report(results, env, args, environment):
         ratio("blob cache fill CPU per GiB, registry-edge / (nginx proxying + SHA-256)" + suffix,
               get(c, "fill", "cpu_ms_per_gib"),
               nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None, 1.0, "le")
+        relay = get(c, "relay_floor", "relay_sha256", "cpu_ms_per_gib")
+        if relay is not None:
+            ratio("(reference) one process's receive + SHA-256 + send alone / (nginx proxying + "
+                  "SHA-256)", relay,
+                  nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None, 1.0, "le")
+            ratio("(reference) registry-edge fill / one process's receive + SHA-256 + send alone",
+                  get(c, "fill", "cpu_ms_per_gib"), relay, 1.0, "le")
 
     cache_ratios("", "blob", "blob_cache", "proxy_cache")
     # The same blob ratios with TLS on both sides, each against the TLS/TLS figures.

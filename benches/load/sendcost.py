@@ -30,19 +30,11 @@ def send_once(path, mode, sender_core, receiver_core):
     child = os.fork()
     if child == 0:
         os.sched_setaffinity(0, {receiver_core})
-        c = socket.create_connection(("127.0.0.1", port))
-        buf = bytearray(1 << 20)
-        got = 0
-        while True:
-            n = c.recv_into(buf)
-            if not n:
-                break
-            got += n
-        os._exit(0 if got == size else 1)
+        read_all(port, size)
     os.sched_setaffinity(0, {sender_core})
     conn, _ = srv.accept()
     fd = os.open(path, os.O_RDONLY)
-    r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    start = mark()
     at = 0
     if mode == "sendfile":
         while at < size:
@@ -54,22 +46,52 @@ def send_once(path, mode, sender_core, receiver_core):
             conn.sendall(view[:n])
             at += n
     conn.close()
-    r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    spent = since(start, size)
     os.close(fd)
     srv.close()
     _, status = os.waitpid(child, 0)
     if status != 0:
         raise SystemExit(f"sendcost: the receiver did not get the {size} bytes ({mode})")
+    return spent
+
+
+def read_all(port, size):
+    """In a forked child: connects to `port`, reads to the end (1 MiB reads, like curl), and
+    exits 0 if that was `size` bytes, 1 if not."""
+    c = socket.create_connection(("127.0.0.1", port))
+    buf = bytearray(1 << 20)
+    got = 0
+    while True:
+        n = c.recv_into(buf)
+        if not n:
+            break
+        got += n
+    os._exit(0 if got == size else 1)
+
+
+def mark():
+    """This process's CPU time and the clock, now."""
+    return resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+
+
+def since(start, size):
+    """This process's CPU (user + system) per GiB for `size` bytes and the seconds since
+    `start` (`mark()`)."""
+    (r0, t0), (r1, t1) = start, mark()
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return {"cpu_ms_per_gib": cpu * 1000 * GIB / size, "seconds": t1 - t0}
 
 
-def main():
-    path, sender, receiver = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    # Once to have the file in the page cache, then measured.
+def warm(path):
+    """Reads `path` once, so that the measured runs find it in the page cache."""
     with open(path, "rb") as f:
         while f.read(16 << 20):
             pass
+
+
+def main():
+    path, sender, receiver = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    warm(path)
     out = {mode: send_once(path, mode, sender, receiver) for mode in ("sendfile", "copy")}
     print(json.dumps(out))
 
