@@ -61,28 +61,21 @@ def main():
     self_cost, call_cost, call_count = read(a.dump)
     total = sum(self_cost.values())
     print(f"{total:,} instructions, {total / a.requests:,.0f} per request")
-    if a.callers:
-        pat = re.compile(a.callers)
+    if a.callers or a.callees:
+        # Calls into the matching functions, by caller; or out of them, by callee (calls of a
+        # function to itself left out).
+        into = bool(a.callers)
+        pat = re.compile(a.callers or a.callees)
         by = collections.Counter()
         n = collections.Counter()
         for (caller, callee), c in call_cost.items():
-            if callee and pat.search(callee):
-                by[caller] += c
-                n[caller] += call_count[(caller, callee)]
-        print(f"{'per request':>12} {'calls/req':>9}  caller")
-        for caller, c in by.most_common(a.top):
-            print(f"{c / a.requests:12,.0f} {n[caller] / a.requests:9.2f}  {caller}")
-    elif a.callees:
-        pat = re.compile(a.callees)
-        by = collections.Counter()
-        n = collections.Counter()
-        for (caller, callee), c in call_cost.items():
-            if caller and pat.search(caller) and caller != callee:
-                by[callee] += c
-                n[callee] += call_count[(caller, callee)]
-        print(f"{'per request':>12} {'calls/req':>9}  callee (inclusive)")
-        for callee, c in by.most_common(a.top):
-            print(f"{c / a.requests:12,.0f} {n[callee] / a.requests:9.2f}  {callee}")
+            matched, other = (callee, caller) if into else (caller, callee)
+            if matched and pat.search(matched) and (into or caller != callee):
+                by[other] += c
+                n[other] += call_count[(caller, callee)]
+        print(f"{'per request':>12} {'calls/req':>9}  {'caller' if into else 'callee (inclusive)'}")
+        for other, c in by.most_common(a.top):
+            print(f"{c / a.requests:12,.0f} {n[other] / a.requests:9.2f}  {other}")
     elif a.match:
         pat = re.compile(a.match)
         outgoing = collections.Counter()

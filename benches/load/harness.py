@@ -60,6 +60,11 @@ LABELS = {"origin": "origin direct", "nginx": "nginx", "edge": "registry-edge",
 # `--floor`: a ProxyHttp whose only phase is upstream_peer (floor.rs), built by `run --floor`.
 FLOOR_BIN = os.path.join(ROOT, "target", "release", "examples", "pingora_floor")
 
+
+def floor_argv(ports):
+    """pingora's floor on registry-edge's port (they never run at once), to the plain origin."""
+    return [FLOOR_BIN, f"127.0.0.1:{ports['EDGE_PORT']}", f"127.0.0.1:{ports['ORIGIN_PORT']}"]
+
 # curl's TLS in the TLS blob cases: TLS 1.3, AES-128-GCM offered first, as Go's crypto/tls
 # (docker, containerd) does on hardware with AES instructions. With OpenSSL's default order
 # (AES-256-GCM first) nginx, which follows the client's order, would encrypt with another suite
@@ -387,8 +392,7 @@ class Server:
             self.data_host = f"{PUBLIC_DATA_HOST}:{self.port}"
             wait_http(self.port, self.host, "/v2/", 401, "nginx", timeout=20)
         elif self.key == "floor":
-            argv = pinned(PROXY_CORE, [FLOOR_BIN, f"127.0.0.1:{p['EDGE_PORT']}",
-                                       f"127.0.0.1:{p['ORIGIN_PORT']}"])
+            argv = pinned(PROXY_CORE, floor_argv(p))
             proc = PROCS.start(LABELS["floor"], argv, signal.SIGINT, env.path("floor.out"))
             self.port, self.tls_port = p["EDGE_PORT"], None
             self.host = f"{PUBLIC_HOST}:{self.port}"
@@ -1035,8 +1039,7 @@ def callgrind_mix(key, env, seconds, connections, tls=False):
         stop_signal = signal.SIGTERM
     elif key == "floor":
         port = p["EDGE_PORT"]
-        argv = pinned(PROXY_CORE, vg + [FLOOR_BIN, f"127.0.0.1:{port}",
-                                        f"127.0.0.1:{p['ORIGIN_PORT']}"])
+        argv = pinned(PROXY_CORE, vg + floor_argv(p))
         stop_signal = signal.SIGINT
     else:
         port = p["EDGE_PORT"]
@@ -1472,14 +1475,13 @@ def report(results, env, args, environment):
             ratio("blob cache hit CPU per GiB, registry-edge / nginx proxy_cache hit (reference)"
                   + suffix,
                   get(c, "hit", "cpu_ms_per_gib"), get(pc, "hit", "cpu_ms_per_gib"), 1.0, "le")
+        fill_target = nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None
         ratio("blob cache fill CPU per GiB, registry-edge / (nginx proxying + SHA-256)" + suffix,
-              get(c, "fill", "cpu_ms_per_gib"),
-              nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None, 1.0, "le")
+              get(c, "fill", "cpu_ms_per_gib"), fill_target, 1.0, "le")
         relay = get(c, "relay_floor", "relay_sha256", "cpu_ms_per_gib")
         if relay is not None:
             ratio("(reference) one process's receive + SHA-256 + send alone / (nginx proxying + "
-                  "SHA-256)", relay,
-                  nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None, 1.0, "le")
+                  "SHA-256)", relay, fill_target, 1.0, "le")
             ratio("(reference) registry-edge fill / one process's receive + SHA-256 + send alone",
                   get(c, "fill", "cpu_ms_per_gib"), relay, 1.0, "le")
 
