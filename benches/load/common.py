@@ -163,6 +163,12 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
+def minor_faults(pids):
+    """Minor page faults (field 10 of /proc/PID/stat) of the processes, all threads: a page
+    first touched, as a freshly allocated buffer's are."""
+    return sum(int(proc_fields(pid)[7]) for pid in pids)
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])

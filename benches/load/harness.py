@@ -30,7 +30,7 @@ import time
 import types
 
 from common import (PROCS, BenchError, children, cpu_seconds, free_port, loadavg, log,
-                    on_signal, proc_name, render, run)
+                    minor_faults, on_signal, proc_name, render, run)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -114,9 +114,11 @@ class Meter:
         self.server = server
         self.core = PROXY_CORE if server.key != "origin" else LOAD_CORE
         self.cpu_s = self.others_s = self.elapsed_s = 0.0
+        self.faults = 0
 
     def __enter__(self):
         self.t0 = time.time()
+        self.faults0 = minor_faults(self.server.pids)
         self.cpu0 = self.server.cpu()
         self.busy0 = core_busy(self.core)[0]
         return self
@@ -125,6 +127,7 @@ class Meter:
         self.elapsed_s += time.time() - self.t0
         cpu = self.server.cpu() - self.cpu0
         self.cpu_s += cpu
+        self.faults += minor_faults(self.server.pids) - self.faults0
         busy = (core_busy(self.core)[0] - self.busy0) / CLK_TCK
         self.others_s += max(0.0, busy - cpu)
         return False
@@ -616,13 +619,14 @@ def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0, 
         else:
             argv += ["-H", f"Host: {DATA_HOST}"]
         argv.append(url)
-        cpu0 = meter.cpu_s
+        cpu0, faults0 = meter.cpu_s, meter.faults
         with meter:
             _, out, _ = run(argv, timeout=600)
         code, seconds, size = out.split()
         if code != "200" or int(size) != env.blob_size:
             raise BenchError(f"blob through {LABELS[server.key]}: status {code}, {size} bytes")
-        results.append({"seconds": float(seconds), "cpu_s": meter.cpu_s - cpu0})
+        results.append({"seconds": float(seconds), "cpu_s": meter.cpu_s - cpu0,
+                        "minor_faults": meter.faults - faults0})
     secs = [r["seconds"] for r in results]
     cpus = [r["cpu_s"] for r in results]
     gib = env.blob_size / GIB
@@ -631,19 +635,27 @@ def measure_blob(server, env, url, resolve, runs, core=LOAD_CORE, quiet_wait=0, 
         "curl_core": core, "runs": results, "seconds_median": median_s,
         "mb_per_s": env.blob_size / 1e6 / median_s,
         "cpu_ms_per_gib": statistics.median(cpus) * 1000 / gib,
+        "minor_faults_per_gib": statistics.median(r["minor_faults"] for r in results) / gib,
     }, **meter.note("blob transfers"))
+
+
+def sha256_once(seconds=1):
+    """This machine's SHA-256 cost on the proxy's core now (`openssl speed -evp sha256`, 16 KiB
+    blocks), ms per GiB: what a verified fill must spend on top of moving the bytes."""
+    _, out, _ = run(["taskset", "-c", str(PROXY_CORE), "openssl", "speed", "-evp", "sha256",
+                     "-bytes", "16384", "-seconds", str(seconds)], timeout=60)
+    line = [ln for ln in out.splitlines() if ln.lower().startswith("sha256")][-1]
+    kbytes_per_s = float(line.split()[-1].rstrip("k"))
+    return GIB / (kbytes_per_s * 1000) * 1000
 
 
 @functools.cache
 def sha256_ms_per_gib():
-    """This machine's SHA-256 cost on the proxy's core (`openssl speed -evp sha256`, 16 KiB
-    blocks): what a verified fill must spend on top of moving the bytes. Measured once a run
-    (the plain and the TLS fills are compared with the same figure)."""
-    _, out, _ = run(["taskset", "-c", str(PROXY_CORE), "openssl", "speed", "-evp", "sha256",
-                     "-bytes", "16384", "-seconds", "2"], timeout=60)
-    line = [ln for ln in out.splitlines() if ln.lower().startswith("sha256")][-1]
-    kbytes_per_s = float(line.split()[-1].rstrip("k"))
-    return GIB / (kbytes_per_s * 1000) * 1000
+    """sha256_once's median of three, taken once a run (the unpaired fill ratios of the plain
+    and the TLS case use the same figure); the three are in the JSON
+    (`sha256_samples_ms_per_gib`)."""
+    samples = tuple(sha256_once() for _ in range(3))
+    return statistics.median(samples), samples
 
 
 def send_floor(path):
@@ -817,64 +829,151 @@ def measure_cold_hit(server, env, location, resolve, entry):
     return out
 
 
+def edge_cache_location(server, env, tls):
+    """The registry's redirect to the blob, signed by the edge with its cache token: the
+    Location, curl's --resolve for its data host and (with `tls`) the client handshake."""
+    handshake = None
+    if tls:
+        tls_host = f"{PUBLIC_HOST}:{server.tls_port}"
+        status, headers, handshake = curl_get(f"https://{tls_host}{env.blob_path}",
+                                              f"{tls_host}:127.0.0.1", env.cert)
+        location = headers.get("location", "")
+    else:
+        r, _ = request(server.port, "GET", env.blob_path,
+                       {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
+        status, location = r.status, r.getheader("Location") or ""
+    if status != 307 or "&_rec=" not in location:
+        raise BenchError(f"blob cache: want a 307 with a cache token, got {status} {location}")
+    if tls and not location.startswith(f"https://{PUBLIC_DATA_HOST}:{server.tls_port}/"):
+        raise BenchError(f"blob cache, {TLS_CASE}: Location {location} is not on the TLS "
+                         f"listener's data host")
+    return location, f"{location.split('/')[2]}:127.0.0.1", handshake
+
+
+def nginx_blob_location(server, env, tls):
+    """nginx's redirect to the blob, on its data host: the Location and curl's --resolve."""
+    if tls:
+        public = f"{PUBLIC_HOST}:{server.tls_port}"
+        status, headers, _ = curl_get(f"https://{public}{env.blob_path}", f"{public}:127.0.0.1",
+                                      env.cert)
+        location = headers.get("location", "")
+    else:
+        r, _ = request(server.port, "GET", env.blob_path,
+                       {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
+        status, location = r.status, r.getheader("Location") or ""
+    if status != 307 or not location:
+        raise BenchError(f"nginx: want a 307 for the blob, got {status} {location}")
+    return location, f"{location.split('/')[2]}:127.0.0.1"
+
+
+def measure_edge_fill(server, env, args, location, resolve, cacert, tls):
+    """One fill of the blob through a registry-edge whose cache does not hold it: the transfer
+    (measure_blob), made again when the edge gave it up, then waited for until the entry is
+    stored. Returns the transfer and, with `tls`, the origin's TLS summary."""
+    # A fill the edge gives up stores nothing (its access log says `cache: miss`: the fill's
+    # writer thread fell 64 MiB behind the transfer, docs/blob-cache.md). On this 2-core VM
+    # it happened to every plain fill that came right after nginx's proxy_cache case, and
+    # not to the next fill: so the fill is made again, at most 3 times in all, each given
+    # up one printed and counted (`given_up` in the JSON), never hidden.
+    given_up = []
+    upstream = None
+    for attempt in range(3):
+        mark = origin_tls_mark(env)
+        log_mark = os.path.getsize(env.path("edge-access.log"))
+        fill = measure_blob(server, env, location, resolve, 1, LOAD_CORE, args.wait_quiet,
+                            cacert)
+        if tls:
+            upstream = fill["upstream_tls"] = origin_tls_summary(env, mark)
+        verdict = edge_cache_verdict(env, log_mark)
+        if verdict != "miss":
+            break
+        given_up.append(fill)
+        log(f"  WARNING: registry-edge gave the fill up (access log: cache {verdict}, "
+            f"{fill['mb_per_s']:,.0f} MB/s): nothing stored"
+            + ("; filling again" if attempt < 2 else ""))
+    fill["given_up"] = len(given_up)
+    fill["given_up_transfers"] = given_up
+    # The writer thread syncs the bytes to disk and renames the file after the transfer.
+    cache_dir = "blob-cache-tls" if tls else "blob-cache"
+    entry = env.path(cache_dir, "sha256", env.blob_digest_hex)
+    deadline = time.time() + 120
+    while not (os.path.exists(entry) and os.path.getsize(entry) == env.blob_size):
+        if time.time() > deadline:
+            raise BenchError("blob cache: the fill did not store the blob")
+        time.sleep(0.2)
+    return fill, upstream, entry
+
+
+def median_fill(env, fills):
+    """Several fills' transfers as one case, like measure_blob's several runs: the median time
+    and the median proxy CPU, every fill kept (`fills`); the share others took of the core is
+    the largest of any fill, so that one disturbed fill marks the case."""
+    runs = [r for f in fills for r in f["runs"]]
+    median_s = statistics.median(r["seconds"] for r in runs)
+    cpu = statistics.median(f["cpu_ms_per_gib"] for f in fills)
+    faults = statistics.median(f["minor_faults_per_gib"] for f in fills)
+    out = dict(fills[-1])
+    out.update({"runs": runs, "seconds_median": median_s,
+                "mb_per_s": env.blob_size / 1e6 / median_s,
+                "cpu_ms_per_gib": cpu, "minor_faults_per_gib": faults, "fills": fills,
+                "given_up": sum(f["given_up"] for f in fills),
+                "core_others_share": max(f.get("core_others_share", 0) for f in fills),
+                "core_others_s": max(f.get("core_others_s", 0) for f in fills)})
+    return out
+
+
 def measure_blob_cache(env, args, tls=False):
     """registry-edge with its blob cache: the registry's redirect signed by the edge, then the
-    blob through the data host: once as the fill (from the origin, hashed and stored), then
-    `blob_runs` times from the cache. With `tls`, TLS on both sides: curl to the edge's TLS
-    listener, the edge to the origin's (registry-edge-cache-tls.yaml), a cache of its own."""
+    blob through the data host: `fill_runs` times as the fill (from the origin, hashed and
+    stored), each by a registry-edge started afresh on an emptied cache, then `blob_runs`
+    times from the cache of the last one. With `tls`, TLS on both sides: curl to the edge's
+    TLS listener, the edge to the origin's (registry-edge-cache-tls.yaml), a cache of its own.
+
+    Each fill is one round of three measurements taken one after the other, so that the
+    fill's target is measured when the fill is: the blob through nginx proxying (running idle
+    beside the edge meanwhile, on its own port), the fill, and `openssl speed`'s SHA-256. The
+    CPU of this machine's cores drifts by a fifth within minutes, which measurements made
+    minutes apart compare as a difference between the proxies. The ratio of each round is
+    kept, and their median compared (`paired` in the JSON)."""
     conf, cache_dir = ((env.edge_cache_tls_conf, "blob-cache-tls") if tls
                        else (env.edge_cache_conf, "blob-cache"))
     log(f"\n== registry-edge with blob_cache{', ' + TLS_CASE if tls else ''} (core {PROXY_CORE}), "
         f"load average {loadavg()}")
-    server = Server("edge", env, conf=conf).start()
+    server = None
     upstream = {}
+    cacert = env.cert if tls else None
+    nginx = Server("nginx", env, conf=env.nginx_tls_conf if tls else env.nginx_conf).start()
     try:
+        n_location, n_resolve = nginx_blob_location(nginx, env, tls)
+        fills, rounds = [], []
+        for n in range(args.fill_runs):
+            proxied = measure_blob(nginx, env, n_location, n_resolve, 1, LOAD_CORE,
+                                   args.wait_quiet, cacert)
+            if server is not None:
+                # The next fill: a new process on an empty cache, as the first one had.
+                server.stop()
+                shutil.rmtree(env.path(cache_dir))
+            server = Server("edge", env, conf=conf).start()
+            location, resolve, handshake = edge_cache_location(server, env, tls)
+            fill, up, entry = measure_edge_fill(server, env, args, location, resolve, cacert,
+                                                tls)
+            sha = sha256_once()
+            target = proxied["cpu_ms_per_gib"] + sha
+            rounds.append({"nginx_proxying": proxied, "fill_cpu_ms_per_gib":
+                           fill["cpu_ms_per_gib"], "sha256_ms_per_gib": sha,
+                           "target_ms_per_gib": target,
+                           "ratio": fill["cpu_ms_per_gib"] / target})
+            log(f"  round {n + 1} of {args.fill_runs}: nginx proxying "
+                f"{proxied['cpu_ms_per_gib']:,.0f} ms/GiB, SHA-256 {sha:,.0f} ms/GiB, fill "
+                f"{fill['cpu_ms_per_gib']:,.0f} ms/GiB ({fill['seconds_median']:.2f} s, "
+                f"{fill['minor_faults_per_gib']:,.0f} minor page faults per GiB): fill / "
+                f"(nginx proxying + SHA-256) {rounds[-1]['ratio']:.2f}")
+            fills.append(fill)
+        nginx.stop()
+        fill = median_fill(env, fills)
         if tls:
-            tls_host = f"{PUBLIC_HOST}:{server.tls_port}"
-            status, headers, handshake = curl_get(f"https://{tls_host}{env.blob_path}",
-                                                  f"{tls_host}:127.0.0.1", env.cert)
-            location = headers.get("location", "")
-        else:
-            r, _ = request(server.port, "GET", env.blob_path,
-                           {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
-            status, location = r.status, r.getheader("Location") or ""
-        if status != 307 or "&_rec=" not in location:
-            raise BenchError(f"blob cache: want a 307 with a cache token, got {status} "
-                               f"{location}")
-        if tls and not location.startswith(f"https://{PUBLIC_DATA_HOST}:{server.tls_port}/"):
-            raise BenchError(f"blob cache, {TLS_CASE}: Location {location} is not on the TLS "
-                               f"listener's data host")
-        resolve = f"{location.split('/')[2]}:127.0.0.1"
-        cacert = env.cert if tls else None
-        # A fill the edge gives up stores nothing (its access log says `cache: miss`: the fill's
-        # writer thread fell 64 MiB behind the transfer, docs/blob-cache.md). On this 2-core VM
-        # it happened to every plain fill that came right after nginx's proxy_cache case, and
-        # not to the next fill: so the fill is made again, at most 3 times in all, each given
-        # up one printed and counted (`given_up` in the JSON), never hidden.
-        given_up = []
-        for attempt in range(3):
-            mark = origin_tls_mark(env)
-            log_mark = os.path.getsize(env.path("edge-access.log"))
-            fill = measure_blob(server, env, location, resolve, 1, LOAD_CORE, args.wait_quiet,
-                                cacert)
-            if tls:
-                upstream["fill"] = fill["upstream_tls"] = origin_tls_summary(env, mark)
-            verdict = edge_cache_verdict(env, log_mark)
-            if verdict != "miss":
-                break
-            given_up.append(fill)
-            log(f"  WARNING: registry-edge gave the fill up (access log: cache {verdict}, "
-                f"{fill['mb_per_s']:,.0f} MB/s): nothing stored"
-                + ("; filling again" if attempt < 2 else ""))
-        fill["given_up"] = len(given_up)
-        fill["given_up_transfers"] = given_up
-        # The writer thread syncs the bytes to disk and renames the file after the transfer.
-        entry = env.path(cache_dir, "sha256", env.blob_digest_hex)
-        deadline = time.time() + 120
-        while not (os.path.exists(entry) and os.path.getsize(entry) == env.blob_size):
-            if time.time() > deadline:
-                raise BenchError("blob cache: the fill did not store the blob")
-            time.sleep(0.2)
+            # Each fill is one request on one new TLS connection: the last one's, as it was.
+            upstream["fill"] = up
         mark = origin_tls_mark(env)
         hit = measure_blob(server, env, location, resolve, args.blob_runs, LOAD_CORE,
                            args.wait_quiet, cacert)
@@ -885,19 +984,29 @@ def measure_blob_cache(env, args, tls=False):
             # the worker's other clients?
             cold = measure_cold_hit(server, env, location, resolve, entry)
     finally:
-        server.stop()
+        nginx.stop()
+        if server is not None:
+            server.stop()
     floor = None if tls else send_floor(entry)
     relay = None if tls else relay_floor(env.blob)
-    sha = sha256_ms_per_gib()
+    sha, sha_samples = sha256_ms_per_gib()
     if tls:
         log(f"  curl → registry-edge: {handshake['protocol']} {handshake['cipher']}")
     for name, b in (("fill", fill), ("hit", hit)):
         log(f"  cache {name}: {b['seconds_median']:.2f} s, {b['mb_per_s']:,.0f} MB/s, proxy CPU "
-            f"{b['cpu_ms_per_gib']:,.0f} ms/GiB")
+            f"{b['cpu_ms_per_gib']:,.0f} ms/GiB, {b['minor_faults_per_gib']:,.0f} minor page "
+            f"faults per GiB")
         if tls:
             log(f"    {upstream_note(upstream[name])}")
-    log(f"  SHA-256 on core {PROXY_CORE} (openssl speed -evp sha256): {sha:,.0f} ms/GiB")
-    result = {"fill": fill, "hit": hit, "sha256_ms_per_gib": sha}
+    log(f"  SHA-256 on core {PROXY_CORE} (openssl speed -evp sha256, median of 3): {sha:,.0f} "
+        f"ms/GiB ({', '.join(f'{x:,.0f}' for x in sha_samples)})")
+    result = {"fill": fill, "hit": hit, "sha256_ms_per_gib": sha,
+              "sha256_samples_ms_per_gib": list(sha_samples),
+              "paired": {"rounds": rounds,
+                         "ratio_median": statistics.median(r["ratio"] for r in rounds)}}
+    each = ", ".join(f"{r['ratio']:.2f}" for r in rounds)
+    log(f"  fill / (nginx proxying + SHA-256), round by round: {each}; median "
+        f"{result['paired']['ratio_median']:.2f}")
     if floor:
         log(f"  the kernel alone sending the entry over loopback from core {PROXY_CORE} "
             f"(sendcost.py): sendfile {floor['sendfile']['cpu_ms_per_gib']:,.0f} ms/GiB, "
@@ -1362,7 +1471,8 @@ def blob_table(results, args, disturbed):
     log("plain: curl → proxy → origin over HTTP" + (
         f"; {TLS_CASE}: curl → proxy over HTTPS (TLS 1.3), proxy → origin over HTTPS (TLS 1.3, "
         "verified, keepalive)" if with_tls else "") + f". Median of {args.blob_runs} runs "
-        "(fill: 1); CPU = the proxy's." + (
+        f"(registry-edge's fill: median of {args.fill_runs}, each by a new process on an empty cache; "
+        f"nginx's proxy_cache fill: 1); CPU = the proxy's." + (
         " TLS upstream = requests to the origin's data host / the TLS connections they came on "
         "(its TLS access log)." if with_tls else ""))
     if retried:
@@ -1476,7 +1586,12 @@ def report(results, env, args, environment):
                   + suffix,
                   get(c, "hit", "cpu_ms_per_gib"), get(pc, "hit", "cpu_ms_per_gib"), 1.0, "le")
         fill_target = nginx_gib + c["sha256_ms_per_gib"] if nginx_gib is not None else None
-        ratio("blob cache fill CPU per GiB, registry-edge / (nginx proxying + SHA-256)" + suffix,
+        paired = get(c, "paired", "ratio_median")
+        if paired is not None:
+            ratio("blob cache fill CPU per GiB, registry-edge / (nginx proxying + SHA-256), "
+                  "median of paired rounds" + suffix, paired, 1.0, 1.0, "le")
+        ratio("(reference) blob cache fill CPU per GiB, registry-edge / (nginx proxying + "
+              "SHA-256), unpaired" + suffix,
               get(c, "fill", "cpu_ms_per_gib"), fill_target, 1.0, "le")
         relay = get(c, "relay_floor", "relay_sha256", "cpu_ms_per_gib")
         if relay is not None:
@@ -1564,7 +1679,8 @@ def environment_notes(env, args):
                f"Content-Length 0 from the origin and no embargoed address, for wrk; README)",
         "blob": f"{args.blob_mib} MiB sparse file (zeros, read once into the page cache), curl "
                 f"on core {LOAD_CORE} (with the origin) to the origin and through each proxy's "
-                f"data host, {args.blob_runs} runs each, median time and median proxy CPU",
+                f"data host, {args.blob_runs} runs each (registry-edge's "
+                f"blob cache fill: {args.fill_runs}), median time and median proxy CPU",
         "idle": f"{args.idle_connections} connections from 127.0.0.1-8 to a restarted proxy, "
                 f"RSS (nginx: worker) 2 s after opening, then 2 s after one GET /v2/ each",
         "blob tls": f"{TLS_CASE}: curl over HTTPS (TLS 1.3, AES-128-GCM offered first as by "
@@ -1604,6 +1720,11 @@ def main():
                          "the proxy over HTTPS, the proxy to the origin over HTTPS)")
     ap.add_argument("--blob-mib", type=int, default=1024, help="blob size (default 1024 MiB)")
     ap.add_argument("--blob-runs", type=int, default=3)
+    ap.add_argument("--fill-runs", type=int, default=5,
+                    help="registry-edge blob cache fills measured, each by a new process on an "
+                         "empty cache and each in a round with nginx proxying the blob and "
+                         "openssl speed's SHA-256 (default 5; the rounds' median ratio is "
+                         "compared)")
     ap.add_argument("--idle-connections", type=int, default=8000)
     ap.add_argument("--tls-seconds", default="10s")
     ap.add_argument("--tls-clients", type=int, default=3)
@@ -1622,6 +1743,8 @@ def main():
                          "no job done (floor.rs); `run --floor` builds it. Plain HTTP only")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs, configs)")
     args = ap.parse_args()
+    if args.fill_runs < 1 or args.blob_runs < 1:
+        raise BenchError("--fill-runs and --blob-runs: at least 1")
     if args.floor and args.mix_tls:
         raise BenchError("--floor: the floor speaks plain HTTP only (not with --mix-tls)")
     if args.floor and not os.path.exists(FLOOR_BIN):
