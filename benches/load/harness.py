@@ -829,41 +829,35 @@ def measure_cold_hit(server, env, location, resolve, entry):
     return out
 
 
-def edge_cache_location(server, env, tls):
-    """The registry's redirect to the blob, signed by the edge with its cache token: the
-    Location, curl's --resolve for its data host and (with `tls`) the client handshake."""
+def blob_location(server, env, tls):
+    """A proxy's redirect to the blob, on its data host (with `tls`, asked on its TLS
+    listener): the Location, curl's --resolve for it and (with `tls`) the client handshake."""
     handshake = None
     if tls:
-        tls_host = f"{PUBLIC_HOST}:{server.tls_port}"
-        status, headers, handshake = curl_get(f"https://{tls_host}{env.blob_path}",
-                                              f"{tls_host}:127.0.0.1", env.cert)
-        location = headers.get("location", "")
-    else:
-        r, _ = request(server.port, "GET", env.blob_path,
-                       {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
-        status, location = r.status, r.getheader("Location") or ""
-    if status != 307 or "&_rec=" not in location:
-        raise BenchError(f"blob cache: want a 307 with a cache token, got {status} {location}")
-    if tls and not location.startswith(f"https://{PUBLIC_DATA_HOST}:{server.tls_port}/"):
-        raise BenchError(f"blob cache, {TLS_CASE}: Location {location} is not on the TLS "
-                         f"listener's data host")
-    return location, f"{location.split('/')[2]}:127.0.0.1", handshake
-
-
-def nginx_blob_location(server, env, tls):
-    """nginx's redirect to the blob, on its data host: the Location and curl's --resolve."""
-    if tls:
         public = f"{PUBLIC_HOST}:{server.tls_port}"
-        status, headers, _ = curl_get(f"https://{public}{env.blob_path}", f"{public}:127.0.0.1",
-                                      env.cert)
+        status, headers, handshake = curl_get(f"https://{public}{env.blob_path}",
+                                              f"{public}:127.0.0.1", env.cert)
         location = headers.get("location", "")
     else:
         r, _ = request(server.port, "GET", env.blob_path,
                        {"Host": server.host, "X-Forwarded-For": "8.8.8.8"})
         status, location = r.status, r.getheader("Location") or ""
     if status != 307 or not location:
-        raise BenchError(f"nginx: want a 307 for the blob, got {status} {location}")
-    return location, f"{location.split('/')[2]}:127.0.0.1"
+        raise BenchError(f"{LABELS[server.key]}: want a 307 for the blob, got {status} "
+                         f"{location}")
+    return location, f"{location.split('/')[2]}:127.0.0.1", handshake
+
+
+def edge_cache_location(server, env, tls):
+    """blob_location for registry-edge with its blob cache: the redirect must carry the
+    edge's cache token, and over TLS name the TLS listener's data host."""
+    location, resolve, handshake = blob_location(server, env, tls)
+    if "&_rec=" not in location:
+        raise BenchError(f"blob cache: want a 307 with a cache token, got {location}")
+    if tls and not location.startswith(f"https://{PUBLIC_DATA_HOST}:{server.tls_port}/"):
+        raise BenchError(f"blob cache, {TLS_CASE}: Location {location} is not on the TLS "
+                         f"listener's data host")
+    return location, resolve, handshake
 
 
 def measure_edge_fill(server, env, args, location, resolve, cacert, tls):
@@ -944,7 +938,7 @@ def measure_blob_cache(env, args, tls=False):
     cacert = env.cert if tls else None
     nginx = Server("nginx", env, conf=env.nginx_tls_conf if tls else env.nginx_conf).start()
     try:
-        n_location, n_resolve = nginx_blob_location(nginx, env, tls)
+        n_location, n_resolve, _ = blob_location(nginx, env, tls)
         fills, rounds = [], []
         for n in range(args.fill_runs):
             proxied = measure_blob(nginx, env, n_location, n_resolve, 1, LOAD_CORE,
@@ -1842,8 +1836,8 @@ def main():
                 res["tls_handshake"] = tls_details(server.tls_port)
                 res["geo"] = geo_check(server, env, sample)
                 g = res["geo"]
-                log(f"  checks: 401 realm, 307 Location (SAS query unchanged), manifest digest, "
-                    f"451 embargo (also behind a second trusted hop), 421 other host: ok")
+                log("  checks: 401 realm, 307 Location (SAS query unchanged), manifest digest, "
+                    "451 embargo (also behind a second trusted hop), 421 other host: ok")
                 log(f"  geo: {g['addresses']} addresses ({sum(1 for a in sample if a[1] in EMBARGO)} "
                     f"embargoed): {len(g['decisions_wrong'])} wrong decisions, "
                     f"{len(g['countries_wrong'])} access-log countries differing from the MMDB")

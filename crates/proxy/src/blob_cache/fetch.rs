@@ -152,8 +152,8 @@ pub const FIRST_CHUNK: usize = 256 << 10;
 /// The sizes of an own exchange's chunks after the `pre` body bytes that came with the
 /// response head: a first chunk that ends at [`FIRST_CHUNK`], so that every later one starts
 /// at an aligned offset of the entry (the writer sends it to the disk from where it was read),
-/// then sizes doubling up to [`CHUNK`], so that the client, one chunk behind, gets its first
-/// bytes after a few hundred KiB rather than 8 MiB.
+/// then sizes doubling up to [`CHUNK`], so that the client gets its first bytes after a few
+/// hundred KiB rather than 4 MiB.
 pub struct ChunkSizes {
     size: usize,
     want: usize,
@@ -179,8 +179,8 @@ impl ChunkSizes {
 /// Buffers a fill's pool keeps for reuse; more in flight (a writer behind) are freed.
 const POOL_KEEPS: usize = 2;
 /// Most chunk memory all own exchanges may hold at once outside their writers' queues (which
-/// store.rs bounds on its own): each reserves the chunk being read, the one held back for its
-/// client and its pool's idle ones, [`PER_EXCHANGE`]. Past it, a fill goes through pingora's
+/// store.rs bounds on its own): each reserves the chunk being read, the one being written to its
+/// client (or, the last, held until verified) and its pool's idle ones, [`PER_EXCHANGE`]. Past it, a fill goes through pingora's
 /// proxy path (64 KiB at a time), as it did before there was an own exchange: many slow
 /// clients filling many digests at once cannot make the edge hold gigabytes.
 pub const CHUNK_MEMORY: u64 = 512 << 20;

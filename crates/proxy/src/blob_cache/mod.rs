@@ -10,7 +10,8 @@
 //!   and carries no token; a URL without a valid token is proxied as before.
 //! - **Content addressed and verified.** Entries are keyed by digest, shared across
 //!   repositories, and appear only after their bytes hashed to it ([`store`]). A fill streams
-//!   to its client one chunk behind: a wrong last byte never leaves, the transfer is cut.
+//!   to its client as bytes arrive, but for the chunk that completes the body, held until the
+//!   body is verified: a wrong body never looks complete, the transfer is cut.
 //! - **One fill per digest.** Other requests for a digest being filled wait for it (at most the
 //!   listener's idle time: a fill goes at its own client's pace), then read the entry.
 //! - **Never a failed pull because of the cache.** An unwritable or full disk, a writer that
@@ -26,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use prometheus::{Counter, IntCounter, IntGauge};
 
 use crate::outcome::labelled;
@@ -256,8 +257,9 @@ impl BlobCache {
 }
 
 /// A fill streaming through `response_body_filter`: every chunk is hashed and queued for the
-/// writer; the client gets each chunk one call late, and the last only once the whole body
-/// hashed to the digest.
+/// writer; the client gets each chunk at once, but for the one that completes the body's
+/// declared length, which it gets only once the whole body hashed to the digest. Until then it
+/// lacks at least one byte: never a complete-looking body that is not the blob.
 pub struct Fill {
     digest: Digest,
     hasher: ring::digest::Context,
@@ -329,15 +331,22 @@ impl Fill {
 
     /// One body chunk from the upstream; `end`: the last one.
     pub fn chunk(&mut self, data: Option<Bytes>, end: bool) -> Step {
-        if let Some(d) = &data {
-            self.hasher.update(d);
+        let mut out = None;
+        if let Some(d) = data.filter(|d| !d.is_empty()) {
             self.seen += d.len() as u64;
+            // More bytes than the response declared are not the blob (pingora's framing stops
+            // at Content-Length; the edge's own exchange reads no further either).
+            if self.seen > self.expected {
+                return Step::Corrupt;
+            }
+            self.hasher.update(&d);
             self.writer.write(d.clone());
+            if self.seen < self.expected {
+                out = Some(d);
+            } else {
+                self.held = Some(d);
+            }
         }
-        let out = match data {
-            Some(d) if !d.is_empty() => self.held.replace(d),
-            _ => None,
-        };
         if !end {
             return Step::Send(out);
         }
@@ -353,18 +362,8 @@ impl Fill {
             FillEnd::WriteError => CacheUse::Bypass,
             FillEnd::GivenUp => CacheUse::Miss,
         };
-        // The chunk held back, then the last one, in one piece.
-        let last = self.held.take();
-        let rest = match (out, last) {
-            (Some(a), Some(b)) => {
-                let mut m = BytesMut::with_capacity(a.len() + b.len());
-                m.extend_from_slice(&a);
-                m.extend_from_slice(&b);
-                Some(m.freeze())
-            }
-            (a, b) => a.or(b),
-        };
-        Step::Last(rest, stored)
+        // The chunk that completed the body, held until now.
+        Step::Last(self.held.take(), stored)
     }
 }
 

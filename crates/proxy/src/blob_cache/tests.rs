@@ -1,4 +1,5 @@
-//! The store (crash safety, index, LRU), the fill (verification, one chunk late), the claims.
+//! The store (crash safety, index, LRU), the fill (verification, the completing chunk held),
+//! the claims.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -221,6 +222,78 @@ fn corrupt_bytes_are_never_stored_and_the_last_chunk_is_withheld() {
     assert!(corrupt);
     settle(&c, &d);
     assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+}
+
+/// Whether `step` sends exactly `want` (nothing when `None`) and goes on.
+fn sends(step: Step, want: Option<&[u8]>) -> bool {
+    match step {
+        Step::Send(b) => b.as_deref() == want,
+        _ => false,
+    }
+}
+
+#[test]
+fn chunks_go_at_once_but_the_one_that_completes_the_body_waits_for_the_hash() {
+    let dir = Scratch::new("blob-cache-stream");
+    let c = cache(&dir, 1 << 20);
+    let blob: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let d = digest_of(&blob);
+    let pieces: Vec<Bytes> = blob.chunks(10_000).map(Bytes::copy_from_slice).collect();
+    // The end with the last chunk (the edge's own exchange).
+    let Lookup::Fill(claim) = c.lookup(&d) else {
+        panic!("not a fill");
+    };
+    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
+    for p in &pieces[..4] {
+        assert!(sends(f.chunk(Some(p.clone()), false), Some(&p[..])));
+    }
+    match f.chunk(Some(pieces[4].clone()), true) {
+        Step::Last(Some(b), CacheUse::Fill) => assert_eq!(b, pieces[4]),
+        other => panic!("{other:?}"),
+    }
+    drop(f);
+    assert_eq!(stored_bytes(&c, &d, blob.len()), blob);
+
+    // The end on its own, after the last chunk (pingora's proxy path): the completing chunk
+    // is held, then sent with the end.
+    let dir = Scratch::new("blob-cache-stream-end");
+    let c = cache(&dir, 1 << 20);
+    let Lookup::Fill(claim) = c.lookup(&d) else {
+        panic!("not a fill");
+    };
+    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
+    for p in &pieces[..4] {
+        assert!(sends(f.chunk(Some(p.clone()), false), Some(&p[..])));
+    }
+    assert!(sends(f.chunk(Some(pieces[4].clone()), false), None));
+    assert!(sends(f.chunk(Some(Bytes::new()), false), None));
+    match f.chunk(None, true) {
+        Step::Last(Some(b), CacheUse::Fill) => assert_eq!(b, pieces[4]),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bytes_past_the_declared_length_are_not_the_blob() {
+    let dir = Scratch::new("blob-cache-long");
+    let c = cache(&dir, 1 << 20);
+    let blob = vec![7u8; 40_000];
+    let d = digest_of(&blob);
+    let Lookup::Fill(claim) = c.lookup(&d) else {
+        panic!("not a fill");
+    };
+    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
+    let mut sent = 0;
+    for p in blob.chunks(10_000) {
+        if let Step::Send(b) = f.chunk(Some(Bytes::copy_from_slice(p)), false) {
+            sent += b.map_or(0, |b| b.len());
+        }
+    }
+    assert_eq!(sent, 30_000, "the completing chunk left before the end");
+    assert_eq!(f.chunk(Some(Bytes::from_static(b"x")), true), Step::Corrupt);
+    drop(f);
+    settle(&c, &d);
+    assert!(matches!(c.lookup(&d), Lookup::Fill(_)), "nothing stored");
 }
 
 #[test]

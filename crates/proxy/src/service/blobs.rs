@@ -192,8 +192,9 @@ impl Edge {
         }
     }
 
-    /// A body chunk of a fill: hashed and stored; sent one chunk late, the last only when the
-    /// whole body is the blob. A body that is not: counted, and the transfer cut. Returns how
+    /// A body chunk of a fill: hashed and stored; sent at once, but for the chunk that
+    /// completes the body, sent only when the whole body is the blob. A body that is not:
+    /// counted, and the transfer cut. Returns how
     /// long to hold the chunk back while the disk writer is behind (`blob_cache::pace`).
     pub(super) fn blob_fill_chunk(
         &self,

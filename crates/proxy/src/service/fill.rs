@@ -156,7 +156,8 @@ impl Edge {
     }
 
     /// One body chunk of the exchange to the client, through the fill (hashed, queued for the
-    /// writer, one chunk late; the transfer cut if the body is not the blob) and its pacing.
+    /// writer, the chunk that completes the body held until it is verified; the transfer cut if
+    /// the body is not the blob) and its pacing.
     async fn fill_send(
         &self,
         session: &mut Session,
@@ -171,7 +172,8 @@ impl Edge {
         if let Some(delay) = self.blob_fill_chunk(&mut body, end, ctx)? {
             tokio::time::sleep(delay).await;
         }
-        // Held back (the fill sends each chunk one call late): nothing to write yet.
+        // Held back (the chunk that completes the body waits for the verification): nothing to
+        // write yet.
         if body.is_some() || end {
             session.write_response_body(body, end).await?;
         }
