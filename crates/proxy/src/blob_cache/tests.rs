@@ -23,13 +23,18 @@ fn cache(dir: &Scratch, budget: u64) -> BlobCache {
     BlobCache::new(store, &[9; 32], 0, Duration::from_secs(600))
 }
 
-/// Fills `bytes` through the cache as the response filters would, in `chunk`-byte pieces;
-/// returns what the client got and whether the fill was refused as corrupt.
-fn fill(c: &BlobCache, d: &Digest, bytes: &[u8], chunk: usize) -> (Vec<u8>, bool) {
+/// The fill of `d`, `size` bytes long, by the first asker; panics when it is not one.
+fn started(c: &BlobCache, d: &Digest, size: usize) -> Fill {
     let Lookup::Fill(claim) = c.lookup(d) else {
         panic!("not a fill");
     };
-    let mut f = c.start_fill(claim, bytes.len() as u64).unwrap();
+    c.start_fill(claim, size as u64).unwrap()
+}
+
+/// Fills `bytes` through the cache as the response filters would, in `chunk`-byte pieces;
+/// returns what the client got and whether the fill was refused as corrupt.
+fn fill(c: &BlobCache, d: &Digest, bytes: &[u8], chunk: usize) -> (Vec<u8>, bool) {
+    let mut f = started(c, d, bytes.len());
     let mut sent = Vec::new();
     let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
     for (i, p) in pieces.iter().enumerate() {
@@ -165,10 +170,7 @@ fn a_fill_whose_disk_takes_nothing_paces_then_gives_up_and_the_client_gets_every
     let mib = Bytes::from(vec![7u8; 1 << 20]);
     let blob: Vec<u8> = mib.iter().copied().cycle().take(80 << 20).collect();
     let d = digest_of(&blob);
-    let Lookup::Fill(claim) = c.lookup(&d) else {
-        panic!("not a fill");
-    };
-    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
+    let mut f = started(&c, &d, blob.len());
     let (mut sent, mut paced, mut last) = (0usize, Duration::ZERO, None);
     for i in 0..80 {
         match f.chunk(Some(mib.clone()), i == 79) {
@@ -234,42 +236,31 @@ fn sends(step: Step, want: Option<&[u8]>) -> bool {
 
 #[test]
 fn chunks_go_at_once_but_the_one_that_completes_the_body_waits_for_the_hash() {
-    let dir = Scratch::new("blob-cache-stream");
-    let c = cache(&dir, 1 << 20);
     let blob: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     let d = digest_of(&blob);
     let pieces: Vec<Bytes> = blob.chunks(10_000).map(Bytes::copy_from_slice).collect();
-    // The end with the last chunk (the edge's own exchange).
-    let Lookup::Fill(claim) = c.lookup(&d) else {
-        panic!("not a fill");
-    };
-    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
-    for p in &pieces[..4] {
-        assert!(sends(f.chunk(Some(p.clone()), false), Some(&p[..])));
-    }
-    match f.chunk(Some(pieces[4].clone()), true) {
-        Step::Last(Some(b), CacheUse::Fill) => assert_eq!(b, pieces[4]),
-        other => panic!("{other:?}"),
-    }
-    drop(f);
-    assert_eq!(stored_bytes(&c, &d, blob.len()), blob);
-
-    // The end on its own, after the last chunk (pingora's proxy path): the completing chunk
-    // is held, then sent with the end.
-    let dir = Scratch::new("blob-cache-stream-end");
-    let c = cache(&dir, 1 << 20);
-    let Lookup::Fill(claim) = c.lookup(&d) else {
-        panic!("not a fill");
-    };
-    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
-    for p in &pieces[..4] {
-        assert!(sends(f.chunk(Some(p.clone()), false), Some(&p[..])));
-    }
-    assert!(sends(f.chunk(Some(pieces[4].clone()), false), None));
-    assert!(sends(f.chunk(Some(Bytes::new()), false), None));
-    match f.chunk(None, true) {
-        Step::Last(Some(b), CacheUse::Fill) => assert_eq!(b, pieces[4]),
-        other => panic!("{other:?}"),
+    // The end with the last chunk (the edge's own exchange), or on its own after it
+    // (pingora's proxy path), where the completing chunk is held, then sent with the end.
+    for end_with_last in [true, false] {
+        let dir = Scratch::new("blob-cache-stream");
+        let c = cache(&dir, 1 << 20);
+        let mut f = started(&c, &d, blob.len());
+        for p in &pieces[..4] {
+            assert!(sends(f.chunk(Some(p.clone()), false), Some(&p[..])));
+        }
+        let last = if end_with_last {
+            f.chunk(Some(pieces[4].clone()), true)
+        } else {
+            assert!(sends(f.chunk(Some(pieces[4].clone()), false), None));
+            assert!(sends(f.chunk(Some(Bytes::new()), false), None));
+            f.chunk(None, true)
+        };
+        match last {
+            Step::Last(Some(b), CacheUse::Fill) => assert_eq!(b, pieces[4]),
+            other => panic!("{other:?}"),
+        }
+        drop(f);
+        assert_eq!(stored_bytes(&c, &d, blob.len()), blob);
     }
 }
 
@@ -279,10 +270,7 @@ fn bytes_past_the_declared_length_are_not_the_blob() {
     let c = cache(&dir, 1 << 20);
     let blob = vec![7u8; 40_000];
     let d = digest_of(&blob);
-    let Lookup::Fill(claim) = c.lookup(&d) else {
-        panic!("not a fill");
-    };
-    let mut f = c.start_fill(claim, blob.len() as u64).unwrap();
+    let mut f = started(&c, &d, blob.len());
     let mut sent = 0;
     for p in blob.chunks(10_000) {
         if let Step::Send(b) = f.chunk(Some(Bytes::copy_from_slice(p)), false) {
