@@ -860,10 +860,11 @@ def edge_cache_location(server, env, tls):
     return location, resolve, handshake
 
 
-def measure_edge_fill(server, env, args, location, resolve, cacert, tls):
+def measure_edge_fill(server, env, args, location, resolve, cacert, tls, entry):
     """One fill of the blob through a registry-edge whose cache does not hold it: the transfer
-    (measure_blob), made again when the edge gave it up, then waited for until the entry is
-    stored. Returns the transfer and, with `tls`, the origin's TLS summary."""
+    (measure_blob), made again when the edge gave it up, then waited for until `entry` (the
+    cache file it fills) is stored. Returns the transfer and, with `tls`, the origin's TLS
+    summary."""
     # A fill the edge gives up stores nothing (its access log says `cache: miss`: the fill's
     # writer thread fell 64 MiB behind the transfer, docs/blob-cache.md). On this 2-core VM
     # it happened to every plain fill that came right after nginx's proxy_cache case, and
@@ -888,14 +889,12 @@ def measure_edge_fill(server, env, args, location, resolve, cacert, tls):
     fill["given_up"] = len(given_up)
     fill["given_up_transfers"] = given_up
     # The writer thread syncs the bytes to disk and renames the file after the transfer.
-    cache_dir = "blob-cache-tls" if tls else "blob-cache"
-    entry = env.path(cache_dir, "sha256", env.blob_digest_hex)
     deadline = time.time() + 120
     while not (os.path.exists(entry) and os.path.getsize(entry) == env.blob_size):
         if time.time() > deadline:
             raise BenchError("blob cache: the fill did not store the blob")
         time.sleep(0.2)
-    return fill, upstream, entry
+    return fill, upstream
 
 
 def median_fill(env, fills):
@@ -933,6 +932,7 @@ def measure_blob_cache(env, args, tls=False):
                        else (env.edge_cache_conf, "blob-cache"))
     log(f"\n== registry-edge with blob_cache{', ' + TLS_CASE if tls else ''} (core {PROXY_CORE}), "
         f"load average {loadavg()}")
+    entry = env.path(cache_dir, "sha256", env.blob_digest_hex)
     server = None
     upstream = {}
     cacert = env.cert if tls else None
@@ -949,8 +949,8 @@ def measure_blob_cache(env, args, tls=False):
                 shutil.rmtree(env.path(cache_dir))
             server = Server("edge", env, conf=conf).start()
             location, resolve, handshake = edge_cache_location(server, env, tls)
-            fill, up, entry = measure_edge_fill(server, env, args, location, resolve, cacert,
-                                                tls)
+            fill, up = measure_edge_fill(server, env, args, location, resolve, cacert, tls,
+                                         entry)
             sha = sha256_once()
             target = proxied["cpu_ms_per_gib"] + sha
             rounds.append({"nginx_proxying": proxied, "fill_cpu_ms_per_gib":

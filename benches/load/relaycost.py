@@ -30,20 +30,13 @@ import os
 import socket
 import sys
 
-from sendcost import mark, read_all, since, warm
+from sendcost import listener, mark, read_all, since, warm
 
 CHUNK = 4 << 20
 # The one-copy relay's pipes: 1 MiB each (F_SETPIPE_SZ; /proc/sys/fs/pipe-max-size's default).
 PIPE = 1 << 20
 F_SETPIPE_SZ = 1031
 SPLICE_F_MOVE = 1
-
-
-def listener():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(1)
-    return s, s.getsockname()[1]
 
 
 def relay_once(path, sha, relay_core, other_core, one_copy=False):

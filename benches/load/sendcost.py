@@ -23,10 +23,7 @@ GIB = 1 << 30
 
 def send_once(path, mode, sender_core, receiver_core):
     size = os.path.getsize(path)
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    port = srv.getsockname()[1]
+    srv, port = listener()
     child = os.fork()
     if child == 0:
         os.sched_setaffinity(0, {receiver_core})
@@ -53,6 +50,14 @@ def send_once(path, mode, sender_core, receiver_core):
     if status != 0:
         raise SystemExit(f"sendcost: the receiver did not get the {size} bytes ({mode})")
     return spent
+
+
+def listener():
+    """A listening socket on a free loopback port, and the port."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s, s.getsockname()[1]
 
 
 def read_all(port, size):
