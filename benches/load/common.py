@@ -210,3 +210,26 @@ def render(template, out, subs):
     with open(out, "w") as f:
         f.write(text)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+
+
+RUNS_DIR = os.path.join(ROOT, "target", "load", "runs")
+
+
+def write_result(path, out, kind):
+    """Writes a run's figures to `path` (the last run of its kind) and keeps a copy in
+    target/load/runs/, named by the time it was written and `kind` ("blob" for harness.py,
+    "pull" for pull.py), for pool.py to pool over several runs. Returns the copy's path."""
+    import json
+    import time
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(RUNS_DIR, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    copy = os.path.join(RUNS_DIR, f"{stamp}-{kind}.json")
+    for p in (path, copy):
+        with open(p, "w") as f:
+            json.dump(out, f, indent=2, sort_keys=False, default=str)
+    return copy

@@ -30,7 +30,7 @@ import time
 import types
 
 from common import (PROCS, BenchError, children, cpu_seconds, free_port, loadavg, log,
-                    minor_faults, on_signal, proc_name, render, run)
+                    minor_faults, on_signal, proc_name, render, run, write_result)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -1629,13 +1629,12 @@ def report(results, env, args, environment):
     for k, v in environment.items():
         log(f"  {k}: {v}")
 
-    os.makedirs(os.path.dirname(RESULT_JSON), exist_ok=True)
     out = {"environment": environment,
            "results": {LABELS[k]: results[k] for k in rows},
            "ratios": ratios, "absolute": absolute}
-    with open(RESULT_JSON, "w") as f:
-        json.dump(out, f, indent=2, sort_keys=False, default=str)
-    log(f"  figures as JSON: {os.path.relpath(RESULT_JSON, ROOT)}")
+    copy = write_result(RESULT_JSON, out, "blob")
+    log(f"  figures as JSON: {os.path.relpath(RESULT_JSON, ROOT)} (and "
+        f"{os.path.relpath(copy, ROOT)}, for pool.py)")
 
 
 # --------------------------------------------------------------------------------------------

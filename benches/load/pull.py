@@ -35,7 +35,7 @@ import tempfile
 import time
 
 from common import (PROCS, BenchError, cpu_seconds, free_port, loadavg, log, on_signal,
-                    render, run, tail)
+                    render, run, tail, write_result)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -687,10 +687,9 @@ def main():
             "results": results,
             "environment": environment,
         }
-        os.makedirs(os.path.dirname(RESULT_JSON), exist_ok=True)
-        with open(RESULT_JSON, "w") as f:
-            json.dump(out, f, indent=2)
-        log(f"\nfigures as JSON: {os.path.relpath(RESULT_JSON, ROOT)}; "
+        copy = write_result(RESULT_JSON, out, "pull")
+        log(f"\nfigures as JSON: {os.path.relpath(RESULT_JSON, ROOT)} (and "
+            f"{os.path.relpath(copy, ROOT)}, for pool.py); "
             f"load average at the end {environment['load average at the end']}")
     finally:
         PROCS.stop_all()
