@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
-use super::fill_file::ALIGN;
+use super::pages::Pages;
 
 /// Most bytes a response head may take (pingora's own limit for a head is 1 MiB; a data
 /// endpoint's is a few hundred bytes).
@@ -210,19 +210,19 @@ impl Drop for Reservation {
     }
 }
 
-/// A fill's body buffers: [`CHUNK`] bytes each, [`ALIGN`]ed, so that the writer sends a whole
-/// chunk to the disk from where the socket read put it (fill_file, direct writes) instead of
-/// copying it into its block. Each buffer is zeroed once, when first made; a chunk's bytes
-/// return to the pool when the client's write and the disk's are both done with them.
+/// A fill's body buffers: [`CHUNK`] bytes each, each of its own mapping (super::pages: aligned
+/// for direct writes, whole chunks on huge pages), so that the writer sends a whole chunk to the
+/// disk from where the socket read put it (fill_file, direct writes) instead of copying it into
+/// its block. A buffer starts zeroed (a new mapping); a chunk's bytes return to the pool when
+/// the client's write and the disk's are both done with them.
 #[derive(Clone, Default)]
 pub struct ChunkPool {
-    free: Arc<Mutex<Vec<Vec<u8>>>>,
+    free: Arc<Mutex<Vec<Pages>>>,
 }
 
 /// A chunk being read into: `room` to read into, `filled` to count what was read.
 pub struct ChunkBuf {
-    buf: Vec<u8>,
-    start: usize,
+    buf: Pages,
     len: usize,
     want: usize,
     home: ChunkPool,
@@ -230,24 +230,24 @@ pub struct ChunkBuf {
 
 impl ChunkPool {
     /// A buffer for the next `want` bytes (at most [`CHUNK`]): a kept one, or a new one of
-    /// that size (a small blob, or the last chunk of one, does not zero a whole chunk).
-    pub fn take(&self, want: usize) -> ChunkBuf {
+    /// that size (a small blob, or the last chunk of one, does not map a whole chunk). An error
+    /// when the kernel has no memory to map.
+    pub fn take(&self, want: usize) -> std::io::Result<ChunkBuf> {
         let want = want.min(CHUNK);
         let kept = self.free.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let buf = kept
-            .filter(|b| b.len() >= want + ALIGN)
-            .unwrap_or_else(|| vec![0u8; want.next_multiple_of(ALIGN) + ALIGN]);
-        let start = buf.as_ptr().align_offset(ALIGN);
-        ChunkBuf {
+        let buf = match kept.filter(|b| b.len() >= want) {
+            Some(b) => b,
+            None => Pages::new(want)?,
+        };
+        Ok(ChunkBuf {
             buf,
-            start,
             len: 0,
             want,
             home: self.clone(),
-        }
+        })
     }
 
-    fn give_back(&self, buf: Vec<u8>) {
+    fn give_back(&self, buf: Pages) {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if free.len() < POOL_KEEPS {
             free.push(buf);
@@ -258,7 +258,7 @@ impl ChunkPool {
 impl ChunkBuf {
     /// Where the next bytes go.
     pub fn room(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start + self.len..self.start + self.want]
+        &mut self.buf[self.len..self.want]
     }
 
     /// `n` more bytes were read into [`ChunkBuf::room`].
@@ -281,9 +281,7 @@ struct Frozen(Option<ChunkBuf>);
 
 impl AsRef<[u8]> for Frozen {
     fn as_ref(&self) -> &[u8] {
-        self.0
-            .as_ref()
-            .map_or(&[], |c| &c.buf[c.start..c.start + c.len])
+        self.0.as_ref().map_or(&[], |c| &c.buf[..c.len])
     }
 }
 
@@ -298,11 +296,12 @@ impl Drop for Frozen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blob_cache::{fill_file::ALIGN, pages::HUGE};
 
     #[test]
     fn chunks_are_aligned_hold_what_was_read_and_go_back_to_the_pool() {
         let pool = ChunkPool::default();
-        let mut c = pool.take(10_000);
+        let mut c = pool.take(10_000).unwrap();
         assert_eq!(c.room().len(), 10_000);
         c.room()[..3].copy_from_slice(b"abc");
         c.filled(3);
@@ -321,7 +320,7 @@ mod tests {
         drop(copy);
         assert_eq!(pool.free.lock().unwrap().len(), 1);
         // The kept buffer is too small for a whole chunk: a new one.
-        let mut again = pool.take(CHUNK * 2);
+        let mut again = pool.take(CHUNK * 2).unwrap();
         assert_eq!(again.room().len(), CHUNK);
         assert!(pool.free.lock().unwrap().is_empty());
         let n = again.room().len();
@@ -330,14 +329,15 @@ mod tests {
         let whole = again.freeze();
         assert_eq!(whole.len(), CHUNK);
         let at = whole.as_ptr();
+        assert_eq!(
+            at as usize % HUGE,
+            0,
+            "a whole chunk on huge pages' boundaries"
+        );
         drop(whole);
         // A whole chunk's buffer serves any size after it.
-        let small = pool.take(10);
-        assert_eq!(
-            small.buf.as_ptr().wrapping_add(small.start),
-            at,
-            "not reused"
-        );
+        let small = pool.take(10).unwrap();
+        assert_eq!(small.buf.as_ptr(), at, "not reused");
     }
 
     #[test]

@@ -15,6 +15,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use super::pages::Pages;
+
 /// Direct writes' alignment of memory, file offset and length: the largest logical block size
 /// of common devices (512 and 4096 bytes both divide it).
 pub const ALIGN: usize = 4096;
@@ -29,26 +31,23 @@ pub struct FillFile {
     at: u64,
 }
 
-/// An aligned buffer of [`BLOCK`] bytes inside a vector, and how much of it is filled.
+/// An aligned buffer of [`BLOCK`] bytes (on huge pages where the kernel has them:
+/// super::pages), and how much of it is filled.
 struct Block {
-    buf: Vec<u8>,
-    start: usize,
+    buf: Pages,
     filled: usize,
 }
 
 impl Block {
-    fn new() -> Block {
-        let buf = vec![0u8; BLOCK + ALIGN];
-        let start = buf.as_ptr().align_offset(ALIGN);
-        Block {
-            buf,
-            start,
+    fn new() -> std::io::Result<Block> {
+        Ok(Block {
+            buf: Pages::new(BLOCK)?,
             filled: 0,
-        }
+        })
     }
 
     fn bytes(&mut self) -> &mut [u8] {
-        &mut self.buf[self.start..self.start + BLOCK]
+        &mut self.buf[..BLOCK]
     }
 }
 
@@ -75,7 +74,7 @@ impl FillFile {
         file.try_lock().map_err(std::io::Error::other)?;
         Ok(FillFile {
             file,
-            block: direct.then(Block::new),
+            block: if direct { Some(Block::new()?) } else { None },
             at: 0,
         })
     }
@@ -253,7 +252,7 @@ mod tests {
             let mut from = 0;
             for &to in &cuts {
                 let to = to.min(bytes.len());
-                let mut c = pool.take(to - from);
+                let mut c = pool.take(to - from).unwrap();
                 c.room().copy_from_slice(&bytes[from..to]);
                 let n = c.room().len();
                 c.filled(n);

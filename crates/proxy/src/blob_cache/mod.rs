@@ -19,6 +19,7 @@
 
 pub mod fetch;
 mod fill_file;
+mod pages;
 pub mod serve;
 pub mod store;
 pub mod token;

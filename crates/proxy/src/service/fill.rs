@@ -145,7 +145,10 @@ impl Edge {
             if end {
                 break;
             }
-            body = read_chunk(&mut stream, pool.take(sizes.next(left)), read_timeout).await?;
+            let chunk = pool
+                .take(sizes.next(left))
+                .map_err(|e| Error::because(InternalError, "mapping a blob chunk's memory", e))?;
+            body = read_chunk(&mut stream, chunk, read_timeout).await?;
             left -= body.len() as u64;
         }
         if !extra && head.keeps_alive() {
