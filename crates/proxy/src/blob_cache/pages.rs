@@ -144,7 +144,10 @@ mod tests {
             (4 << 20) + 1,
         ] {
             let mut p = Pages::new(len).unwrap();
-            assert!(p.len() >= len.max(1) && p.len() % PAGE == 0, "{len}");
+            assert!(
+                p.len() >= len.max(1) && p.len().is_multiple_of(PAGE),
+                "{len}"
+            );
             assert!(p.len() < len + PAGE + 1, "{len}: {} bytes", p.len());
             assert_eq!(p.as_ptr() as usize % PAGE, 0, "{len}");
             if len >= HUGE {
