@@ -5,10 +5,10 @@
 //! A direct write pins every page of its buffer for the device, and the write's completion
 //! unpins them, on whichever task the disk's interrupt lands. From 4 KiB pages that is 1,024 pins
 //! and unpins per 4 MiB chunk; from 2 MiB pages, two. Measured on the reference machine
-//! (docs/performance.md, "Huge pages under a fill's buffers"): 256 direct writes of 4 MiB cost
-//! 46–51 ms of system time per GiB from small pages and 13–17 ms from huge pages, and a whole
-//! 1 GiB fill about 35–40 ms/GiB less. Where the kernel has no transparent huge pages, the advice
-//! is refused and the buffer is made of small pages, as any allocation would be. How hard the
+//! (docs/performance.md, "Several runs pooled, and huge pages under a fill's buffers"): 256 direct
+//! writes of 4 MiB cost 46–51 ms of system time per GiB from small pages and 13–17 ms from huge
+//! pages, and a whole 1 GiB fill 2–3 % less. Where the kernel has no transparent huge pages (or
+//! has them off), the buffer is made of small pages, as any allocation would be. How hard the
 //! kernel tries to find a huge page at the first touch is the host's
 //! `/sys/kernel/mm/transparent_hugepage/defrag` (docs/blob-cache.md, Limits).
 
@@ -71,8 +71,8 @@ impl Pages {
             }
         }
         if huge {
-            // Advice only: a kernel without transparent huge pages refuses it, and the buffer
-            // is made of small pages.
+            // Advice only: a kernel without transparent huge pages (or with them off) refuses or
+            // ignores it, and the buffer is made of small pages.
             // SAFETY: the range is the mapping kept.
             #[allow(unsafe_code)]
             unsafe {
