@@ -268,7 +268,7 @@ impl Response {
 pub type Handler = Arc<dyn Fn(Request) -> Response + Send + Sync>;
 
 fn bind() -> (std::net::TcpListener, SocketAddr) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let l = crate::ports::listener();
     l.set_nonblocking(true).expect("nonblocking listener");
     let addr = l.local_addr().expect("local address");
     (l, addr)

@@ -4,7 +4,7 @@
 //! the process log on stderr, in front of an origin that resets and streams on request.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ const BURST: usize = 10;
 /// resets the connection; `…/big` streams 64 MiB; anything else gets `200 {}` once its body is
 /// read (a body that ends early or a broken chunk closes the connection).
 fn start_log_origin() -> (SocketAddr, tokio::task::AbortHandle) {
-    let std_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let std_listener = crate::ports::listener();
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
     let accept = runtime().spawn(async move {

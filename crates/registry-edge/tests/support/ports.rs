@@ -5,19 +5,33 @@ use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::sync::Mutex;
 
+/// Every loopback port handed out in this process, by [`free_port`] or [`listener`].
+static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
 /// A loopback port free now and never handed out before in this process: tests run in parallel
 /// threads, and the kernel may give a port just released to the next `bind(0)`, so two tests
 /// could otherwise start servers on the same port.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let l = listener();
+    l.local_addr().expect("local address").port()
+}
+
+/// A loopback listener on a port never handed out before in this process. A server a test starts
+/// in-process binds through this, not `bind(0)` alone: [`free_port`] hands out ports that stay
+/// closed until their server starts (an edge, or a port meant to refuse), and the kernel would
+/// give such a port to the next `bind(0)`: an origin would then answer on a port meant to refuse,
+/// or take an edge's listener before the edge binds it.
+pub fn listener() -> TcpListener {
+    // Ports already handed out are held while the kernel is asked again, so that it does not
+    // give the same one back.
+    let mut taken = Vec::new();
     loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
+        let l = TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
+        let port = l.local_addr().expect("local address").port();
         if GIVEN.lock().expect("port set").insert(port) {
-            return port;
+            return l;
         }
+        taken.push(l);
     }
 }
 

@@ -129,8 +129,10 @@ pub fn start_origin_tls(
 }
 
 pub fn start_origin_opts(kind: Kind, opts: OriginOpts) -> Origin {
-    let bind = opts.bind.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
-    let std_listener = TcpListener::bind(bind).unwrap();
+    let std_listener = match opts.bind {
+        Some(bind) => TcpListener::bind(bind).unwrap(),
+        None => crate::ports::listener(),
+    };
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
