@@ -1,5 +1,6 @@
 //! The admin app on `admin.address`: `/metrics` (from the registry passed in), `/healthz` (the
-//! process answers), `/readyz` (upstream names resolved and not draining).
+//! process answers), `/readyz` (every proxy listener accepting, upstream names resolved, not
+//! draining).
 
 use std::sync::Arc;
 
@@ -56,6 +57,13 @@ impl ServeHttp for Admin {
                     .load(std::sync::atomic::Ordering::Relaxed)
                 {
                     response(503, "text/plain", b"draining\n".to_vec())
+                } else if self
+                    .shared
+                    .listeners_waiting
+                    .load(std::sync::atomic::Ordering::Acquire)
+                    > 0
+                {
+                    response(503, "text/plain", b"listeners not accepting yet\n".to_vec())
                 } else if !self.shared.generation().upstreams.resolved() {
                     response(503, "text/plain", b"upstreams not resolved\n".to_vec())
                 } else {

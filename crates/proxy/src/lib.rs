@@ -143,6 +143,7 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
         metrics,
         access_log,
         draining: AtomicBool::new(false),
+        listeners_waiting: Default::default(),
         reloading: tokio::sync::Mutex::new(()),
         h2: Arc::new(h2watch::Registry::default()),
         unmapped_warned: Default::default(),
@@ -219,8 +220,15 @@ pub fn build(config: Config, options: RunOptions) -> Result<Server, BuildError> 
                 tls_timed_out: tls_failures.with_label_values(&[&address, "timeout"]),
                 lean: config.server.http1 == registry_edge_config::Http1Session::Lean,
                 max_requests: listener.max_requests_per_connection,
+                accepting: {
+                    let shared = shared.clone();
+                    Arc::new(move || {
+                        shared.listeners_waiting.fetch_sub(1, Ordering::AcqRel);
+                    })
+                },
             },
         );
+        shared.listeners_waiting.fetch_add(1, Ordering::AcqRel);
         server.add_service(service);
     }
 

@@ -103,6 +103,8 @@ pub(crate) struct Settings {
     /// Requests served on one HTTP/1 connection at most (the lean session counts them; pingora's
     /// is told through `keepalive_request_limit`).
     pub(crate) max_requests: u64,
+    /// Called once, when the listener starts accepting (Shared::listeners_waiting).
+    pub(crate) accepting: Arc<dyn Fn() + Send + Sync>,
 }
 
 /// Longest wait for upstream names before accepting anyway (a name that does not resolve
@@ -153,6 +155,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> pingora::services::Service for Ed
                 RESOLVE_WAIT
             );
         }
+        (self.settings.accepting)();
         let loops: Vec<_> = (0..listeners_per_fd.max(1))
             .map(|_| {
                 tokio::spawn(accept_loop(

@@ -2,7 +2,7 @@
 //! [`Ctx`] per request (written by the phases, read once more in `logging`).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,6 +27,10 @@ pub struct Shared {
     pub metrics: Metrics,
     pub access_log: AccessLog,
     pub draining: AtomicBool,
+    /// Proxy listeners started but not yet accepting: binding an address in use is retried
+    /// (listen::BIND_TRIES, a second apart), and until every listener accepts, the process is not
+    /// ready (`/readyz` 503) however healthy the rest is.
+    pub listeners_waiting: AtomicUsize,
     /// The registry's `service=` as last seen in its challenges, for the challenges the edge
     /// writes itself.
     pub service_name: arc_swap::ArcSwapOption<String>,
@@ -45,7 +49,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.in_force.load().upstreams.resolved()
+        !self.draining.load(Ordering::Relaxed)
+            && self.listeners_waiting.load(Ordering::Acquire) == 0
+            && self.in_force.load().upstreams.resolved()
     }
 
     /// The configuration in force now.

@@ -513,3 +513,65 @@ fn tls_suite_order_and_plain_http_refused() {
         || sample(&metrics_text(edge.admin), &series) == before + 1.0,
     );
 }
+
+/// A proxy listener whose address is taken keeps the edge unready while it retries the bind
+/// (`/readyz` 503, the ready gauge at 0): a load balancer must not send clients to an address the
+/// edge does not serve yet. Once the address is free the listener binds, `/readyz` says ready and
+/// the listener serves.
+#[test]
+fn readiness_waits_for_every_listener_to_accept() {
+    let dir = crate::support::edge_dir("core-listener-wait");
+    let login = crate::support::start_origin(crate::support::Kind::Login, None);
+    let held = crate::ports::listener();
+    let http = held.local_addr().unwrap().port();
+    let admin = crate::ports::free_port();
+    let yaml = format!(
+        r#"version: 1
+{server}listeners:
+  - address: "127.0.0.1:{http}"
+admin:
+  address: "127.0.0.1:{admin}"
+registry:
+  login_server: "{login}"
+  public_host: registry.test
+  tls: false
+"#,
+        server = crate::ports::server_section(&dir.display().to_string(), "1s"),
+        login = login.addr,
+    );
+    let mut child = crate::support::spawn_edge(&dir, &yaml);
+    let readyz = || {
+        TcpStream::connect(("127.0.0.1", admin))
+            .ok()
+            .map(|mut s| send(&mut s, "GET /readyz HTTP/1.1\r\nHost: admin\r\n\r\n"))
+    };
+    // The admin app answers; the listener's address is still held by this test.
+    eventually("the admin app", Duration::from_secs(20), || {
+        readyz().is_some()
+    });
+    let log = || std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    eventually("a bind retried", Duration::from_secs(10), || {
+        log().contains("is in use, trying again")
+    });
+    let r = readyz().expect("the admin app");
+    assert_eq!(r.status, 503, "{}", log());
+    assert_eq!(
+        String::from_utf8_lossy(&r.body),
+        "listeners not accepting yet\n"
+    );
+    let m = metrics_text(admin);
+    assert!(m.contains("\nregistry_edge_ready 0\n"), "{m}");
+
+    drop(held);
+    eventually("ready", Duration::from_secs(10), || {
+        readyz().is_some_and(|r| r.status == 200)
+    });
+    assert_eq!(
+        get(http, &format!("registry.test:{http}"), "/v2/", "").status,
+        401
+    );
+    let m = metrics_text(admin);
+    assert!(m.contains("\nregistry_edge_ready 1\n"), "{m}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

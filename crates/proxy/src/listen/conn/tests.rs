@@ -88,6 +88,7 @@ pub(crate) fn settings() -> Settings {
             .unwrap_or_else(|e| unreachable!("{e}")),
         lean: false,
         max_requests: 1000,
+        accepting: Arc::new(|| {}),
     }
 }
 
