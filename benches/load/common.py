@@ -2,6 +2,7 @@
 they start (recorded by PID, stopped on exit or signal), short commands, /proc readings, free
 ports and rendered templates."""
 
+import json
 import multiprocessing
 import os
 import random
@@ -9,6 +10,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -223,8 +225,6 @@ def write_result(path, out, kind):
     """Writes a run's figures to `path` (the last run of its kind) and keeps a copy in
     target/load/runs/, named by the time it was written and `kind` ("blob" for harness.py,
     "pull" for pull.py), for pool.py to pool over several runs. Returns the copy's path."""
-    import json
-    import time
     os.makedirs(os.path.dirname(path), exist_ok=True)
     os.makedirs(RUNS_DIR, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

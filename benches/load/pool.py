@@ -26,8 +26,7 @@ import os
 import statistics
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RUNS_DIR = os.path.join(ROOT, "target", "load", "runs")
+from common import ROOT, RUNS_DIR
 
 # Student's t, two-sided 95 %, by degrees of freedom (1-30); 1.96 beyond.
 T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

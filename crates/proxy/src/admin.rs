@@ -50,26 +50,10 @@ impl ServeHttp for Admin {
                 )
             }
             "/healthz" => response(200, "text/plain", b"ok\n".to_vec()),
-            "/readyz" => {
-                if self
-                    .shared
-                    .draining
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                {
-                    response(503, "text/plain", b"draining\n".to_vec())
-                } else if self
-                    .shared
-                    .listeners_waiting
-                    .load(std::sync::atomic::Ordering::Acquire)
-                    > 0
-                {
-                    response(503, "text/plain", b"listeners not accepting yet\n".to_vec())
-                } else if !self.shared.generation().upstreams.resolved() {
-                    response(503, "text/plain", b"upstreams not resolved\n".to_vec())
-                } else {
-                    response(200, "text/plain", b"ready\n".to_vec())
-                }
-            }
+            "/readyz" => match self.shared.unready() {
+                Some(why) => response(503, "text/plain", format!("{why}\n").into_bytes()),
+                None => response(200, "text/plain", b"ready\n".to_vec()),
+            },
             _ => response(404, "text/plain", b"not found\n".to_vec()),
         }
     }

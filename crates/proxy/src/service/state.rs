@@ -48,10 +48,21 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Why the process is not ready (`/readyz` answers it with 503), or `None` when it is.
+    pub fn unready(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Relaxed) {
+            Some("draining")
+        } else if self.listeners_waiting.load(Ordering::Acquire) > 0 {
+            Some("listeners not accepting yet")
+        } else if !self.in_force.load().upstreams.resolved() {
+            Some("upstreams not resolved")
+        } else {
+            None
+        }
+    }
+
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.listeners_waiting.load(Ordering::Acquire) == 0
-            && self.in_force.load().upstreams.resolved()
+        self.unready().is_none()
     }
 
     /// The configuration in force now.
