@@ -20,6 +20,7 @@
 pub mod fetch;
 mod fill_file;
 mod pages;
+pub mod relay;
 pub mod serve;
 pub mod store;
 pub mod token;
@@ -113,6 +114,8 @@ pub struct CacheMetrics {
     pub entries: IntGauge,
     /// Seconds fills held their clients back for a writer behind the network ([`pace`]).
     pub paced_seconds: Counter,
+    /// Fill bytes the client was sent from pipes ([`relay`]).
+    pub relayed_bytes: IntCounter,
 }
 
 /// A fill in progress, as others see it: woken when it ends (its sender dropped).

@@ -10,7 +10,8 @@
 //!   and leave with the next write in one vectored system call; the buffer exists only while a
 //!   response is written;
 //! - the `Server: Pingora` line of pingora's own bare answers is dropped ([`pingora_server_line`]);
-//! - a write of the [`sendfile`] placeholder sends the armed file's bytes instead (plain TCP);
+//! - a write of the [`sendfile`] placeholder sends the armed file's (or pipe's) bytes instead
+//!   (plain TCP);
 //! - the stream traits pingora asks of a `Box<dyn IO>` (shutdown, id, TLS and socket digests;
 //!   no peeking, no timing digest).
 
@@ -58,12 +59,11 @@ pub(super) trait Transport:
     /// costs the session's memory while it waits under the head deadlines).
     fn poll_wait(&self, cx: &mut Context<'_>, verify: bool) -> Option<Poll<io::Result<bool>>>;
     fn fd(&self) -> i32;
-    /// Sends up to `len` bytes of the file `fd` from `offset` ([`sendfile`]); only TCP can.
+    /// Sends up to `len` bytes of an armed file or pipe ([`sendfile`]); only TCP can.
     fn poll_send_file(
         &self,
         _cx: &mut Context<'_>,
-        _fd: i32,
-        _offset: u64,
+        _source: sendfile::Source,
         _len: usize,
     ) -> Poll<io::Result<usize>> {
         Poll::Ready(Err(io::Error::new(
@@ -88,11 +88,10 @@ impl Transport for TcpStream {
     fn poll_send_file(
         &self,
         cx: &mut Context<'_>,
-        fd: i32,
-        offset: u64,
+        source: sendfile::Source,
         len: usize,
     ) -> Poll<io::Result<usize>> {
-        sendfile::poll_send_file(self, cx, fd, offset, len)
+        sendfile::poll_send_file(self, cx, source, len)
     }
 }
 
@@ -324,10 +323,11 @@ impl<T: Transport> AsyncWrite for Conn<T> {
             return Poll::Ready(Ok(0));
         }
         if let Some(offset) = sendfile::placeholder_offset(buf) {
-            // The head goes first, then the file's bytes in place of the placeholder's.
-            let (fd, at) = sendfile::armed_at(me.file.get(), offset)?;
+            // The head goes first, then the file's (or pipe's) bytes in place of the
+            // placeholder's.
+            let source = sendfile::armed_at(me.file.get(), offset)?;
             ready!(me.poll_drain(cx))?;
-            return me.io.poll_send_file(cx, fd, at, buf.len());
+            return me.io.poll_send_file(cx, source, buf.len());
         }
         let held = me.wbuf.len() - me.wpos;
         if held + buf.len() <= WRITE_HOLD {

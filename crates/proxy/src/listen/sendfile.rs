@@ -10,12 +10,16 @@
 //! slice's offset in the placeholder. A placeholder write with no file armed fails, and so does
 //! one on any other transport: its zeros never reach a client.
 //!
+//! A pipe can be armed instead of a file (splice(2) from the pipe to the socket): a fill between
+//! plain TCP sockets tees the data endpoint's bytes to its client that way
+//! (crate::blob_cache::relay), so the client's copy of them never passes through user space.
+//!
 //! Only an HTTP/1 session on a plain TCP [`Conn`] has a [`FileSender`]; TLS and HTTP/2 sessions
 //! are written as before, from blocks read into memory.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -31,12 +35,22 @@ pub(crate) const BLOCK: usize = 4 << 20;
 /// What pingora writes in place of a file's bytes; never read.
 static PLACEHOLDER: [u8; BLOCK] = [0; BLOCK];
 
-/// The file a connection sends in place of placeholder writes, and the offset in it of the
-/// placeholder's first byte.
+/// What a connection sends in place of placeholder writes.
 #[derive(Debug)]
-pub(super) struct Armed {
-    file: Arc<File>,
-    base: u64,
+pub(super) enum Armed {
+    /// A file, and the offset in it of the placeholder's first byte.
+    File { file: Arc<File>, base: u64 },
+    /// The read end of a pipe: each placeholder write sends that many of its next bytes.
+    Pipe(Arc<OwnedFd>),
+}
+
+/// Where the bytes of one placeholder write come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// A file's descriptor and the offset of the write's first byte in it.
+    File(RawFd, u64),
+    /// A pipe's read end.
+    Pipe(RawFd),
 }
 
 /// A connection's armed file, shared with the [`FileSender`] of the response being written.
@@ -49,33 +63,57 @@ pub(super) fn placeholder_offset(buf: &[u8]) -> Option<usize> {
     (at >= start && at + buf.len() <= start + BLOCK).then(|| at - start)
 }
 
-/// The file and the offset a placeholder write at `offset` stands for.
-pub(super) fn armed_at(slot: Option<&Slot>, offset: usize) -> io::Result<(RawFd, u64)> {
+/// What a placeholder write at `offset` stands for.
+pub(super) fn armed_at(slot: Option<&Slot>, offset: usize) -> io::Result<Source> {
     let armed = slot.map(|s| s.lock().unwrap_or_else(PoisonError::into_inner));
     match armed.as_deref() {
-        Some(Some(a)) => Ok((a.file.as_raw_fd(), a.base + offset as u64)),
+        Some(Some(Armed::File { file, base })) => {
+            Ok(Source::File(file.as_raw_fd(), base + offset as u64))
+        }
+        Some(Some(Armed::Pipe(pipe))) => Ok(Source::Pipe(pipe.as_raw_fd())),
         _ => Err(io::Error::other(
             "a file body written with no file armed: nothing sent",
         )),
     }
 }
 
-/// Sends up to `len` bytes of `fd` from `offset` to the socket, waiting for room in it.
+/// Sends up to `len` bytes of `source` to the socket, waiting for room in it.
 pub(super) fn poll_send_file(
     socket: &TcpStream,
     cx: &mut Context<'_>,
-    fd: RawFd,
-    offset: u64,
+    source: Source,
     len: usize,
 ) -> Poll<io::Result<usize>> {
     loop {
         std::task::ready!(socket.poll_write_ready(cx))?;
         let sent = socket.try_io(Interest::WRITABLE, || {
-            let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
-            // SAFETY: both descriptors are open (the socket is `socket`'s; `fd` is held by the
-            // armed `Arc<File>` until the write ends) and `off` is a valid `off_t`.
-            #[allow(unsafe_code)]
-            let n = unsafe { libc::sendfile(socket.as_raw_fd(), fd, &mut off, len) };
+            let n = match source {
+                Source::File(fd, offset) => {
+                    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+                    // SAFETY: both descriptors are open (the socket is `socket`'s; `fd` is held
+                    // by the armed `Arc<File>` until the write ends) and `off` is a valid
+                    // `off_t`.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        libc::sendfile(socket.as_raw_fd(), fd, &mut off, len)
+                    }
+                }
+                // SAFETY: both descriptors are open (`fd` is held by the armed `Arc<OwnedFd>`
+                // until the write ends); null offsets, as pipes and sockets require. The socket
+                // is non-blocking, and so is the pipe's side of the call: an empty pipe is
+                // `EAGAIN`, never a wait on this thread.
+                #[allow(unsafe_code)]
+                Source::Pipe(fd) => unsafe {
+                    libc::splice(
+                        fd,
+                        std::ptr::null_mut(),
+                        socket.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        len,
+                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+                    )
+                },
+            };
             if n < 0 {
                 Err(io::Error::last_os_error())
             } else {
@@ -139,10 +177,25 @@ impl FileSender {
     /// returned guard is dropped; and the placeholder of `len` bytes (at most [`BLOCK`]) to
     /// write.
     pub(crate) fn arm(&self, file: &Arc<File>, base: u64, len: usize) -> (Disarm<'_>, Bytes) {
-        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Armed {
-            file: file.clone(),
-            base,
-        });
+        self.arm_with(
+            Armed::File {
+                file: file.clone(),
+                base,
+            },
+            len,
+        )
+    }
+
+    /// Arms the read end of `pipe` so that the next placeholder writes send its next bytes,
+    /// until the returned guard is dropped; and the placeholder of `len` bytes (at most
+    /// [`BLOCK`]) to write. The pipe must hold `len` bytes: a write of an empty pipe waits for
+    /// the socket's next readiness, and then for pingora's write timeout.
+    pub(crate) fn arm_pipe(&self, pipe: &Arc<OwnedFd>, len: usize) -> (Disarm<'_>, Bytes) {
+        self.arm_with(Armed::Pipe(pipe.clone()), len)
+    }
+
+    fn arm_with(&self, armed: Armed, len: usize) -> (Disarm<'_>, Bytes) {
+        *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(armed);
         (
             Disarm(&self.slot),
             Bytes::from_static(&PLACEHOLDER[..len.min(BLOCK)]),

@@ -57,5 +57,9 @@ pub(super) fn new(reg: &mut Reg) -> Result<CacheMetrics, prometheus::Error> {
             "registry_edge_blob_cache_fill_paced_seconds_total",
             "Seconds fills held their clients back because the disk writer was behind the network (at most 4 s per GiB of the blob, and at least 2 s, per fill).",
         )?)?,
+        relayed_bytes: reg.add(IntCounter::new(
+            "registry_edge_blob_cache_relayed_bytes_total",
+            "Fill bytes sent to clients spliced from the data endpoint's socket through pipes (plain TCP on both sides): never copied through the edge's memory for the client.",
+        )?)?,
     })
 }

@@ -27,7 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{Ctx, Edge};
 use crate::blob_cache::fetch::{self, ChunkBuf, ChunkPool, ChunkSizes, Head, Reservation};
+use crate::blob_cache::relay::Relay;
 use crate::blob_cache::Claim;
+use crate::listen::sendfile::FileSender;
+
+/// Spare room in the head's buffer for each read: more than pingora's upstream read buffer.
+const HEAD_READ: usize = pingora::protocols::l4::stream::DEFAULT_L4_READ_BUFFER_SIZE + (4 << 10);
 
 /// How the fill's own exchange ended.
 pub(super) enum Fetched {
@@ -137,20 +142,40 @@ impl Edge {
         let mut left = length - pre.len() as u64;
         let pool = ChunkPool::default();
         let mut sizes = ChunkSizes::after(pre.len());
+        // Both sockets plain TCP: every chunk but the last relayed through pipes
+        // (blob_cache::relay), the client's bytes never copied through the edge's memory.
+        let mut relay = relay_between(session, &stream);
         // The bytes that came with the head first (possibly none), then chunk by chunk.
         let mut body = pre.freeze();
+        let mut sent = false;
         loop {
             let end = left == 0;
-            self.fill_send(session, body, end, ctx).await?;
+            if sent {
+                self.fill_sent(body, ctx).await?;
+            } else {
+                self.fill_send(session, body, end, ctx).await?;
+            }
             if end {
                 break;
             }
+            let want = sizes.next(left);
             let chunk = pool
-                .take(sizes.next(left))
+                .take(want)
                 .map_err(|e| Error::because(InternalError, "mapping a blob chunk's memory", e))?;
-            body = read_chunk(&mut stream, chunk, read_timeout).await?;
+            (body, sent) = match relay.as_mut() {
+                // Not the chunk that completes the body: that one is held until verified.
+                Some((to, relay)) if (want as u64) < left => {
+                    let body = relay_chunk(session, to, relay, chunk, read_timeout).await?;
+                    if let Some(c) = &generation.blob_cache {
+                        c.metrics().relayed_bytes.inc_by(body.len() as u64);
+                    }
+                    (body, true)
+                }
+                _ => (read_chunk(&mut stream, chunk, read_timeout).await?, false),
+            };
             left -= body.len() as u64;
         }
+        drop(relay);
         if !extra && head.keeps_alive() {
             self.fill_upstream
                 .release_stream(stream, peer.reuse_hash(), peer.idle_timeout());
@@ -182,6 +207,71 @@ impl Edge {
         }
         Ok(())
     }
+
+    /// [`Edge::fill_send`] for a chunk the client has been sent already (relayed): hashed and
+    /// queued for the writer, and paced.
+    async fn fill_sent(&self, body: Bytes, ctx: &mut Ctx) -> Result<()> {
+        if let Some(delay) = self.blob_fill_chunk(&mut Some(body), false, ctx)? {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(())
+    }
+}
+
+/// The client's connection and a relay from the upstream's, when both are plain TCP.
+fn relay_between(session: &Session, upstream: &Stream) -> Option<(FileSender, Relay)> {
+    let to = FileSender::of(session)?;
+    match Relay::of(upstream) {
+        Ok(relay) => relay.map(|r| (to, r)),
+        Err(e) => {
+            log::debug!("blob cache: fill not relayed: {e}");
+            None
+        }
+    }
+}
+
+/// Fills `chunk` from the upstream through `relay`, each piece sent to the client (through
+/// `to`) as it arrives and read into the chunk; an error when the upstream closes first or
+/// sends nothing for `read_timeout`, or when the client's write fails.
+async fn relay_chunk(
+    session: &mut Session,
+    to: &FileSender,
+    relay: &mut Relay,
+    mut chunk: ChunkBuf,
+    read_timeout: Duration,
+) -> Result<Bytes> {
+    let relay_error = |e| Error::because(ReadError, "relaying a blob from upstream", e).into_up();
+    while !chunk.is_full() {
+        let n = match tokio::time::timeout(read_timeout, relay.fill(chunk.room().len())).await {
+            Ok(Ok(0)) => {
+                return Error::e_explain(
+                    ConnectionClosed,
+                    "the upstream closed before the whole blob",
+                )
+                .map_err(|e| e.into_up())
+            }
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(relay_error(e)),
+            Err(_) => {
+                return Error::e_explain(ReadTimedout, "reading a blob from upstream")
+                    .map_err(|e| e.into_up())
+            }
+        };
+        let mut in_pipe = n;
+        while in_pipe > 0 {
+            let t = relay.tee(in_pipe).map_err(relay_error)?;
+            {
+                let (_armed, placeholder) = to.arm_pipe(relay.to_client(), t);
+                session
+                    .write_response_body(Some(placeholder), false)
+                    .await?;
+            }
+            relay.read(&mut chunk.room()[..t]).map_err(relay_error)?;
+            chunk.filled(t);
+            in_pipe -= t;
+        }
+    }
+    Ok(chunk.freeze())
 }
 
 /// Reads a response head: the head and the body bytes read with it; or why not.
@@ -189,11 +279,12 @@ async fn read_head(
     stream: &mut Stream,
     read_timeout: Duration,
 ) -> std::result::Result<(Head, BytesMut), &'static str> {
-    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut buf = BytesMut::new();
     loop {
-        if buf.capacity() == buf.len() {
-            buf.reserve(16 << 10);
-        }
+        // Room for more than pingora's read buffer holds, every read: its `BufReader` then
+        // reads into this buffer directly and keeps nothing of the body (a relay splices the
+        // rest from the socket itself, blob_cache::relay).
+        buf.reserve(HEAD_READ);
         let n = match tokio::time::timeout(read_timeout, stream.read_buf(&mut buf)).await {
             Ok(Ok(n)) => n,
             Ok(Err(_)) => return Err("response read"),

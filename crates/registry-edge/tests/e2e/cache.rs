@@ -171,10 +171,20 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
         "first pull: every blob from the data endpoint, verified and stored",
         || {
             let (log, data) = (h.access_log().len(), h.data.hits.lock().unwrap().len());
+            let relayed = h.metric("registry_edge_blob_cache_relayed_bytes_total");
             skopeo_copy_back(&h, &via, &img, "team/cached", "first");
             for b in img.blobs() {
                 assert_eq!(data_gets(&h, data, &b.digest), 1, "{}", b.digest);
             }
+            // Plain TCP to the client and to the data endpoint: the fills were relayed through
+            // pipes, all but each blob's first bytes and last chunk (4 MiB at most).
+            let relayed = h.metric("registry_edge_blob_cache_relayed_bytes_total") - relayed;
+            let largest = img.largest().size as f64;
+            let all: f64 = img.blobs().iter().map(|b| b.size as f64).sum();
+            assert!(
+                relayed >= largest - f64::from(5u32 << 20) && relayed < all,
+                "{relayed} bytes relayed of {all} (largest blob {largest})"
+            );
             assert!(
                 cache_uses(&h, log, &img).iter().all(|u| u == "fill"),
                 "{:?}",

@@ -239,6 +239,7 @@ pub struct Harness {
     pub registry_addr: SocketAddr,
     pub http_port: u16,
     pub tls_port: u16,
+    pub admin: SocketAddr,
     pub ca: PathBuf,
     pub cert_dir: PathBuf,
     /// Every response head a client saw through the edge, for the scan.
@@ -248,6 +249,18 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The value of an unlabelled metric on the edge's admin `/metrics`.
+    pub fn metric(&self, name: &str) -> f64 {
+        let mut s = TcpStream::connect(self.admin).expect("admin listener");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .expect("metrics request");
+        let mut text = String::new();
+        s.read_to_string(&mut text).expect("metrics response");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    }
+
     /// The logs a failing step shows.
     pub fn logs(&self) -> Vec<(String, PathBuf)> {
         vec![
@@ -452,6 +465,7 @@ logging:
             registry_addr,
             http_port,
             tls_port,
+            admin,
             ca,
             cert_dir,
             seen: Mutex::default(),

@@ -293,3 +293,51 @@ async fn placeholder_writes_fail_where_files_cannot_be_sent() -> io::Result<()> 
     assert!(c.io.writes.is_empty());
     Ok(())
 }
+
+/// A pipe armed for placeholder writes: each write sends that many of the pipe's next bytes,
+/// after the held head; the client reads every byte in order.
+#[tokio::test]
+async fn placeholder_writes_send_the_armed_pipes_bytes() -> io::Result<()> {
+    use crate::listen::sendfile::FileSender;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use tokio::io::AsyncReadExt;
+
+    let data = crate::testing::patterned((3 << 20) + 77);
+    let mut fds = [0; 2];
+    // SAFETY: room for two descriptors, owned below.
+    #[allow(unsafe_code)]
+    let (read_end, write_end) = unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK), 0);
+        (
+            Arc::new(OwnedFd::from_raw_fd(fds[0])),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut client = TcpStream::connect(listener.local_addr()?).await?;
+    let (server, peer) = listener.accept().await?;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.map(|_| got)
+    });
+    let mut c = Conn::new(server, peer, None, &settings());
+    let sender = FileSender::on(&c);
+    c.write_all(HEAD).await?;
+    // Pieces of the pipe's default size and less, each written into the pipe, then sent.
+    for piece in data.chunks(50_000) {
+        // SAFETY: `piece` is valid for reads; the descriptor is open.
+        #[allow(unsafe_code)]
+        let n = unsafe { libc::write(write_end.as_raw_fd(), piece.as_ptr().cast(), piece.len()) };
+        assert_eq!(n as usize, piece.len());
+        let (_armed, placeholder) = sender.arm_pipe(&read_end, piece.len());
+        c.write_all(&placeholder).await?;
+    }
+    c.write_all(b"after").await?;
+    AsyncWriteExt::shutdown(&mut c).await?;
+    drop(c);
+    let got = reader.await.map_err(io::Error::other)??;
+    let want = [HEAD, &data[..], b"after"].concat();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the bytes differ");
+    Ok(())
+}
