@@ -9,7 +9,9 @@
 //! `upstream_request_filter` builds), the same response filters (`response_filter`), then a
 //! loop that reads the body into aligned buffers of up to 4 MiB (one copy, from the socket),
 //! hashes each and hands it to the client and to the fill's writer, which sends it to the disk
-//! from the same buffer (blob_cache::fetch::ChunkPool).
+//! from the same buffer (blob_cache::fetch::ChunkPool). Between plain TCP sockets the client's
+//! bytes do not come from that buffer: every chunk but the last is relayed through pipes
+//! (blob_cache::relay), and the buffer is read from the pipe.
 //!
 //! Anything but a whole `200` of a known length, and any failure before the client has been
 //! answered (no connection, a pooled connection the peer closed, a head that does not parse),
