@@ -30,6 +30,8 @@ use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::listen::sendfile::splice;
+
 /// Bytes a relay's pipes are asked to hold (`F_SETPIPE_SZ`; an unprivileged process may ask
 /// up to `/proc/sys/fs/pipe-max-size`, 1 MiB by default). A pipe keeps its default (64 KiB)
 /// when the kernel refuses: more system calls per byte, the same bytes.
@@ -158,28 +160,6 @@ impl Relay {
     #[cfg(test)]
     pub fn capacity(&self) -> usize {
         self.capacity
-    }
-}
-
-/// splice(2) of up to `len` bytes from a socket into a pipe, neither side waiting.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are open (owned by the relay); null offsets, as sockets and
-    // pipes require.
-    #[allow(unsafe_code)]
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 

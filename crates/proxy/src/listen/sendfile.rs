@@ -86,39 +86,11 @@ pub(super) fn poll_send_file(
 ) -> Poll<io::Result<usize>> {
     loop {
         std::task::ready!(socket.poll_write_ready(cx))?;
-        let sent = socket.try_io(Interest::WRITABLE, || {
-            let n = match source {
-                Source::File(fd, offset) => {
-                    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
-                    // SAFETY: both descriptors are open (the socket is `socket`'s; `fd` is held
-                    // by the armed `Arc<File>` until the write ends) and `off` is a valid
-                    // `off_t`.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        libc::sendfile(socket.as_raw_fd(), fd, &mut off, len)
-                    }
-                }
-                // SAFETY: both descriptors are open (`fd` is held by the armed `Arc<OwnedFd>`
-                // until the write ends); null offsets, as pipes and sockets require. The socket
-                // is non-blocking, and so is the pipe's side of the call: an empty pipe is
-                // `EAGAIN`, never a wait on this thread.
-                #[allow(unsafe_code)]
-                Source::Pipe(fd) => unsafe {
-                    libc::splice(
-                        fd,
-                        std::ptr::null_mut(),
-                        socket.as_raw_fd(),
-                        std::ptr::null_mut(),
-                        len,
-                        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-                    )
-                },
-            };
-            if n < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(n as usize)
-            }
+        let sent = socket.try_io(Interest::WRITABLE, || match source {
+            Source::File(fd, offset) => send_file(socket.as_raw_fd(), fd, offset, len),
+            // The socket is non-blocking, and so is the pipe's side of the call: an empty pipe
+            // is `EAGAIN`, never a wait on this thread.
+            Source::Pipe(fd) => splice(fd, socket.as_raw_fd(), len),
         });
         match sent {
             Ok(0) => {
@@ -135,6 +107,43 @@ pub(super) fn poll_send_file(
                 ) => {}
             Err(e) => return Poll::Ready(Err(e)),
         }
+    }
+}
+
+/// sendfile(2) of up to `len` bytes of the file `fd` from `offset` to `socket`.
+fn send_file(socket: RawFd, fd: RawFd, offset: u64, len: usize) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+    // SAFETY: both descriptors are open (the caller's socket; `fd` is held by the armed
+    // `Arc<File>` until the write ends) and `off` is a valid `off_t`.
+    #[allow(unsafe_code)]
+    let n = unsafe { libc::sendfile(socket, fd, &mut off, len) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// splice(2) of up to `len` bytes from `from` to `to`, one of them a pipe, the other a socket;
+/// the pipe's side never waits (`SPLICE_F_NONBLOCK`), nor does a non-blocking socket's.
+pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: the caller holds both descriptors open for the call; null offsets, as pipes and
+    // sockets require.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 

@@ -232,7 +232,6 @@ fn bare_lf_heads_end_where_pingora_parses_them_to_end() {
 #[tokio::test]
 async fn placeholder_writes_send_the_armed_files_span() -> io::Result<()> {
     use crate::listen::sendfile::{FileSender, BLOCK};
-    use tokio::io::AsyncReadExt;
 
     let scratch = crate::testing::Scratch::new("sendfile");
     let data: Vec<u8> = (0..(9 << 20) + 123)
@@ -241,14 +240,7 @@ async fn placeholder_writes_send_the_armed_files_span() -> io::Result<()> {
     std::fs::write(scratch.join("entry"), &data)?;
     let file = Arc::new(std::fs::File::open(scratch.join("entry"))?);
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mut client = TcpStream::connect(listener.local_addr()?).await?;
-    let (server, peer) = listener.accept().await?;
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.map(|_| got)
-    });
-    let mut c = Conn::new(server, peer, None, &settings());
+    let (mut c, reader) = tcp_conn().await?;
     let sender = FileSender::on(&c);
 
     // Nothing armed: the write fails and sends nothing, not even the held head.
@@ -300,7 +292,6 @@ async fn placeholder_writes_fail_where_files_cannot_be_sent() -> io::Result<()> 
 async fn placeholder_writes_send_the_armed_pipes_bytes() -> io::Result<()> {
     use crate::listen::sendfile::FileSender;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use tokio::io::AsyncReadExt;
 
     let data = crate::testing::patterned((3 << 20) + 77);
     let mut fds = [0; 2];
@@ -313,14 +304,7 @@ async fn placeholder_writes_send_the_armed_pipes_bytes() -> io::Result<()> {
             OwnedFd::from_raw_fd(fds[1]),
         )
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mut client = TcpStream::connect(listener.local_addr()?).await?;
-    let (server, peer) = listener.accept().await?;
-    let reader = tokio::spawn(async move {
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.map(|_| got)
-    });
-    let mut c = Conn::new(server, peer, None, &settings());
+    let (mut c, reader) = tcp_conn().await?;
     let sender = FileSender::on(&c);
     c.write_all(HEAD).await?;
     // Pieces of the pipe's default size and less, each written into the pipe, then sent.
@@ -340,4 +324,20 @@ async fn placeholder_writes_send_the_armed_pipes_bytes() -> io::Result<()> {
     assert_eq!(got.len(), want.len());
     assert!(got == want, "the bytes differ");
     Ok(())
+}
+
+/// A connection over a real TCP socket, and a task reading everything its client receives.
+async fn tcp_conn() -> io::Result<(
+    Conn<TcpStream>,
+    tokio::task::JoinHandle<io::Result<Vec<u8>>>,
+)> {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut client = TcpStream::connect(listener.local_addr()?).await?;
+    let (server, peer) = listener.accept().await?;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.map(|_| got)
+    });
+    Ok((Conn::new(server, peer, None, &settings()), reader))
 }
