@@ -225,6 +225,10 @@ fn a_second_pull_comes_from_the_edge_and_the_registry_still_decides() {
         || corrupt(&h, &via),
     );
     h.step(
+        "corrupt storage mid-body, in a relayed chunk: never stored, never delivered whole",
+        || corrupt_mid_body(&h, &via),
+    );
+    h.step(
         "storage that stops mid-body: the transfer cut, nothing stored",
         || storage_that_stops_early(&h, &via),
     );
@@ -402,6 +406,15 @@ fn refusals(h: &Harness, img: &Image) {
 /// nothing is stored, and once storage is right again the blob is fetched (and stored) anew.
 fn corrupt(h: &Harness, via: &Via<'_>) {
     let lines = storage_fault(h, via, "team/faulty", 32, &h.data.corrupt, 0);
+    let uses: Vec<String> = lines.iter().map(|l| l["cache"].to_string()).collect();
+    assert_eq!(uses, ["\"corrupt\"", "\"fill\""]);
+}
+
+/// Storage that returns a changed byte in the middle of the blob, inside a chunk the edge has
+/// relayed to the client before the body could be verified: the transfer is cut all the same
+/// (the last chunk is held back), nothing is stored, and the next request fills.
+fn corrupt_mid_body(h: &Harness, via: &Via<'_>) {
+    let lines = storage_fault(h, via, "team/faulty-middle", 36, &h.data.corrupt_middle, 0);
     let uses: Vec<String> = lines.iter().map(|l| l["cache"].to_string()).collect();
     assert_eq!(uses, ["\"corrupt\"", "\"fill\""]);
 }

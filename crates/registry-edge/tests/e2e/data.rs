@@ -106,12 +106,22 @@ pub struct DataHit {
     pub status: u16,
 }
 
+/// Which byte a corrupting fault changes.
+#[derive(Clone, Copy)]
+enum Flip {
+    Last,
+    Middle,
+}
+
 pub struct DataServer {
     pub addr: SocketAddr,
     pub hits: Arc<Mutex<Vec<DataHit>>>,
     /// Paths whose bytes are served with the last one changed (a storage fault), as long as
     /// they are listed.
     pub corrupt: Arc<Mutex<Vec<String>>>,
+    /// Paths whose bytes are served with the middle one changed (inside a chunk the edge relays
+    /// between plain sockets before the body is verified), as long as they are listed.
+    pub corrupt_middle: Arc<Mutex<Vec<String>>>,
     /// Paths whose answer declares one byte more than it sends, then the connection closes
     /// (storage that stops mid-body), as long as they are listed.
     pub truncated: Arc<Mutex<Vec<String>>>,
@@ -224,24 +234,36 @@ pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> Data
     let corrupt: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = hits.clone();
     let faults = corrupt.clone();
+    let corrupt_middle: Arc<Mutex<Vec<String>>> = Arc::default();
+    let faults_middle = corrupt_middle.clone();
     let truncated: Arc<Mutex<Vec<String>>> = Arc::default();
     let short = truncated.clone();
     let addr = serve(
         rt,
         Arc::new(move |req: Request| {
             let mut resp = serve_blob(&root, &sas, &req);
-            let faulty = faults
-                .lock()
-                .expect("faults")
-                .iter()
-                .any(|p| p == req.path());
-            if let (true, 200, Body::File { path, start, len }) = (faulty, resp.status, &resp.body)
+            let listed = |list: &Mutex<Vec<String>>| {
+                list.lock().expect("faults").iter().any(|p| p == req.path())
+            };
+            let flip = if listed(&faults) {
+                Some(Flip::Last)
+            } else if listed(&faults_middle) {
+                Some(Flip::Middle)
+            } else {
+                None
+            };
+            if let (Some(flip), 200, Body::File { path, start, len }) =
+                (flip, resp.status, &resp.body)
             {
                 let mut bytes = std::fs::read(path).expect("blob");
                 bytes.truncate((*start + *len) as usize);
                 bytes.drain(..*start as usize);
-                if let Some(last) = bytes.last_mut() {
-                    *last ^= 0xff;
+                let at = match flip {
+                    Flip::Last => bytes.len().checked_sub(1),
+                    Flip::Middle => Some(bytes.len() / 2),
+                };
+                if let Some(b) = at.and_then(|i| bytes.get_mut(i)) {
+                    *b ^= 0xff;
                 }
                 resp.body = Body::Bytes(bytes);
             }
@@ -267,6 +289,7 @@ pub fn start(rt: &tokio::runtime::Runtime, root: PathBuf, sas: Arc<Sas>) -> Data
         addr,
         hits,
         corrupt,
+        corrupt_middle,
         truncated,
     }
 }
