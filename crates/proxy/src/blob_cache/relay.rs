@@ -30,7 +30,7 @@ use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::listen::sendfile::splice;
+use crate::listen::sendfile::{byte_count, splice};
 
 /// Bytes a relay's pipes are asked to hold (`F_SETPIPE_SZ`; an unprivileged process may ask
 /// up to `/proc/sys/fs/pipe-max-size`, 1 MiB by default). A pipe keeps its default (64 KiB)
@@ -108,13 +108,12 @@ impl Relay {
                 libc::SPLICE_F_NONBLOCK,
             )
         };
-        match n {
-            n if n < 0 => Err(io::Error::last_os_error()),
+        match byte_count(n)? {
             0 => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "nothing in the relay's pipe to tee",
             )),
-            n => Ok(n as usize),
+            n => Ok(n),
         }
     }
 
@@ -178,7 +177,7 @@ fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
 }
 
 /// A non-blocking, close-on-exec pipe: (read end, write end).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: `fds` has room for the two descriptors; on success both are new and owned here.
     #[allow(unsafe_code)]

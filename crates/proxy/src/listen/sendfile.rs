@@ -117,11 +117,7 @@ fn send_file(socket: RawFd, fd: RawFd, offset: u64, len: usize) -> io::Result<us
     // `Arc<File>` until the write ends) and `off` is a valid `off_t`.
     #[allow(unsafe_code)]
     let n = unsafe { libc::sendfile(socket, fd, &mut off, len) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    byte_count(n)
 }
 
 /// splice(2) of up to `len` bytes from `from` to `to`, one of them a pipe, the other a socket;
@@ -140,11 +136,12 @@ pub(crate) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
         )
     };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    byte_count(n)
+}
+
+/// A system call's count of bytes moved, or its error (`errno`) when it returned -1.
+pub(crate) fn byte_count(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 /// Writes a file's spans as a session's body through placeholder writes.

@@ -244,21 +244,8 @@ async fn relay_chunk(
 ) -> Result<Bytes> {
     let relay_error = |e| Error::because(ReadError, "relaying a blob from upstream", e).into_up();
     while !chunk.is_full() {
-        let n = match tokio::time::timeout(read_timeout, relay.fill(chunk.room().len())).await {
-            Ok(Ok(0)) => {
-                return Error::e_explain(
-                    ConnectionClosed,
-                    "the upstream closed before the whole blob",
-                )
-                .map_err(|e| e.into_up())
-            }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(relay_error(e)),
-            Err(_) => {
-                return Error::e_explain(ReadTimedout, "reading a blob from upstream")
-                    .map_err(|e| e.into_up())
-            }
-        };
+        let want = chunk.room().len();
+        let n = body_read(read_timeout, relay.fill(want)).await?;
         let mut in_pipe = n;
         while in_pipe > 0 {
             let t = relay.tee(in_pipe).map_err(relay_error)?;
@@ -274,6 +261,26 @@ async fn relay_chunk(
         }
     }
     Ok(chunk.freeze())
+}
+
+/// What one read of the upstream's body got: its bytes (at least one); an error when the read
+/// failed, got nothing for `read_timeout`, or found the upstream closed before the whole blob.
+async fn body_read(
+    read_timeout: Duration,
+    read: impl std::future::Future<Output = std::io::Result<usize>>,
+) -> Result<usize> {
+    match tokio::time::timeout(read_timeout, read).await {
+        Ok(Ok(0)) => Error::e_explain(
+            ConnectionClosed,
+            "the upstream closed before the whole blob",
+        )
+        .map_err(|e| e.into_up()),
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => Err(Error::because(ReadError, "reading a blob from upstream", e).into_up()),
+        Err(_) => {
+            Error::e_explain(ReadTimedout, "reading a blob from upstream").map_err(|e| e.into_up())
+        }
+    }
 }
 
 /// Reads a response head: the head and the body bytes read with it; or why not.
@@ -314,23 +321,7 @@ async fn read_chunk(
     read_timeout: Duration,
 ) -> Result<Bytes> {
     while !chunk.is_full() {
-        let n = match tokio::time::timeout(read_timeout, stream.read(chunk.room())).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                return Err(Error::because(ReadError, "reading a blob from upstream", e).into_up());
-            }
-            Err(_) => {
-                return Error::e_explain(ReadTimedout, "reading a blob from upstream")
-                    .map_err(|e| e.into_up())
-            }
-        };
-        if n == 0 {
-            return Error::e_explain(
-                ConnectionClosed,
-                "the upstream closed before the whole blob",
-            )
-            .map_err(|e| e.into_up());
-        }
+        let n = body_read(read_timeout, stream.read(chunk.room())).await?;
         chunk.filled(n);
     }
     Ok(chunk.freeze())

@@ -291,19 +291,11 @@ async fn placeholder_writes_fail_where_files_cannot_be_sent() -> io::Result<()> 
 #[tokio::test]
 async fn placeholder_writes_send_the_armed_pipes_bytes() -> io::Result<()> {
     use crate::listen::sendfile::FileSender;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
 
     let data = crate::testing::patterned((3 << 20) + 77);
-    let mut fds = [0; 2];
-    // SAFETY: room for two descriptors, owned below.
-    #[allow(unsafe_code)]
-    let (read_end, write_end) = unsafe {
-        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK), 0);
-        (
-            Arc::new(OwnedFd::from_raw_fd(fds[0])),
-            OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
+    let (read_end, write_end) = crate::blob_cache::relay::pipe()?;
+    let read_end = Arc::new(read_end);
     let (mut c, reader) = tcp_conn().await?;
     let sender = FileSender::on(&c);
     c.write_all(HEAD).await?;
